@@ -1,0 +1,340 @@
+//! Event streams: `send` (client → router) and `deliver` (router → client),
+//! one message per stream. The payload `data` stays raw MessagePack bytes, so
+//! the router routes without decoding or re-encoding it.
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::codec::{open_message, DecodeError};
+use crate::codes::AckCode;
+use crate::message::Persist;
+use crate::msgpack::{write, Reader};
+use crate::target::{Groups, Target};
+use crate::validate::{validate_event_name, validate_persist_id};
+
+/// The default and usual `max_event_bytes`: the largest encoded `send`.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
+/// What a `deliver` may add to its `send`: a client accepts a `deliver` of
+/// up to `max_event_bytes` plus this.
+pub const DELIVER_OVERHEAD: usize = 1024;
+/// The MessagePack encoding of nil: the payload of a send without `data`.
+pub const NIL: &[u8] = &[0xc0];
+
+/// `send {id, to, event, data, persist?, ttl_ms?, reply_to?}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Send {
+    /// Chosen by the sender, never zero, never reused.
+    pub id: u64,
+    /// Whom it is for.
+    pub to: Target,
+    /// The event's name.
+    pub event: String,
+    /// The payload: exactly one MessagePack value, as raw bytes.
+    pub data: Bytes,
+    /// Store it for servers that connect later.
+    pub persist: Option<Persist>,
+    /// Keep it this long for offline named recipients.
+    pub ttl_ms: Option<u32>,
+    /// It replies to the request with this id.
+    pub reply_to: Option<u64>,
+}
+
+/// A `send` that did not decode, with its id when it could be read first.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{error}")]
+pub struct SendDecodeError {
+    /// The send's id, if it was read before the error.
+    pub id: Option<u64>,
+    /// What was wrong.
+    pub error: DecodeError,
+}
+
+/// Why a well-formed `send` cannot be routed: the ack is `invalid`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    /// The ack code for this error.
+    pub fn code(&self) -> AckCode {
+        AckCode::Invalid
+    }
+}
+
+impl Send {
+    /// Encodes the send as the whole content of an event stream.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.event.len() + self.data.len());
+        write::map_len(&mut out, 1);
+        write::str(&mut out, "send");
+        let fields = 4
+            + u32::from(self.persist.is_some())
+            + u32::from(self.ttl_ms.is_some())
+            + u32::from(self.reply_to.is_some());
+        write::map_len(&mut out, fields);
+        write::uint_field(&mut out, "id", self.id);
+        write::str(&mut out, "to");
+        encode_target(&mut out, &self.to);
+        write::str_field(&mut out, "event", &self.event);
+        write::str(&mut out, "data");
+        out.extend_from_slice(&self.data);
+        if let Some(p) = &self.persist {
+            write::str(&mut out, "persist");
+            match p {
+                Persist::Auto => write::str(&mut out, "auto"),
+                Persist::Id(id) => {
+                    write::map_len(&mut out, 1);
+                    write::str_field(&mut out, "id", id);
+                }
+            }
+        }
+        if let Some(ttl) = self.ttl_ms {
+            write::uint_field(&mut out, "ttl_ms", u64::from(ttl));
+        }
+        if let Some(r) = self.reply_to {
+            write::uint_field(&mut out, "reply_to", r);
+        }
+        out
+    }
+
+    /// Decodes an event stream's content as a `send`. `data` shares `buf`.
+    ///
+    /// # Errors
+    /// [`SendDecodeError`] with the id if it came before the fault.
+    pub fn decode(buf: &Bytes) -> Result<Send, SendDecodeError> {
+        let mut id = None;
+        decode_send(buf, &mut id).map_err(|error| SendDecodeError { id, error })
+    }
+
+    /// Reads only as far as the id: for the ack of a stream cut off for size.
+    pub fn peek_id(prefix: &[u8]) -> Option<u64> {
+        let mut id = None;
+        let _ = decode_send(&Bytes::copy_from_slice(prefix), &mut id);
+        id
+    }
+
+    /// Checks the rules of PROTOCOL.md §3 and §4 that make a send `invalid`.
+    ///
+    /// # Errors
+    /// [`Invalid`] with a readable reason.
+    pub fn validate(&self, groups: &Groups) -> Result<(), Invalid> {
+        if self.id == 0 {
+            return Err(Invalid("id 0 is not allowed".into()));
+        }
+        if self.ttl_ms == Some(0) {
+            return Err(Invalid("ttl_ms must be at least 1".into()));
+        }
+        validate_event_name(&self.event).map_err(|e| Invalid(e.to_string()))?;
+        if let Some(Persist::Id(p)) = &self.persist {
+            validate_persist_id(p).map_err(|e| Invalid(e.to_string()))?;
+        }
+        self.to.validate(groups).map_err(|e| Invalid(e.to_string()))
+    }
+}
+
+fn decode_send(buf: &Bytes, id_out: &mut Option<u64>) -> Result<Send, DecodeError> {
+    let mut r = Reader::new(buf);
+    let fields = open_message(&mut r, "send")?;
+    let (mut to, mut event, mut data) = (None, None, None);
+    let (mut persist, mut ttl_ms, mut reply_to) = (None, None, None);
+    for _ in 0..fields {
+        let key = r.str()?;
+        if r.eat_nil()? {
+            continue;
+        }
+        match key {
+            "id" => {
+                let v = r.uint()?;
+                *id_out = Some(v);
+            }
+            "to" => to = Some(decode_target(&mut r)?),
+            "event" => event = Some(r.str()?.to_owned()),
+            "data" => {
+                let range = r.skip_value()?;
+                data = Some(buf.slice(range));
+            }
+            "persist" => persist = Some(decode_persist(&mut r)?),
+            "ttl_ms" => ttl_ms = Some(r.u32()?),
+            "reply_to" => reply_to = Some(r.uint()?),
+            _ => {
+                r.skip_value()?;
+            }
+        }
+    }
+    if r.remaining() != 0 {
+        return Err(DecodeError::TrailingBytes(r.remaining()));
+    }
+    Ok(Send {
+        id: id_out.ok_or(DecodeError::MissingField("id"))?,
+        to: to.ok_or(DecodeError::MissingField("to"))?,
+        event: event.ok_or(DecodeError::MissingField("event"))?,
+        data: data.unwrap_or_else(|| Bytes::from_static(NIL)),
+        persist,
+        ttl_ms,
+        reply_to,
+    })
+}
+
+/// `deliver {from, id, event, data, persist_id?, reply_to?, sent_ms}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deliver {
+    /// The sender's certificate CN, stamped by the router.
+    pub from: String,
+    /// The sender's id for the event.
+    pub id: u64,
+    /// The event's name.
+    pub event: String,
+    /// The payload, as the sender encoded it.
+    pub data: Bytes,
+    /// Set on every delivery of a persistent event.
+    pub persist_id: Option<String>,
+    /// The request this replies to.
+    pub reply_to: Option<u64>,
+    /// The router's clock (Unix ms) when it accepted the send.
+    pub sent_ms: u64,
+}
+
+impl Deliver {
+    /// Encodes the delivery as the whole content of an event stream.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(80 + self.from.len() + self.event.len() + self.data.len());
+        write::map_len(&mut out, 1);
+        write::str(&mut out, "deliver");
+        let fields = 5 + u32::from(self.persist_id.is_some()) + u32::from(self.reply_to.is_some());
+        write::map_len(&mut out, fields);
+        write::str_field(&mut out, "from", &self.from);
+        write::uint_field(&mut out, "id", self.id);
+        write::str_field(&mut out, "event", &self.event);
+        write::str(&mut out, "data");
+        out.extend_from_slice(&self.data);
+        if let Some(p) = &self.persist_id {
+            write::str_field(&mut out, "persist_id", p);
+        }
+        if let Some(r) = self.reply_to {
+            write::uint_field(&mut out, "reply_to", r);
+        }
+        write::uint_field(&mut out, "sent_ms", self.sent_ms);
+        out
+    }
+
+    /// Decodes an event stream's content as a `deliver`. `data` shares `buf`.
+    ///
+    /// # Errors
+    /// [`DecodeError`] when it is not one well-formed `deliver`.
+    pub fn decode(buf: &Bytes) -> Result<Deliver, DecodeError> {
+        let mut r = Reader::new(buf);
+        let fields = open_message(&mut r, "deliver")?;
+        let (mut from, mut id, mut event, mut data) = (None, None, None, None);
+        let (mut persist_id, mut reply_to, mut sent_ms) = (None, None, None);
+        for _ in 0..fields {
+            let key = r.str()?;
+            if r.eat_nil()? {
+                continue;
+            }
+            match key {
+                "from" => from = Some(r.str()?.to_owned()),
+                "id" => id = Some(r.uint()?),
+                "event" => event = Some(r.str()?.to_owned()),
+                "data" => {
+                    let range = r.skip_value()?;
+                    data = Some(buf.slice(range));
+                }
+                "persist_id" => persist_id = Some(r.str()?.to_owned()),
+                "reply_to" => reply_to = Some(r.uint()?),
+                "sent_ms" => sent_ms = Some(r.uint()?),
+                _ => {
+                    r.skip_value()?;
+                }
+            }
+        }
+        if r.remaining() != 0 {
+            return Err(DecodeError::TrailingBytes(r.remaining()));
+        }
+        Ok(Deliver {
+            from: from.ok_or(DecodeError::MissingField("from"))?,
+            id: id.ok_or(DecodeError::MissingField("id"))?,
+            event: event.ok_or(DecodeError::MissingField("event"))?,
+            data: data.unwrap_or_else(|| Bytes::from_static(NIL)),
+            persist_id,
+            reply_to,
+            sent_ms: sent_ms.ok_or(DecodeError::MissingField("sent_ms"))?,
+        })
+    }
+}
+
+/// Encodes a target in its wire shape: `"all"`, `"everyone"` or a map with
+/// one key.
+pub(crate) fn encode_target(out: &mut Vec<u8>, t: &Target) {
+    let list = |out: &mut Vec<u8>, key: &str, ids: &[String]| {
+        write::map_len(out, 1);
+        write::str(out, key);
+        write::array_len(out, ids.len() as u32);
+        for id in ids {
+            write::str(out, id);
+        }
+    };
+    match t {
+        Target::All => write::str(out, "all"),
+        Target::Everyone => write::str(out, "everyone"),
+        Target::Server(id) => {
+            write::map_len(out, 1);
+            write::str_field(out, "server", id);
+        }
+        Target::Group(g) => {
+            write::map_len(out, 1);
+            write::str_field(out, "group", g);
+        }
+        Target::Servers(ids) => list(out, "servers", ids),
+        Target::Except(ids) => list(out, "except", ids),
+    }
+}
+
+fn decode_target(r: &mut Reader<'_>) -> Result<Target, DecodeError> {
+    const SHAPE: DecodeError = DecodeError::WrongType {
+        expected: "a target",
+        found: "something else",
+    };
+    if r.at_str() {
+        return match r.str()? {
+            "all" => Ok(Target::All),
+            "everyone" => Ok(Target::Everyone),
+            _ => Err(SHAPE),
+        };
+    }
+    if r.map_len()? != 1 {
+        return Err(SHAPE);
+    }
+    let strings = |r: &mut Reader<'_>| -> Result<Vec<String>, DecodeError> {
+        let n = r.array_len()?;
+        let mut v = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            v.push(r.str()?.to_owned());
+        }
+        Ok(v)
+    };
+    match r.str()? {
+        "server" => Ok(Target::Server(r.str()?.to_owned())),
+        "group" => Ok(Target::Group(r.str()?.to_owned())),
+        "servers" => Ok(Target::Servers(strings(r)?)),
+        "except" => Ok(Target::Except(strings(r)?)),
+        _ => Err(SHAPE),
+    }
+}
+
+fn decode_persist(r: &mut Reader<'_>) -> Result<Persist, DecodeError> {
+    const SHAPE: DecodeError = DecodeError::WrongType {
+        expected: "\"auto\" or {\"id\": str}",
+        found: "something else",
+    };
+    if r.at_str() {
+        return if r.str()? == "auto" {
+            Ok(Persist::Auto)
+        } else {
+            Err(SHAPE)
+        };
+    }
+    if r.map_len()? != 1 || r.str()? != "id" {
+        return Err(SHAPE);
+    }
+    Ok(Persist::Id(r.str()?.to_owned()))
+}
