@@ -2,6 +2,8 @@
 //! to exactly the JSON shape shown there, and that shape, written as
 //! MessagePack by another encoder, decodes back to the same message.
 
+#![allow(clippy::unwrap_used)]
+
 use bytes::Bytes;
 use icom_protocol::{
     decode_control, encode_frame, split_frame, Ack, AckCode, AckError, Control, Deliver, Forget,

@@ -2,6 +2,8 @@
 //! nested bytes give a typed error, never a panic, and are never sized by an
 //! untrusted length.
 
+#![allow(clippy::unwrap_used)]
+
 use bytes::Bytes;
 use icom_protocol::{
     decode_control, frame_len, split_frame, Control, DecodeError, Deliver, Groups, Ping, Send,
