@@ -1,0 +1,437 @@
+//! The router's configuration: a serde file type with defaults
+//! ([`ConfigFile`]), loaded with figment (defaults < TOML file < `ICOM_*`
+//! environment < command-line flags), converted into the validated
+//! [`Config`] the rest of the router uses.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use icom_protocol::{validate_server_id, Groups, MIN_CLIENT_STREAMS};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The configuration as written in `icom-server.toml`. Every field has a
+/// default, so an empty file is valid (but has no certificates).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigFile {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for the router's database.
+    pub data_dir: PathBuf,
+    /// Certificates and keys.
+    pub tls: TlsFiles,
+    /// Bounds on what clients may use.
+    pub limits: LimitsFile,
+    /// Transport tuning.
+    pub transport: TransportFile,
+    /// Groups: a name, and the identity globs of its members.
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Logging.
+    pub log: LogFile,
+}
+
+/// `[tls]`: paths of the router's PEM files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster CA certificate(s) that client certificates must chain to.
+    pub ca: PathBuf,
+    /// The router's certificate chain.
+    pub cert: PathBuf,
+    /// The router's private key.
+    pub key: PathBuf,
+    /// The certificate revocation list(s); optional.
+    pub crl: Option<PathBuf>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Largest encoded `send`, in bytes.
+    pub max_event_bytes: u32,
+    /// Most connected clients at once; past it new handshakes are refused.
+    pub max_connections: u32,
+    /// Concurrent uni streams each client may open (at least 1024).
+    pub max_streams: u32,
+    /// Events waiting for one recipient before its senders get `congested`.
+    pub outbound_queue_events: u32,
+    /// Bytes waiting for one recipient before its senders get `congested`.
+    pub outbound_queue_bytes: u64,
+    /// Control frames (acks, presence) waiting for one client.
+    pub control_queue: u32,
+    /// Seconds a client has to send `hello` after the handshake.
+    pub hello_timeout_secs: u64,
+}
+
+/// `[transport]`: QUIC settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportFile {
+    /// Close a connection silent for this long, in seconds.
+    pub idle_timeout_secs: u64,
+    /// Send a keep-alive after this much quiet, in seconds (0: never).
+    pub keep_alive_secs: u64,
+    /// Per-stream receive window, in bytes.
+    pub stream_receive_window: u32,
+    /// Per-connection receive window, in bytes.
+    pub receive_window: u32,
+    /// Per-connection send window (unacknowledged bytes in flight), in bytes.
+    pub send_window: u64,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogFile {
+    /// `text` for people, `json` for log shippers.
+    pub format: LogFormat,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for ConfigFile {
+    fn default() -> Self {
+        ConfigFile {
+            listen: SocketAddr::from(([0, 0, 0, 0], icom_protocol::DEFAULT_PORT)),
+            data_dir: PathBuf::from("data"),
+            tls: TlsFiles::default(),
+            limits: LimitsFile::default(),
+            transport: TransportFile::default(),
+            groups: BTreeMap::new(),
+            log: LogFile::default(),
+        }
+    }
+}
+
+impl Default for TlsFiles {
+    fn default() -> Self {
+        TlsFiles {
+            ca: PathBuf::from("certs/ca.pem"),
+            cert: PathBuf::from("certs/router.pem"),
+            key: PathBuf::from("certs/router.key"),
+            crl: None,
+        }
+    }
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            max_event_bytes: icom_protocol::DEFAULT_MAX_EVENT_BYTES as u32,
+            max_connections: 1000,
+            max_streams: 4096,
+            outbound_queue_events: 8192,
+            outbound_queue_bytes: 16 << 20,
+            control_queue: 16384,
+            hello_timeout_secs: icom_protocol::HELLO_TIMEOUT_MS / 1000,
+        }
+    }
+}
+
+impl Default for TransportFile {
+    fn default() -> Self {
+        TransportFile {
+            idle_timeout_secs: 30,
+            keep_alive_secs: 5,
+            stream_receive_window: 2 << 20,
+            receive_window: 16 << 20,
+            send_window: 16 << 20,
+        }
+    }
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        LogFile {
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file, the environment or a flag could not be read into the file type.
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl ConfigFile {
+    /// Loads defaults < `path` (if given) < `ICOM_*` environment (nested
+    /// keys with `__`, e.g. `ICOM_LIMITS__MAX_EVENT_BYTES`). Relative paths
+    /// in the file are taken relative to the file's directory.
+    ///
+    /// # Errors
+    /// [`ConfigError::Load`] naming the key and where it came from.
+    pub fn load(path: Option<&Path>) -> Result<ConfigFile, ConfigError> {
+        ConfigFile::figment(path)
+            .extract::<ConfigFile>()
+            .map(|mut c| {
+                if let Some(dir) = path.and_then(Path::parent) {
+                    c.rebase(dir);
+                }
+                c
+            })
+            .map_err(|e| ConfigError::Load(Box::new(e)))
+    }
+
+    /// The figment behind [`ConfigFile::load`], for callers that merge
+    /// command-line flags on top.
+    pub fn figment(path: Option<&Path>) -> Figment {
+        let mut f = Figment::from(Serialized::defaults(ConfigFile::default()));
+        if let Some(p) = path {
+            f = f.merge(Toml::file_exact(p));
+        }
+        f.merge(Env::prefixed("ICOM_").split("__"))
+    }
+
+    /// Makes relative paths relative to `dir`.
+    pub fn rebase(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !dir.as_os_str().is_empty() {
+                *p = dir.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        fix(&mut self.tls.ca);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        if let Some(c) = &mut self.tls.crl {
+            fix(c);
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for the router's database.
+    pub data_dir: PathBuf,
+    /// Certificate and key paths.
+    pub tls: TlsFiles,
+    /// Limits.
+    pub limits: Limits,
+    /// Transport settings.
+    pub transport: Transport,
+    /// Groups.
+    pub groups: Groups,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// The file the configuration came from, re-read on reload.
+    pub source: Option<PathBuf>,
+}
+
+/// Validated `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest encoded `send`, in bytes.
+    pub max_event_bytes: usize,
+    /// Most connected clients at once.
+    pub max_connections: usize,
+    /// Concurrent uni streams each client may open.
+    pub max_streams: u32,
+    /// Events waiting for one recipient.
+    pub outbound_queue_events: usize,
+    /// Bytes waiting for one recipient.
+    pub outbound_queue_bytes: usize,
+    /// Control frames waiting for one client.
+    pub control_queue: usize,
+    /// Time a client has to send `hello`.
+    pub hello_timeout: Duration,
+}
+
+/// Validated `[transport]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Transport {
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval, if any.
+    pub keep_alive: Option<Duration>,
+    /// Per-stream receive window.
+    pub stream_receive_window: u32,
+    /// Per-connection receive window.
+    pub receive_window: u32,
+    /// Per-connection send window.
+    pub send_window: u64,
+}
+
+impl TryFrom<ConfigFile> for Config {
+    type Error = ConfigError;
+
+    fn try_from(f: ConfigFile) -> Result<Config, ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let l = &f.limits;
+        if l.max_event_bytes < 1024 || l.max_event_bytes as usize > 64 << 20 {
+            return bad(format!(
+                "limits.max_event_bytes = {} must be between 1024 and {}",
+                l.max_event_bytes,
+                64 << 20
+            ));
+        }
+        if l.max_streams < MIN_CLIENT_STREAMS {
+            return bad(format!(
+                "limits.max_streams = {} must be at least {MIN_CLIENT_STREAMS}",
+                l.max_streams
+            ));
+        }
+        for (name, v) in [
+            ("limits.max_connections", u64::from(l.max_connections)),
+            (
+                "limits.outbound_queue_events",
+                u64::from(l.outbound_queue_events),
+            ),
+            ("limits.outbound_queue_bytes", l.outbound_queue_bytes),
+            ("limits.control_queue", u64::from(l.control_queue)),
+            ("limits.hello_timeout_secs", l.hello_timeout_secs),
+            ("transport.idle_timeout_secs", f.transport.idle_timeout_secs),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if l.outbound_queue_bytes < u64::from(l.max_event_bytes) + 1024 {
+            return bad(format!(
+                "limits.outbound_queue_bytes = {} must hold at least one event (max_event_bytes + 1024)",
+                l.outbound_queue_bytes
+            ));
+        }
+        let t = &f.transport;
+        if t.keep_alive_secs >= t.idle_timeout_secs {
+            return bad(format!(
+                "transport.keep_alive_secs = {} must be below idle_timeout_secs = {}",
+                t.keep_alive_secs, t.idle_timeout_secs
+            ));
+        }
+        let mut groups = Groups::new();
+        for (name, patterns) in &f.groups {
+            if validate_server_id(name).is_err() {
+                return bad(format!(
+                    "group name {name:?} must follow the server id rule (letters, digits, '_', '.', '-')"
+                ));
+            }
+            groups.insert(name.clone(), patterns);
+        }
+        Ok(Config {
+            listen: f.listen,
+            data_dir: f.data_dir,
+            tls: f.tls,
+            limits: Limits {
+                max_event_bytes: l.max_event_bytes as usize,
+                max_connections: l.max_connections as usize,
+                max_streams: l.max_streams,
+                outbound_queue_events: l.outbound_queue_events as usize,
+                outbound_queue_bytes: usize::try_from(l.outbound_queue_bytes).unwrap_or(usize::MAX),
+                control_queue: l.control_queue as usize,
+                hello_timeout: Duration::from_secs(l.hello_timeout_secs),
+            },
+            transport: Transport {
+                idle_timeout: Duration::from_secs(t.idle_timeout_secs),
+                keep_alive: (t.keep_alive_secs > 0).then(|| Duration::from_secs(t.keep_alive_secs)),
+                stream_receive_window: t.stream_receive_window,
+                receive_window: t.receive_window,
+                send_window: t.send_window,
+            },
+            groups,
+            log_format: f.log.format,
+            source: None,
+        })
+    }
+}
+
+impl Config {
+    /// Loads and validates the configuration from `path` and the environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for unreadable files, bad values or bad ranges.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut c = Config::try_from(ConfigFile::load(path)?)?;
+        c.source = path.map(Path::to_path_buf);
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let c = Config::try_from(ConfigFile::default()).unwrap();
+        assert_eq!(c.listen.port(), 9090);
+        assert!(c.limits.max_streams >= 1024);
+        assert_eq!(c.limits.max_event_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut f = ConfigFile::default();
+        f.limits.max_streams = 100;
+        let e = Config::try_from(f).unwrap_err().to_string();
+        assert!(e.contains("limits.max_streams"), "{e}");
+
+        let mut f = ConfigFile::default();
+        f.groups.insert("bad group".into(), vec!["x".into()]);
+        assert!(Config::try_from(f).is_err());
+
+        let mut f = ConfigFile::default();
+        f.transport.keep_alive_secs = 30;
+        assert!(Config::try_from(f).is_err());
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "r.toml",
+                "listen = \"127.0.0.1:7000\"\n[limits]\nmax_event_bytes = 4096\n[groups]\neu = [\"eu-*\"]\n[tls]\nca = \"pki/ca.pem\"\n",
+            )?;
+            jail.set_env("ICOM_LIMITS__MAX_EVENT_BYTES", "8192");
+            let path = jail.directory().join("r.toml");
+            let c = Config::load(Some(&path)).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.port(), 7000);
+            assert_eq!(c.limits.max_event_bytes, 8192, "env beats file");
+            assert_eq!(c.groups.contains("eu", "eu-1"), Some(true));
+            assert_eq!(
+                c.tls.ca,
+                jail.directory().join("pki/ca.pem"),
+                "relative to the file"
+            );
+            let flagged: ConfigFile = ConfigFile::figment(Some(&path))
+                .merge(Serialized::default("limits.max_event_bytes", 2048))
+                .extract()?;
+            assert_eq!(flagged.limits.max_event_bytes, 2048, "flags beat env");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("r.toml", "[limits]\nmax_event_byte = 4096\n")?;
+            let path = jail.directory().join("r.toml");
+            let e = Config::load(Some(&path)).unwrap_err().to_string();
+            assert!(e.contains("max_event_byte"), "{e}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,71 @@
+//! `--dev` mode: a throwaway CA, router certificate and two client
+//! certificates (`server_1`, `server_2`) in a directory, reused when
+//! present, and a configuration that listens on 127.0.0.1:9090.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use icom_certs::{CertDir, DirError, CA_CERT_FILE, CRL_FILE, ROUTER_CERT_FILE, ROUTER_KEY_FILE};
+
+use crate::config::ConfigFile;
+
+/// The directory `--dev` uses, relative to the working directory.
+pub const DEV_DIR: &str = "icom-dev";
+/// The client identities `--dev` mints.
+pub const DEV_CLIENTS: [&str; 2] = ["server_1", "server_2"];
+/// The address `--dev` listens on.
+pub const DEV_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
+
+/// Makes (or reuses) the dev PKI in `dir`, and returns a config file that
+/// uses it.
+///
+/// # Errors
+/// [`DirError`] when the directory cannot be written or holds a broken PKI.
+pub fn prepare(dir: &Path) -> Result<ConfigFile, DirError> {
+    let mut certs = if dir.join(CA_CERT_FILE).exists() {
+        CertDir::open(dir)?
+    } else {
+        CertDir::init(dir, "ICOM dev CA (throwaway)", 3650, false)?
+    };
+    if !dir.join(ROUTER_CERT_FILE).exists() {
+        certs.issue_router(
+            &["localhost".to_owned()],
+            &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            825,
+            false,
+        )?;
+    }
+    for id in DEV_CLIENTS {
+        if !certs.client_paths(id).0.exists() {
+            certs.issue_client(id, 825, false)?;
+        }
+    }
+    let mut file = ConfigFile {
+        listen: DEV_LISTEN,
+        data_dir: dir.join("data"),
+        ..ConfigFile::default()
+    };
+    file.tls.ca = dir.join(CA_CERT_FILE);
+    file.tls.cert = dir.join(ROUTER_CERT_FILE);
+    file.tls.key = dir.join(ROUTER_KEY_FILE);
+    file.tls.crl = Some(dir.join(CRL_FILE));
+    Ok(file)
+}
+
+/// The lines `--dev` prints: how to connect a client.
+pub fn instructions(dir: &Path, addr: SocketAddr) -> String {
+    let d = |f: &str| -> PathBuf { dir.join(f) };
+    let (c1, k1) = (d("server_1.pem"), d("server_1.key"));
+    format!(
+        "ICOM router (dev mode) listening on {addr}\n\
+         throwaway certificates in {dir}: CA {ca}, clients server_1 and server_2\n\
+         connect a client as server_1:\n\
+         \x20 icom listen --router {addr} --server-name localhost --ca {ca} --cert {c1} --key {k1}\n\
+         or, from this directory: icom --dev --as server_1 listen\n\
+         and send from server_2: icom --dev --as server_2 send --to server_1 --event hello --data '{{\"msg\":\"hi\"}}'",
+        dir = dir.display(),
+        ca = d("ca.pem").display(),
+        c1 = c1.display(),
+        k1 = k1.display(),
+    )
+}

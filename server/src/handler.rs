@@ -1,0 +1,378 @@
+//! One peer's connection, from handshake to cleanup: identity from the
+//! certificate, `hello` → `welcome`, the control stream in both directions,
+//! one task per incoming event stream, and the writer of outgoing
+//! deliveries.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use icom_protocol::{
+    decode_control, encode_frame, frame_len, Ack, AckCode, CloseCode, Control,
+    Limits as WireLimits, Pong, Replayed, Send, StreamCode, Welcome, FRAME_HEADER_LEN,
+    PROTOCOL_VERSION,
+};
+use quinn::{RecvStream, SendStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::outbound::Outbound;
+use crate::router::Peer;
+use crate::server::Shared;
+use crate::tls::{is_revoked, peer_identity};
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// Drives one accepted connection until it ends.
+pub(crate) async fn handle(shared: Arc<Shared>, connecting: quinn::Connecting) {
+    let remote = connecting.remote_address();
+    let conn = match connecting.await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(%remote, "handshake failed: {e}");
+            return;
+        }
+    };
+    let identity = match peer_identity(&conn) {
+        Ok(id) => id,
+        Err(e) => {
+            warn!(%remote, code = "BAD_IDENTITY", "refused: {e}");
+            close(&conn, CloseCode::BadIdentity);
+            return;
+        }
+    };
+    if is_revoked(&shared.crls(), &identity.serial) {
+        warn!(%remote, server_id = %identity.server_id, code = "REVOKED", "refused: certificate revoked");
+        close(&conn, CloseCode::Revoked);
+        return;
+    }
+    let span = tracing::info_span!("conn", server_id = %identity.server_id, %remote);
+    run(shared, conn, identity.server_id, identity.serial)
+        .instrument(span)
+        .await;
+}
+
+async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, serial: Vec<u8>) {
+    let config = shared.config();
+    let (ctrl_send, mut ctrl_recv) = match await_hello(&conn, config.limits.hello_timeout).await {
+        Ok(streams) => streams,
+        Err(why) => {
+            warn!(code = "PROTOCOL", "refused before hello: {why}");
+            close(&conn, CloseCode::Protocol);
+            return;
+        }
+    };
+    let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let (control_tx, control_rx) = mpsc::channel(config.limits.control_queue);
+    let peer = Arc::new(Peer {
+        server_id: server_id.clone().into(),
+        session,
+        conn: conn.clone(),
+        outbound: Outbound::new(
+            config.limits.outbound_queue_events,
+            config.limits.outbound_queue_bytes,
+        ),
+        control: control_tx.clone(),
+        serial,
+    });
+    // The welcome is the first frame: queue it before anything else can be.
+    let groups = config.groups.groups_of(&server_id);
+    let session_id = uuid::Uuid::new_v4().hyphenated().to_string();
+    let registered = shared.table.register(peer.clone());
+    let welcome = Control::Welcome(Welcome {
+        session_id,
+        server_id: server_id.clone(),
+        groups,
+        peers: registered.peers,
+        limits: WireLimits {
+            max_event_bytes: config.limits.max_event_bytes as u32,
+            max_streams: config.limits.max_streams,
+        },
+    });
+    let writer = tokio::spawn(write_control(ctrl_send, control_rx).in_current_span());
+    let _ = control_tx.send(welcome).await;
+    let _ = control_tx
+        .send(Control::Replayed(Replayed { count: 0 }))
+        .await;
+    info!(session, "welcomed");
+    let deliveries = tokio::spawn(write_deliveries(peer.clone()).in_current_span());
+
+    let why = serve(&shared, &peer, &mut ctrl_recv).await;
+    match &why {
+        Ended::Protocol(msg) => {
+            warn!(code = "PROTOCOL", "closing: {msg}");
+            close(&conn, CloseCode::Protocol);
+        }
+        Ended::Finished => close(&conn, CloseCode::Normal),
+        Ended::Lost(e) => debug!("connection ended: {e}"),
+    }
+    peer.outbound.close();
+    shared.table.unregister(&server_id, session);
+    drop(control_tx);
+    writer.abort();
+    let _ = deliveries.await;
+    info!(session, reason = %why, "disconnected");
+}
+
+#[derive(Debug)]
+enum Ended {
+    /// The peer broke the protocol.
+    Protocol(String),
+    /// The peer finished its control stream.
+    Finished,
+    /// The connection was closed or lost.
+    Lost(quinn::ConnectionError),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Protocol(m) => write!(f, "protocol violation: {m}"),
+            Ended::Finished => f.write_str("the client finished its control stream"),
+            Ended::Lost(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Waits for the control stream and its `hello`; an event stream first,
+/// another first frame, or silence past the timeout is a protocol error.
+async fn await_hello(
+    conn: &quinn::Connection,
+    timeout: std::time::Duration,
+) -> Result<(SendStream, RecvStream), String> {
+    let work = async {
+        let (send, mut recv) = tokio::select! {
+            bi = conn.accept_bi() => bi.map_err(|e| format!("no control stream: {e}"))?,
+            uni = conn.accept_uni() => return Err(early_stream(uni)),
+        };
+        let first = tokio::select! {
+            f = read_frame(&mut recv) => f?,
+            uni = conn.accept_uni() => return Err(early_stream(uni)),
+        };
+        match first {
+            Some(Control::Hello(h)) if h.protocol == PROTOCOL_VERSION => Ok((send, recv)),
+            Some(Control::Hello(h)) => Err(format!("unsupported protocol version {}", h.protocol)),
+            Some(other) => Err(format!("the first frame is '{}', not hello", other.name())),
+            None => Err("the first frame is not hello".to_owned()),
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("no hello within {} s", timeout.as_secs()))?
+}
+
+fn early_stream(uni: Result<RecvStream, quinn::ConnectionError>) -> String {
+    match uni {
+        Ok(_) => "an event stream arrived before hello".to_owned(),
+        Err(e) => format!("the connection ended before hello: {e}"),
+    }
+}
+
+/// Serves the control stream and accepts event streams until the
+/// connection ends.
+async fn serve(shared: &Arc<Shared>, peer: &Arc<Peer>, ctrl: &mut RecvStream) -> Ended {
+    let shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            frame = read_frame(ctrl) => match frame {
+                Ok(Some(msg)) => {
+                    if let Err(e) = on_control(peer, msg).await {
+                        return Ended::Protocol(e);
+                    }
+                }
+                Ok(None) => debug!("ignored a control message of an unknown name"),
+                Err(e) if e == FINISHED => return Ended::Finished,
+                Err(e) => match peer.conn.close_reason() {
+                    Some(reason) => return Ended::Lost(reason),
+                    None => return Ended::Protocol(e),
+                },
+            },
+            stream = peer.conn.accept_uni() => match stream {
+                Ok(recv) => {
+                    let shared = shared.clone();
+                    let peer = peer.clone();
+                    tokio::spawn(async move { on_event_stream(&shared, &peer, recv).await }.in_current_span());
+                }
+                Err(e) => return Ended::Lost(e),
+            },
+            e = peer.conn.closed() => return Ended::Lost(e),
+            () = shutdown.cancelled() => {
+                close(&peer.conn, CloseCode::Shutdown);
+                return Ended::Lost(quinn::ConnectionError::LocallyClosed);
+            }
+        }
+    }
+}
+
+async fn on_control(peer: &Peer, msg: Control) -> Result<(), String> {
+    match msg {
+        Control::Ping(p) => {
+            let _ = peer
+                .control
+                .send(Control::Pong(Pong { nonce: p.nonce }))
+                .await;
+        }
+        Control::Forget(f) => {
+            let ack = Ack::failed(
+                f.id,
+                AckCode::NotFound,
+                format!("no persistent event '{}'", f.persist_id),
+            );
+            let _ = peer.control.send(Control::Ack(ack)).await;
+        }
+        other => return Err(format!("a client may not send '{}'", other.name())),
+    }
+    Ok(())
+}
+
+const FINISHED: &str = "control stream finished";
+
+/// Reads one control frame. `Ok(None)` is a message of an unknown name.
+async fn read_frame(recv: &mut RecvStream) -> Result<Option<Control>, String> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Err(FINISHED.to_owned()),
+        Err(e) => return Err(format!("reading a control frame: {e}")),
+    }
+    let len = frame_len(header).map_err(|e| e.to_string())?;
+    // Bounded by MAX_FRAME_LEN (1 MiB) just above.
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| format!("reading a control frame: {e}"))?;
+    decode_control(&body).map_err(|e| format!("bad control frame: {e}"))
+}
+
+/// Writes queued control frames, coalescing what is waiting into one write.
+async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<Control>) {
+    let mut buf = Vec::with_capacity(4096);
+    let mut batch = Vec::with_capacity(64);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        buf.clear();
+        for msg in batch.drain(..) {
+            buf.extend_from_slice(&encode_frame(&msg));
+        }
+        if send.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Opens one stream per queued delivery.
+async fn write_deliveries(peer: Arc<Peer>) {
+    let mut batch: Vec<Bytes> = Vec::with_capacity(64);
+    while peer.outbound.pop_all(&mut batch).await {
+        for wire in batch.drain(..) {
+            let Ok(mut stream) = peer.conn.open_uni().await else {
+                return;
+            };
+            if stream.write_chunk(wire).await.is_err() {
+                continue;
+            }
+            let _ = stream.finish();
+        }
+    }
+}
+
+/// Reads one event stream, routes it, and acks it.
+async fn on_event_stream(shared: &Shared, peer: &Peer, mut recv: RecvStream) {
+    let max = shared.config().limits.max_event_bytes;
+    let ack = match read_event(&mut recv, max).await {
+        Read::Event(bytes) => match Send::decode(&bytes) {
+            Ok(send) => {
+                let config = shared.config();
+                let ack = shared
+                    .table
+                    .route(&peer.server_id, &send, &config.groups, now_ms());
+                if let Some(e) = &ack.error {
+                    debug!(id = send.id, event = %send.event, code = %e.code, "{}", e.message);
+                }
+                ack
+            }
+            Err(e) => {
+                warn!(code = "malformed", id = ?e.id, "bad event stream: {e}");
+                Ack::failed(e.id.unwrap_or(0), AckCode::Malformed, e.to_string())
+            }
+        },
+        Read::TooLarge(prefix) => {
+            let _ = recv.stop(StreamCode::TooLarge.code().into());
+            let id = Send::peek_id(&prefix);
+            warn!(code = "too_large", id = ?id, "event stream over {max} bytes");
+            Ack::failed(
+                id.unwrap_or(0),
+                AckCode::TooLarge,
+                format!("the event exceeds max_event_bytes ({max})"),
+            )
+        }
+        Read::Failed(prefix, e) => {
+            if peer.conn.close_reason().is_some() {
+                return;
+            }
+            let id = Send::peek_id(&prefix);
+            Ack::failed(
+                id.unwrap_or(0),
+                AckCode::Malformed,
+                format!("the event stream failed: {e}"),
+            )
+        }
+    };
+    let _ = peer.control.send(Control::Ack(ack)).await;
+}
+
+enum Read {
+    Event(Bytes),
+    TooLarge(Vec<u8>),
+    Failed(Vec<u8>, quinn::ReadError),
+}
+
+/// Reads a whole event stream of at most `max` bytes. The common case, an
+/// event in one chunk, is kept without a copy.
+async fn read_event(recv: &mut RecvStream, max: usize) -> Read {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        match recv.read_chunk(max + 1 - len, true).await {
+            Ok(Some(chunk)) => {
+                len += chunk.bytes.len();
+                match first.take() {
+                    None if rest.is_empty() => first = Some(chunk.bytes),
+                    prev => {
+                        if let Some(p) = prev {
+                            rest.extend_from_slice(&p);
+                        }
+                        rest.extend_from_slice(&chunk.bytes);
+                    }
+                }
+                if len > max {
+                    let mut prefix = first.map(|b| b.to_vec()).unwrap_or_default();
+                    prefix.extend_from_slice(&rest);
+                    return Read::TooLarge(prefix);
+                }
+            }
+            Ok(None) => {
+                return Read::Event(first.unwrap_or_else(|| Bytes::from(rest)));
+            }
+            Err(e) => {
+                let mut prefix = first.map(|b| b.to_vec()).unwrap_or_default();
+                prefix.extend_from_slice(&rest);
+                return Read::Failed(prefix, e);
+            }
+        }
+    }
+}
+
+fn close(conn: &quinn::Connection, code: CloseCode) {
+    conn.close(code.code().into(), code.as_str().as_bytes());
+}
+
+/// The router's clock in Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,32 @@
+//! The ICOM router: ICOM/1 over QUIC with mutual TLS.
+//!
+//! [`Server::bind`] loads the TLS material and binds the UDP socket;
+//! [`Server::run`] accepts connections until its cancellation token fires.
+//! Each connection's identity is its certificate's CN; the routing table
+//! delivers every event on its own stream to each recipient.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod dev;
+mod handler;
+mod outbound;
+mod router;
+mod server;
+pub mod tls;
+
+pub use config::{Config, ConfigError, ConfigFile, LogFormat};
+pub use server::{
+    ReloadHandle, ReloadReport, Server, ServerError, Stats, StatsHandle, SHUTDOWN_GRACE,
+};
+
+/// Binds and runs a router until `shutdown` is cancelled.
+///
+/// # Errors
+/// [`ServerError`] if it cannot start.
+pub async fn run(
+    config: Config,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), ServerError> {
+    Server::bind(config)?.run(shutdown).await;
+    Ok(())
+}

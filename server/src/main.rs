@@ -1,0 +1,165 @@
+//! `icom-server`: parses flags, loads the configuration, installs tracing
+//! and runs the router until SIGINT/SIGTERM; SIGHUP reloads.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use figment::providers::Serialized;
+use icom_server::{dev, Config, ConfigFile, LogFormat, Server};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// The ICOM router: QUIC + mutual TLS event routing between game servers.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Flags {
+    /// The configuration file (TOML). Env `ICOM_*` overrides it; flags override both.
+    #[arg(long, short, env = "ICOM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Development mode: throwaway certificates in ./icom-dev, listen on 127.0.0.1:9090.
+    #[arg(long)]
+    dev: bool,
+    /// Validate the configuration and its files, then exit.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
+    /// The UDP address to listen on.
+    #[arg(long)]
+    listen: Option<String>,
+    /// The directory of the router's database.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(flags)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(flags: Flags) -> anyhow::Result<()> {
+    if let Some(path) = &flags.check_config {
+        let config = load(Some(path), &flags)?;
+        icom_server::tls::load(&config).context("checking the TLS files")?;
+        println!("{}: ok", path.display());
+        return Ok(());
+    }
+    let dev_dir = PathBuf::from(dev::DEV_DIR);
+    let config = if flags.dev && flags.config.is_none() {
+        let file = dev::prepare(&dev_dir).context("preparing ./icom-dev")?;
+        let file = merge_flags(
+            ConfigFile::figment(None).merge(Serialized::defaults(file)),
+            &flags,
+        )
+        .extract::<ConfigFile>()
+        .context("reading the environment and flags")?;
+        Config::try_from(file)?
+    } else {
+        load(flags.config.as_deref(), &flags)?
+    };
+    install_tracing(config.log_format);
+    let server = Server::bind(config)?;
+    let addr = server.local_addr();
+    if flags.dev && flags.config.is_none() {
+        println!("{}", dev::instructions(&dev_dir, addr));
+    }
+    let shutdown = CancellationToken::new();
+    spawn_signals(server.reload_handle(), shutdown.clone())?;
+    server.run(shutdown).await;
+    info!("bye");
+    Ok(())
+}
+
+fn load(path: Option<&std::path::Path>, flags: &Flags) -> anyhow::Result<Config> {
+    let file: ConfigFile = merge_flags(ConfigFile::figment(path), flags)
+        .extract()
+        .with_context(|| match path {
+            Some(p) => format!("loading {}", p.display()),
+            None => "loading the configuration".to_owned(),
+        })?;
+    let mut file = file;
+    if let Some(dir) = path.and_then(std::path::Path::parent) {
+        file.rebase(dir);
+    }
+    let mut config = Config::try_from(file)?;
+    config.source = path.map(std::path::Path::to_path_buf);
+    Ok(config)
+}
+
+fn merge_flags(mut f: figment::Figment, flags: &Flags) -> figment::Figment {
+    if let Some(l) = &flags.listen {
+        f = f.merge(Serialized::default("listen", l));
+    }
+    if let Some(d) = &flags.data_dir {
+        f = f.merge(Serialized::default("data_dir", d));
+    }
+    if let Some(l) = &flags.log_format {
+        f = f.merge(Serialized::default("log.format", l));
+    }
+    f
+}
+
+fn install_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[cfg(unix)]
+fn spawn_signals(
+    reload: icom_server::ReloadHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = hup.recv() => match reload.reload() {
+                    Ok(r) => info!(revoked = ?r.revoked, "reloaded on SIGHUP"),
+                    Err(e) => warn!("reload failed, keeping the old configuration: {e}"),
+                },
+                _ = term.recv() => { shutdown.cancel(); break; }
+                _ = int.recv() => { shutdown.cancel(); break; }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn spawn_signals(
+    _reload: icom_server::ReloadHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        shutdown.cancel();
+    });
+    Ok(())
+}

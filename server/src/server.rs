@@ -1,0 +1,280 @@
+//! The listener: binds the QUIC endpoint, accepts connections within the
+//! connection limit, reloads TLS material, groups and limits without a
+//! restart, and shuts down explicitly.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::router::Table;
+use crate::tls::{self, TlsError};
+use icom_protocol::CloseCode;
+
+/// How long shutdown waits for connections to close before giving up.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the router could not start, reload or run.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the listener and every connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) table: Table,
+    config: RwLock<Arc<Config>>,
+    crls: RwLock<Arc<Vec<webpki::CertRevocationList<'static>>>>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// The current configuration.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The current revocation lists.
+    pub(crate) fn crls(&self) -> Arc<Vec<webpki::CertRevocationList<'static>>> {
+        self.crls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A bound router, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+}
+
+/// A handle that reloads a running router's configuration and TLS files.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Live connections closed because their certificate is now revoked.
+    pub revoked: Vec<String>,
+}
+
+/// Counters a test or an operator can read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Welcomed connections.
+    pub connections: usize,
+    /// Deliveries waiting in outbound queues, and their bytes.
+    pub queued_events: usize,
+    /// Bytes waiting in outbound queues.
+    pub queued_bytes: usize,
+}
+
+impl Server {
+    /// Loads the TLS material and binds the UDP socket. Must run inside a
+    /// tokio runtime.
+    ///
+    /// # Errors
+    /// [`ServerError`] for bad TLS files or an address in use.
+    pub fn bind(config: Config) -> Result<Server, ServerError> {
+        let material = tls::load(&config)?;
+        let endpoint =
+            quinn::Endpoint::server(material.server_config, config.listen).map_err(|source| {
+                ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                }
+            })?;
+        let local_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            table: Table::default(),
+            config: RwLock::new(Arc::new(config)),
+            crls: RwLock::new(Arc::new(material.crls)),
+            shutdown: CancellationToken::new(),
+        });
+        Ok(Server {
+            endpoint,
+            shared,
+            local_addr,
+        })
+    }
+
+    /// The address the router listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle to reload the running router.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            endpoint: self.endpoint.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A snapshot of the router's counters.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Accepts connections until `shutdown` is cancelled; then closes every
+    /// connection with `SHUTDOWN` and waits (at most [`SHUTDOWN_GRACE`]) for
+    /// the endpoint to go idle.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let config = self.shared.config();
+        let limit = Arc::new(Semaphore::new(config.limits.max_connections));
+        let tracker = TaskTracker::new();
+        info!(addr = %self.local_addr, "listening");
+        loop {
+            let incoming = tokio::select! {
+                i = self.endpoint.accept() => i,
+                () = shutdown.cancelled() => break,
+            };
+            let Some(incoming) = incoming else { break };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                warn!(remote = %incoming.remote_address(), "refused: connection limit reached");
+                incoming.refuse();
+                continue;
+            };
+            let connecting = match incoming.accept() {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("accepting a connection failed: {e}");
+                    continue;
+                }
+            };
+            let shared = self.shared.clone();
+            tracker.spawn(async move {
+                crate::handler::handle(shared, connecting).await;
+                drop(permit);
+            });
+        }
+        info!("shutting down");
+        self.shared.shutdown.cancel();
+        self.endpoint.set_server_config(None);
+        for peer in self.shared.table.all() {
+            peer.close(CloseCode::Shutdown);
+        }
+        tracker.close();
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            tracker.wait().await;
+            self.endpoint.close(
+                CloseCode::Shutdown.code().into(),
+                CloseCode::Shutdown.as_str().as_bytes(),
+            );
+            self.endpoint.wait_idle().await;
+        })
+        .await;
+        if drained.is_err() {
+            warn!("connections did not close within {SHUTDOWN_GRACE:?}");
+        }
+        info!("stopped");
+    }
+}
+
+impl ReloadHandle {
+    /// Re-reads the configuration file (if the router was started from one)
+    /// and the TLS files: new connections use the new CA, CRL and
+    /// certificate; groups and limits apply to the next event; live
+    /// connections whose certificate is now revoked are closed with
+    /// `REVOKED`. On error nothing changes.
+    ///
+    /// # Errors
+    /// [`ServerError`] naming what could not be loaded.
+    pub fn reload(&self) -> Result<ReloadReport, ServerError> {
+        let old = self.shared.config();
+        let mut config = match &old.source {
+            Some(path) => Config::load(Some(path))?,
+            None => (*old).clone(),
+        };
+        if config.listen != old.listen {
+            warn!(
+                "listen changed from {} to {}: that takes a restart",
+                old.listen, config.listen
+            );
+            config.listen = old.listen;
+        }
+        let material = tls::load(&config)?;
+        self.endpoint
+            .set_server_config(Some(material.server_config));
+        *self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
+        *self
+            .shared
+            .crls
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(material.crls);
+        let crls = self.shared.crls();
+        let mut revoked = Vec::new();
+        for peer in self.shared.table.all() {
+            if tls::is_revoked(&crls, &peer.serial) {
+                warn!(server_id = %peer.server_id, code = "REVOKED", "closing: certificate revoked");
+                peer.close(CloseCode::Revoked);
+                revoked.push(peer.server_id.to_string());
+            }
+        }
+        info!(revoked = revoked.len(), "reloaded");
+        Ok(ReloadReport { revoked })
+    }
+}
+
+/// A handle that reads a running router's counters.
+#[derive(Debug, Clone)]
+pub struct StatsHandle {
+    shared: Arc<Shared>,
+}
+
+impl StatsHandle {
+    /// The counters now.
+    pub fn stats(&self) -> Stats {
+        let peers = self.shared.table.all();
+        let (mut events, mut bytes) = (0, 0);
+        for p in &peers {
+            let (e, b) = p.outbound.depth();
+            events += e;
+            bytes += b;
+        }
+        Stats {
+            connections: self.shared.table.len(),
+            queued_events: events,
+            queued_bytes: bytes,
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! A router running in-process for a test, with its PKI and files in a
+//! temporary directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use icom_certs::testing::TestPki;
+use icom_certs::Issued;
+use icom_server::{Config, ConfigFile, ReloadHandle, ReloadReport, Server, Stats, StatsHandle};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::raw::RawClient;
+
+type Mutate = Arc<dyn Fn(&mut ConfigFile) + Send + Sync>;
+
+/// A router on 127.0.0.1 with a fresh test PKI.
+pub struct TestCluster {
+    pki: TestPki,
+    dir: TempDir,
+    addr: SocketAddr,
+    mutate: Mutate,
+    running: Option<Running>,
+}
+
+struct Running {
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    reload: ReloadHandle,
+    stats: StatsHandle,
+}
+
+/// The files a client needs to connect to a [`TestCluster`].
+#[derive(Debug, Clone)]
+pub struct ClientFiles {
+    /// The router's address.
+    pub addr: SocketAddr,
+    /// The name in the router's certificate.
+    pub server_name: String,
+    /// The CA certificate (PEM).
+    pub ca: PathBuf,
+    /// The client certificate (PEM).
+    pub cert: PathBuf,
+    /// The client key (PEM).
+    pub key: PathBuf,
+}
+
+impl TestCluster {
+    /// Starts a router with the default configuration.
+    pub async fn start() -> TestCluster {
+        TestCluster::start_with(|_| {}).await
+    }
+
+    /// Starts a router whose configuration file `f` may change first.
+    pub async fn start_with(f: impl Fn(&mut ConfigFile) + Send + Sync + 'static) -> TestCluster {
+        crate::init_tracing();
+        let pki = TestPki::new();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        pki.write_to(dir.path()).expect("writing the test PKI");
+        let mut cluster = TestCluster {
+            pki,
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mutate: Arc::new(f),
+            running: None,
+        };
+        cluster.launch();
+        cluster
+    }
+
+    fn config_file(&self) -> ConfigFile {
+        let d = self.dir.path();
+        let mut file = ConfigFile {
+            listen: self.addr,
+            data_dir: d.join("data"),
+            ..ConfigFile::default()
+        };
+        file.tls.ca = d.join("ca.pem");
+        file.tls.cert = d.join("router.pem");
+        file.tls.key = d.join("router.key");
+        file.tls.crl = Some(d.join("crl.pem"));
+        (self.mutate)(&mut file);
+        file
+    }
+
+    fn launch(&mut self) {
+        let config = Config::try_from(self.config_file()).expect("a valid test config");
+        let server = Server::bind(config).expect("binding the test router");
+        self.addr = server.local_addr();
+        let shutdown = CancellationToken::new();
+        let reload = server.reload_handle();
+        let stats = server.stats_handle();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        self.running = Some(Running {
+            shutdown,
+            task,
+            reload,
+            stats,
+        });
+    }
+
+    /// The router's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The test PKI (its CA signed the router's certificate).
+    pub fn pki(&self) -> &TestPki {
+        &self.pki
+    }
+
+    /// The temporary directory holding the PKI files and the data dir.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Mints a good client certificate for `id` and writes its files.
+    pub fn client_files(&self, id: &str) -> ClientFiles {
+        let issued = self.pki.client(id);
+        self.files_for(id, &issued)
+    }
+
+    /// Writes the files of an already minted certificate under `name`.
+    pub fn files_for(&self, name: &str, issued: &Issued) -> ClientFiles {
+        let clients = self.dir.path().join("clients");
+        std::fs::create_dir_all(&clients).expect("creating the clients dir");
+        let cert = clients.join(format!("{name}.pem"));
+        let key = clients.join(format!("{name}.key"));
+        std::fs::write(&cert, &issued.cert_pem).expect("writing a client cert");
+        std::fs::write(&key, &issued.key_pem).expect("writing a client key");
+        ClientFiles {
+            addr: self.addr,
+            server_name: "localhost".to_owned(),
+            ca: self.dir.path().join("ca.pem"),
+            cert,
+            key,
+        }
+    }
+
+    /// Connects a raw peer with a good certificate for `id` and completes
+    /// `hello` → `welcome`.
+    pub async fn raw(&self, id: &str) -> RawClient {
+        let issued = self.pki.client(id);
+        let mut c = RawClient::connect(self.addr, &self.pki, &issued)
+            .await
+            .expect("connecting a raw client");
+        c.hello().await.expect("hello → welcome");
+        c
+    }
+
+    /// Writes a CRL revoking `certs` where the router reads it.
+    pub fn write_crl(&self, certs: &[&Issued]) {
+        let pem = self.pki.crl_revoking(certs);
+        std::fs::write(self.dir.path().join("crl.pem"), pem).expect("writing the CRL");
+    }
+
+    /// Reloads the running router.
+    pub fn reload(&self) -> ReloadReport {
+        self.running
+            .as_ref()
+            .expect("the router is running")
+            .reload
+            .reload()
+            .expect("reloading the router")
+    }
+
+    /// The running router's counters.
+    pub fn stats(&self) -> Stats {
+        self.running
+            .as_ref()
+            .expect("the router is running")
+            .stats
+            .stats()
+    }
+
+    /// Stops the router (clients see `SHUTDOWN`) and waits until it has.
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown.cancel();
+            tokio::time::timeout(crate::WAIT, r.task)
+                .await
+                .expect("the router stops within the bound")
+                .expect("the router task does not panic");
+        }
+    }
+
+    /// Starts the router again on the same address and data dir.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.launch();
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.shutdown.cancel();
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Shared support for ICOM's end-to-end tests: a real router on
+//! 127.0.0.1:0 with a test PKI minted in memory ([`TestCluster`]), and a raw
+//! ICOM/1 peer that speaks the protocol frame by frame ([`RawClient`]), for
+//! the tests that must send what a well-behaved client never would.
+#![warn(missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cluster;
+mod raw;
+
+pub use cluster::{ClientFiles, TestCluster};
+pub use raw::{client_crypto, RawClient, RawError};
+
+/// A generous bound for anything a test waits on: it never decides a
+/// verdict on time, it only stops a broken test from hanging.
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Installs a tracing subscriber for the test binary (once), honouring
+/// `RUST_LOG`; quiet by default.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
