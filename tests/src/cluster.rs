@@ -66,7 +66,7 @@ impl TestCluster {
             mutate: Arc::new(f),
             running: None,
         };
-        cluster.launch();
+        cluster.launch().await;
         cluster
     }
 
@@ -85,9 +85,21 @@ impl TestCluster {
         file
     }
 
-    fn launch(&mut self) {
+    async fn launch(&mut self) {
         let config = Config::try_from(self.config_file()).expect("a valid test config");
-        let server = Server::bind(config).expect("binding the test router");
+        // A stopped router's socket is released by its endpoint driver a
+        // moment after the stop: retry a bounded number of times.
+        let mut tries = 0;
+        let server = loop {
+            match Server::bind(config.clone()) {
+                Ok(s) => break s,
+                Err(icom_server::ServerError::Bind { .. }) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("binding the test router: {e}"),
+            }
+        };
         self.addr = server.local_addr();
         let shutdown = CancellationToken::new();
         let reload = server.reload_handle();
@@ -189,7 +201,7 @@ impl TestCluster {
     /// Starts the router again on the same address and data dir.
     pub async fn restart(&mut self) {
         self.stop().await;
-        self.launch();
+        self.launch().await;
     }
 }
 

@@ -92,11 +92,25 @@ impl RawClient {
         addr: SocketAddr,
         crypto: Arc<QuicClientConfig>,
     ) -> Result<RawClient, RawError> {
+        RawClient::connect_opts(addr, crypto, 10_000).await
+    }
+
+    /// Connects with a ready TLS config, letting the router open at most
+    /// `max_uni_streams` delivery streams at once (a small number makes a
+    /// recipient that never reads).
+    ///
+    /// # Errors
+    /// [`RawError`] when the handshake fails on this side.
+    pub async fn connect_opts(
+        addr: SocketAddr,
+        crypto: Arc<QuicClientConfig>,
+        max_uni_streams: u32,
+    ) -> Result<RawClient, RawError> {
         let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
             .map_err(|e| RawError::Other(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(crypto);
         let mut transport = quinn::TransportConfig::default();
-        transport.max_concurrent_uni_streams(10_000u32.into());
+        transport.max_concurrent_uni_streams(max_uni_streams.into());
         config.transport_config(Arc::new(transport));
         endpoint.set_default_client_config(config);
         let connecting = endpoint

@@ -1,0 +1,289 @@
+//! Every ack code, and hostile event streams: the right code each time, and
+//! the connection and the router go on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use icom_protocol::{AckCode, Persist, Send, Target, NIL};
+use icom_tests::{client_crypto, RawClient, TestCluster};
+
+fn send(id: u64, to: Target) -> Send {
+    Send {
+        id,
+        to,
+        event: "e".into(),
+        data: Bytes::from_static(NIL),
+        persist: None,
+        ttl_ms: None,
+        reply_to: None,
+    }
+}
+
+fn code(ack: &icom_protocol::Ack) -> AckCode {
+    ack.error.as_ref().expect("an error").code
+}
+
+#[tokio::test]
+async fn not_found_names_the_missing_server_and_delivers_to_the_rest() {
+    let cluster = TestCluster::start().await;
+    let mut a = cluster.raw("a").await;
+    let b = cluster.raw("b").await;
+    let ack = a
+        .send(&send(1, Target::Server("ghost".into())))
+        .await
+        .unwrap();
+    assert!(!ack.ok);
+    assert_eq!(code(&ack), AckCode::NotFound);
+    assert!(ack.error.unwrap().message.contains("ghost"));
+
+    // Partial delivery: b gets it, ghost is reported.
+    let ack = a
+        .send(&send(2, Target::Servers(vec!["ghost".into(), "b".into()])))
+        .await
+        .unwrap();
+    assert!(!ack.ok);
+    assert_eq!((ack.delivered, ack.queued), (1, 0));
+    assert_eq!(code(&ack), AckCode::NotFound);
+    assert_eq!(b.deliver().await.unwrap().id, 2);
+}
+
+#[tokio::test]
+async fn invalid_sends() {
+    let mut groups_cluster = TestCluster::start().await;
+    let mut a = groups_cluster.raw("a").await;
+    let _b = groups_cluster.raw("b").await;
+    let base = send(10, Target::Server("b".into()));
+    let cases: Vec<(Send, u64)> = vec![
+        (
+            Send {
+                id: 0,
+                ..base.clone()
+            },
+            0,
+        ),
+        (
+            Send {
+                id: 11,
+                ttl_ms: Some(0),
+                ..base.clone()
+            },
+            11,
+        ),
+        (
+            Send {
+                id: 12,
+                event: String::new(),
+                ..base.clone()
+            },
+            12,
+        ),
+        (
+            Send {
+                id: 13,
+                event: "x".repeat(129),
+                ..base.clone()
+            },
+            13,
+        ),
+        (
+            Send {
+                id: 14,
+                event: "bell\u{7}".into(),
+                ..base.clone()
+            },
+            14,
+        ),
+        (
+            Send {
+                id: 15,
+                to: Target::Servers(vec![]),
+                ..base.clone()
+            },
+            15,
+        ),
+        (
+            Send {
+                id: 16,
+                to: Target::Group("nope".into()),
+                ..base.clone()
+            },
+            16,
+        ),
+        (
+            Send {
+                id: 17,
+                persist: Some(Persist::Id("p\n".into())),
+                ..base.clone()
+            },
+            17,
+        ),
+        (
+            Send {
+                id: 18,
+                to: Target::Server("no such id!".into()),
+                ..base.clone()
+            },
+            18,
+        ),
+    ];
+    for (s, want_id) in cases {
+        let ack = a
+            .send(&Send {
+                id: s.id,
+                ..s.clone()
+            })
+            .await;
+        let ack = match ack {
+            Ok(a) => a,
+            Err(e) => panic!("{s:?}: {e}"),
+        };
+        assert_eq!(ack.id, want_id);
+        assert!(!ack.ok, "{s:?}");
+        assert_eq!(code(&ack), AckCode::Invalid, "{s:?}: {ack:?}");
+        assert_eq!((ack.delivered, ack.queued), (0, 0));
+    }
+    // The connection goes on.
+    assert!(
+        a.send(&send(19, Target::Server("b".into())))
+            .await
+            .unwrap()
+            .ok
+    );
+    groups_cluster.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_streams_get_malformed_and_the_connection_goes_on() {
+    let cluster = TestCluster::start().await;
+    let mut a = cluster.raw("a").await;
+    let b = cluster.raw("b").await;
+
+    // Garbage: no id readable.
+    a.send_event_bytes(b"\xde\xad\xbe\xef garbage")
+        .await
+        .unwrap();
+    let ack = a.ack(0).await.unwrap();
+    assert_eq!(code(&ack), AckCode::Malformed);
+
+    // Empty stream.
+    a.send_event_bytes(b"").await.unwrap();
+    assert_eq!(code(&a.ack(0).await.unwrap()), AckCode::Malformed);
+
+    // Truncated after the id: the ack names it.
+    let full = send(31, Target::Server("b".into())).encode();
+    a.send_event_bytes(&full[..full.len() - 3]).await.unwrap();
+    let ack = a.ack(31).await.unwrap();
+    assert_eq!(code(&ack), AckCode::Malformed);
+
+    // A control message on an event stream.
+    a.send_event_bytes(
+        &rmp_serde::to_vec_named(&serde_json::json!({"ping": {"nonce": 1}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code(&a.ack(0).await.unwrap()), AckCode::Malformed);
+
+    // Nothing reached b, and a's next good send goes through.
+    assert!(
+        b.no_delivery_within(std::time::Duration::from_millis(100))
+            .await
+    );
+    assert!(
+        a.send(&send(32, Target::Server("b".into())))
+            .await
+            .unwrap()
+            .ok
+    );
+    assert_eq!(b.deliver().await.unwrap().id, 32);
+}
+
+#[tokio::test]
+async fn oversized_events_are_stopped_and_acked_too_large() {
+    let cluster = TestCluster::start_with(|c| c.limits.max_event_bytes = 4096).await;
+    let mut a = cluster.raw("a").await;
+    let b = cluster.raw("b").await;
+    assert_eq!(a.welcome.as_ref().unwrap().limits.max_event_bytes, 4096);
+
+    let big = Send {
+        data: Bytes::from(rmp_serde::to_vec(&"x".repeat(100_000)).unwrap()),
+        ..send(41, Target::Server("b".into()))
+    };
+    let bytes = big.encode();
+    let mut stream = a.conn.open_uni().await.unwrap();
+    // The router stops reading: the write fails or the stream is stopped
+    // with TOO_LARGE (6).
+    let _ = stream.write_all(&bytes).await;
+    let stopped = stream.stopped().await;
+    assert_eq!(stopped.unwrap(), Some(6u32.into()));
+    let ack = a.ack(41).await.unwrap();
+    assert_eq!(code(&ack), AckCode::TooLarge);
+    assert_eq!(ack.id, 41, "the id is read from the prefix");
+
+    // Exactly at the limit is fine.
+    let mut fits = send(42, Target::Server("b".into()));
+    let overhead = fits.encode().len() - 1;
+    let n = 4096 - overhead - 3;
+    fits.data = Bytes::from(rmp_serde::to_vec(&"y".repeat(n)).unwrap());
+    assert_eq!(fits.encode().len(), 4096);
+    assert!(a.send(&fits).await.unwrap().ok);
+    let d = b.deliver().await.unwrap();
+    assert_eq!(d.id, 42);
+    assert!(
+        b.no_delivery_within(std::time::Duration::from_millis(50))
+            .await
+    );
+}
+
+#[tokio::test]
+async fn a_recipient_that_never_reads_congests_within_the_bound() {
+    const QUEUE_EVENTS: u32 = 32;
+    const QUEUE_BYTES: u64 = 64 * 1024;
+    let cluster = TestCluster::start_with(|c| {
+        c.limits.outbound_queue_events = QUEUE_EVENTS;
+        c.limits.outbound_queue_bytes = QUEUE_BYTES;
+        c.limits.max_event_bytes = 8 * 1024;
+    })
+    .await;
+    let mut a = cluster.raw("a").await;
+    // `sink` lets the router open 4 streams and never reads them.
+    let issued = cluster.pki().client("sink");
+    let mut sink = RawClient::connect_opts(
+        cluster.addr(),
+        client_crypto(cluster.pki(), Some(&issued)),
+        4,
+    )
+    .await
+    .unwrap();
+    sink.hello().await.unwrap();
+
+    let payload = Bytes::from(rmp_serde::to_vec(&"z".repeat(1000)).unwrap());
+    let mut congested = 0;
+    let mut delivered = 0;
+    for id in 1..=400u64 {
+        let s = Send {
+            data: payload.clone(),
+            ..send(id, Target::Server("sink".into()))
+        };
+        let ack = a.send(&s).await.unwrap();
+        if ack.ok {
+            delivered += 1;
+        } else {
+            assert_eq!(code(&ack), AckCode::Congested, "{ack:?}");
+            congested += 1;
+        }
+        let stats = cluster.stats();
+        assert!(stats.queued_events <= QUEUE_EVENTS as usize, "{stats:?}");
+        assert!(stats.queued_bytes <= QUEUE_BYTES as usize, "{stats:?}");
+    }
+    assert!(congested > 0, "the queue filled: {delivered} delivered");
+    assert!(delivered >= QUEUE_EVENTS as usize, "{delivered}");
+    // Other traffic is unaffected.
+    let b = cluster.raw("b").await;
+    assert!(
+        a.send(&send(999, Target::Server("b".into())))
+            .await
+            .unwrap()
+            .ok
+    );
+    assert_eq!(b.deliver().await.unwrap().id, 999);
+}
