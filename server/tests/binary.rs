@@ -1,0 +1,277 @@
+//! The `icom-server` binary as an operator runs it: `--dev` with no config,
+//! `--check-config`, JSON logs, SIGHUP reload and SIGTERM shutdown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use icom_certs::testing::TestPki;
+use icom_protocol::CloseCode;
+use icom_tests::RawClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_icom-server");
+
+/// A free UDP port on 127.0.0.1 (bound, read, released).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Router {
+    child: Child,
+    stderr_lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Router {
+    fn spawn(cmd: &mut Command) -> Router {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting icom-server");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Router {
+            child,
+            stderr_lines: rx,
+        }
+    }
+
+    /// Waits for a log line containing `needle`.
+    fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        }
+        panic!("no log line containing {needle:?}");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Waits (bounded) for the process to exit; returns its status.
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the router did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, pki: &TestPki, port: u16, extra: &str) -> std::path::PathBuf {
+    pki.write_to(dir).unwrap();
+    let path = dir.join("icom-server.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\n{extra}\n[tls]\nca = \"ca.pem\"\ncert = \"router.pem\"\nkey = \"router.key\"\ncrl = \"crl.pem\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_clients_with_shutdown_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let port = free_port();
+    let config = write_config(dir.path(), &pki, port, "");
+    let mut router = Router::spawn(Command::new(BIN).arg("--config").arg(&config));
+    router.wait_log("listening");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = RawClient::connect(addr, &pki, &pki.client("a"))
+        .await
+        .unwrap();
+    c.hello().await.unwrap();
+
+    router.signal("TERM");
+    c.expect_closed(CloseCode::Shutdown).await;
+    let status = router.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_crl_and_closes_revoked_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let port = free_port();
+    let config = write_config(dir.path(), &pki, port, "");
+    let router = Router::spawn(Command::new(BIN).arg("--config").arg(&config));
+    router.wait_log("listening");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let victim = pki.client("victim");
+    let mut c = RawClient::connect(addr, &pki, &victim).await.unwrap();
+    c.hello().await.unwrap();
+    std::fs::write(dir.path().join("crl.pem"), pki.crl_revoking(&[&victim])).unwrap();
+    router.signal("HUP");
+    c.expect_closed(CloseCode::Revoked).await;
+    router.wait_log("reloaded");
+    // And it cannot come back.
+    let back = RawClient::connect(addr, &pki, &victim).await;
+    let refused = match back {
+        Err(_) => true,
+        Ok(mut c) => c.hello().await.is_err(),
+    };
+    assert!(refused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_and_a_router_that_starts_with_a_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let port = free_port();
+    let config = write_config(dir.path(), &pki, port, "");
+    let banned = pki.client("banned");
+    std::fs::write(dir.path().join("crl.pem"), pki.crl_revoking(&[&banned])).unwrap();
+    let router = Router::spawn(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(["--log-format", "json"]),
+    );
+    let line = router.wait_log("listening");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(v["level"], "INFO");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let refused = match RawClient::connect(addr, &pki, &banned).await {
+        Err(_) => true,
+        Ok(mut c) => c.hello().await.is_err(),
+    };
+    assert!(refused, "a certificate on the CRL at start is refused");
+    let mut ok = RawClient::connect(addr, &pki, &pki.client("fine"))
+        .await
+        .unwrap();
+    ok.hello().await.unwrap();
+    // A bad identity is logged at warn with who and why, as JSON.
+    let mut bad = RawClient::connect(addr, &pki, &pki.bad_cn("bad cn!"))
+        .await
+        .unwrap();
+    let _ = bad.hello().await;
+    let line = router.wait_log("BAD_IDENTITY");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["level"], "WARN");
+    assert!(v["fields"]["remote"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+}
+
+#[test]
+fn dev_mode_needs_no_config_and_reuses_its_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    // --listen moves it off 9090 so the test never collides with a real one.
+    let port = free_port();
+    let run = || {
+        let mut router = Router::spawn(Command::new(BIN).current_dir(dir.path()).args([
+            "--dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]));
+        router.wait_log("listening");
+        let mut stdout = BufReader::new(router.child.stdout.take().unwrap());
+        let mut first = String::new();
+        stdout.read_line(&mut first).unwrap();
+        assert!(first.contains(&format!("127.0.0.1:{port}")), "{first}");
+        router.signal("INT");
+        assert!(router.wait_exit(Duration::from_secs(10)).success());
+    };
+    run();
+    let ca = dir.path().join("icom-dev/ca.pem");
+    for f in [
+        "ca.pem",
+        "ca.key",
+        "router.pem",
+        "router.key",
+        "server_1.pem",
+        "server_1.key",
+        "server_2.pem",
+        "server_2.key",
+        "crl.pem",
+    ] {
+        assert!(dir.path().join("icom-dev").join(f).exists(), "{f}");
+    }
+    let before = std::fs::read(&ca).unwrap();
+    run();
+    assert_eq!(std::fs::read(&ca).unwrap(), before, "the CA is reused");
+}
+
+#[test]
+fn check_config_validates_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let good = write_config(dir.path(), &pki, free_port(), "");
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[limits]\nmax_streams = 10\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_streams"), "{err}");
+
+    let missing_key = dir.path().join("nokey.toml");
+    std::fs::write(
+        &missing_key,
+        "[tls]\nca = \"ca.pem\"\ncert = \"router.pem\"\nkey = \"nope.key\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .arg(&missing_key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope.key"), "{err}");
+}
