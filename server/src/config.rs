@@ -14,6 +14,9 @@ use icom_protocol::{validate_server_id, Groups, MIN_CLIENT_STREAMS};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::policy::{Policy, PolicyFile};
+use crate::store::StoreLimits;
+
 /// The configuration as written in `icom-server.toml`. Every field has a
 /// default, so an empty file is valid (but has no certificates).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +36,38 @@ pub struct ConfigFile {
     pub groups: BTreeMap<String, Vec<String>>,
     /// Logging.
     pub log: LogFile,
+    /// The persistence store's bounds.
+    pub store: StoreFile,
+    /// Who may send what to whom.
+    pub policy: PolicyFile,
+}
+
+/// `[store]`: bounds of the persistent and offline store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreFile {
+    /// Bytes of stored events in all.
+    pub max_bytes: u64,
+    /// Persistent events.
+    pub max_persistent: u32,
+    /// Copies queued for one offline server.
+    pub queue_events: u32,
+    /// Bytes queued for one offline server.
+    pub queue_bytes: u64,
+    /// Seconds between sweeps of expired events.
+    pub sweep_secs: u64,
+}
+
+impl Default for StoreFile {
+    fn default() -> Self {
+        StoreFile {
+            max_bytes: 256 << 20,
+            max_persistent: 100_000,
+            queue_events: 10_000,
+            queue_bytes: 16 << 20,
+            sweep_secs: 30,
+        }
+    }
 }
 
 /// `[tls]`: paths of the router's PEM files.
@@ -114,6 +149,8 @@ impl Default for ConfigFile {
             transport: TransportFile::default(),
             groups: BTreeMap::new(),
             log: LogFile::default(),
+            store: StoreFile::default(),
+            policy: PolicyFile::default(),
         }
     }
 }
@@ -237,6 +274,12 @@ pub struct Config {
     pub groups: Groups,
     /// Log format.
     pub log_format: LogFormat,
+    /// The store's bounds.
+    pub store: StoreLimits,
+    /// Time between sweeps of expired stored events.
+    pub sweep_every: Duration,
+    /// The compiled policy.
+    pub policy: Policy,
     /// The file the configuration came from, re-read on reload.
     pub source: Option<PathBuf>,
 }
@@ -322,6 +365,13 @@ impl TryFrom<ConfigFile> for Config {
                 t.keep_alive_secs, t.idle_timeout_secs
             ));
         }
+        let st = &f.store;
+        if st.sweep_secs == 0 || st.max_persistent == 0 || st.queue_events == 0 {
+            return bad(
+                "store.sweep_secs, store.max_persistent and store.queue_events must be at least 1"
+                    .into(),
+            );
+        }
         let mut groups = Groups::new();
         for (name, patterns) in &f.groups {
             if validate_server_id(name).is_err() {
@@ -331,7 +381,17 @@ impl TryFrom<ConfigFile> for Config {
             }
             groups.insert(name.clone(), patterns);
         }
+        let policy = Policy::new(&f.policy, &groups).map_err(ConfigError::Invalid)?;
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         Ok(Config {
+            store: StoreLimits {
+                max_bytes: size(st.max_bytes),
+                max_persistent: st.max_persistent as usize,
+                queue_events: st.queue_events as usize,
+                queue_bytes: size(st.queue_bytes),
+            },
+            sweep_every: Duration::from_secs(st.sweep_secs),
+            policy,
             listen: f.listen,
             data_dir: f.data_dir,
             tls: f.tls,
@@ -371,6 +431,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

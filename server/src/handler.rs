@@ -92,10 +92,17 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
     });
     let writer = tokio::spawn(write_control(ctrl_send, control_rx).in_current_span());
     let _ = control_tx.send(welcome).await;
-    let _ = control_tx
-        .send(Control::Replayed(Replayed { count: 0 }))
-        .await;
     info!(session, "welcomed");
+    // Stored events first, in stored order, then `replayed`, and only then
+    // live deliveries (which wait in the outbound queue meanwhile).
+    let replayed = tokio::select! {
+        n = replay(&shared, &peer) => n,
+        _ = conn.closed() => None,
+        () = shared.shutdown.cancelled() => None,
+    };
+    if let Some(count) = replayed {
+        let _ = control_tx.send(Control::Replayed(Replayed { count })).await;
+    }
     let deliveries = tokio::spawn(write_deliveries(peer.clone()).in_current_span());
 
     let why = serve(&shared, &peer, &mut ctrl_recv).await;
@@ -177,7 +184,7 @@ async fn serve(shared: &Arc<Shared>, peer: &Arc<Peer>, ctrl: &mut RecvStream) ->
         tokio::select! {
             frame = read_frame(ctrl) => match frame {
                 Ok(Some(msg)) => {
-                    if let Err(e) = on_control(peer, msg).await {
+                    if let Err(e) = on_control(shared, peer, msg).await {
                         return Ended::Protocol(e);
                     }
                 }
@@ -205,7 +212,7 @@ async fn serve(shared: &Arc<Shared>, peer: &Arc<Peer>, ctrl: &mut RecvStream) ->
     }
 }
 
-async fn on_control(peer: &Peer, msg: Control) -> Result<(), String> {
+async fn on_control(shared: &Shared, peer: &Peer, msg: Control) -> Result<(), String> {
     match msg {
         Control::Ping(p) => {
             let _ = peer
@@ -214,11 +221,7 @@ async fn on_control(peer: &Peer, msg: Control) -> Result<(), String> {
                 .await;
         }
         Control::Forget(f) => {
-            let ack = Ack::failed(
-                f.id,
-                AckCode::NotFound,
-                format!("no persistent event '{}'", f.persist_id),
-            );
+            let ack = crate::dispatch::forget(shared, &peer.server_id, f.id, f.persist_id).await;
             let _ = peer.control.send(Control::Ack(ack)).await;
         }
         other => return Err(format!("a client may not send '{}'", other.name())),
@@ -261,6 +264,43 @@ async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<Control>) {
     let _ = send.finish();
 }
 
+/// Opens a stream for every stored event due to this peer, in stored
+/// order. A queued copy is deleted once the peer's QUIC stack has
+/// acknowledged its whole stream. Returns how many were opened.
+async fn replay(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Option<u32> {
+    let store = shared.store.clone();
+    let groups = shared.config().groups.clone();
+    let id = peer.server_id.to_string();
+    let due = tokio::task::spawn_blocking(move || store.due_for(&id, &groups, now_ms()))
+        .await
+        .ok()?;
+    let count = due.len() as u32;
+    for item in due {
+        let mut stream = peer.conn.open_uni().await.ok()?;
+        stream.write_chunk(item.wire).await.ok()?;
+        let _ = stream.finish();
+        if item.queued {
+            let store = shared.store.clone();
+            tokio::spawn(
+                async move {
+                    if let Ok(None) = stream.stopped().await {
+                        let seq = item.seq;
+                        let done = crate::dispatch::blocking(move || store.delivered(seq)).await;
+                        if let Err(e) = done {
+                            warn!("could not delete a delivered queued event: {e}");
+                        }
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+    }
+    if count > 0 {
+        info!(count, "replayed stored events");
+    }
+    Some(count)
+}
+
 /// Opens one stream per queued delivery.
 async fn write_deliveries(peer: Arc<Peer>) {
     let mut batch: Vec<Bytes> = Vec::with_capacity(64);
@@ -282,16 +322,7 @@ async fn on_event_stream(shared: &Shared, peer: &Peer, mut recv: RecvStream) {
     let max = shared.config().limits.max_event_bytes;
     let ack = match read_event(&mut recv, max).await {
         Read::Event(bytes) => match Send::decode(&bytes) {
-            Ok(send) => {
-                let config = shared.config();
-                let ack = shared
-                    .table
-                    .route(&peer.server_id, &send, &config.groups, now_ms());
-                if let Some(e) = &ack.error {
-                    debug!(id = send.id, event = %send.event, code = %e.code, "{}", e.message);
-                }
-                ack
-            }
+            Ok(send) => crate::dispatch::dispatch(shared, &peer.server_id, send).await,
             Err(e) => {
                 warn!(code = "malformed", id = ?e.id, "bad event stream: {e}");
                 Ack::failed(e.id.unwrap_or(0), AckCode::Malformed, e.to_string())

@@ -8,10 +8,13 @@
 
 pub mod config;
 pub mod dev;
+mod dispatch;
 mod handler;
 mod outbound;
+pub mod policy;
 mod router;
 mod server;
+pub mod store;
 pub mod tls;
 
 pub use config::{Config, ConfigError, ConfigFile, LogFormat};

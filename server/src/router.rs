@@ -6,9 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use icom_protocol::{
-    Ack, AckCode, AckError, CloseCode, Control, Deliver, Groups, Presence, Recipients, Send,
-};
+use icom_protocol::{Ack, AckCode, AckError, CloseCode, Control, Groups, Presence, Recipients};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -121,60 +119,53 @@ impl Table {
         read(&self.peers).len()
     }
 
-    /// Routes one valid send from `from` and builds its ack. `sent_ms` is
-    /// the router's clock.
-    pub(crate) fn route(&self, from: &str, send: &Send, groups: &Groups, sent_ms: u64) -> Ack {
-        if let Err(e) = send.validate(groups) {
-            return Ack::failed(send.id, AckCode::Invalid, e.to_string());
-        }
-        let wire = Bytes::from(
-            Deliver {
-                from: from.to_owned(),
-                id: send.id,
-                event: send.event.clone(),
-                data: send.data.clone(),
-                persist_id: None,
-                reply_to: send.reply_to,
-                sent_ms,
-            }
-            .encode(),
-        );
-        let mut tally = Tally::new(send.id);
+    /// Resolves a send's target to the connected peers it reaches and
+    /// the named servers that are offline.
+    ///
+    /// # Errors
+    /// The target's error (the send is `invalid`).
+    pub(crate) fn resolve(
+        &self,
+        from: &str,
+        to: &icom_protocol::Target,
+        groups: &Groups,
+    ) -> Result<Resolved, icom_protocol::TargetError> {
         let map = read(&self.peers);
-        let resolved = match send.to.resolve(from, map.keys().map(|k| &**k), groups) {
-            Ok(r) => r,
-            Err(e) => return Ack::failed(send.id, AckCode::Invalid, e.to_string()),
-        };
-        match resolved {
+        let mut out = Resolved::default();
+        match to.resolve(from, map.keys().map(|k| &**k), groups)? {
             Recipients::Named(ids) => {
                 for id in ids {
                     match map.get(id) {
-                        Some(peer) => tally.push(peer, &wire),
-                        None => {
-                            tally.fail(AckCode::NotFound, format!("server '{id}' is not connected"))
-                        }
+                        Some(peer) => out.peers.push(peer.clone()),
+                        None => out.offline.push(id.to_owned()),
                     }
                 }
             }
             Recipients::Connected(ids) => {
-                for id in ids {
-                    if let Some(peer) = map.get(id) {
-                        tally.push(peer, &wire);
-                    }
-                }
+                out.peers
+                    .extend(ids.into_iter().filter_map(|id| map.get(id).cloned()));
             }
         }
-        tally.ack
+        Ok(out)
     }
 }
 
+/// Where one send goes.
+#[derive(Debug, Default)]
+pub(crate) struct Resolved {
+    /// Connected recipients.
+    pub(crate) peers: Vec<Arc<Peer>>,
+    /// Named recipients that are not connected.
+    pub(crate) offline: Vec<String>,
+}
+
 /// Counts deliveries into an ack, keeping the first failure.
-struct Tally {
-    ack: Ack,
+pub(crate) struct Tally {
+    pub(crate) ack: Ack,
 }
 
 impl Tally {
-    fn new(id: u64) -> Tally {
+    pub(crate) fn new(id: u64) -> Tally {
         Tally {
             ack: Ack {
                 id,
@@ -187,7 +178,7 @@ impl Tally {
         }
     }
 
-    fn push(&mut self, peer: &Peer, wire: &Bytes) {
+    pub(crate) fn push(&mut self, peer: &Peer, wire: &Bytes) {
         match peer.outbound.push(wire.clone()) {
             Ok(()) => self.ack.delivered += 1,
             Err(PushError::Full) => self.fail(
@@ -201,7 +192,7 @@ impl Tally {
         }
     }
 
-    fn fail(&mut self, code: AckCode, message: String) {
+    pub(crate) fn fail(&mut self, code: AckCode, message: String) {
         self.ack.ok = false;
         if self.ack.error.is_none() {
             self.ack.error = Some(AckError { code, message });

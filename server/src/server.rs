@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::router::Table;
+use crate::store::Store;
 use crate::tls::{self, TlsError};
 use icom_protocol::CloseCode;
 
@@ -29,6 +30,9 @@ pub enum ServerError {
     /// The TLS material could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -43,6 +47,7 @@ pub enum ServerError {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) table: Table,
+    pub(crate) store: Arc<Store>,
     config: RwLock<Arc<Config>>,
     crls: RwLock<Arc<Vec<webpki::CertRevocationList<'static>>>>,
     pub(crate) shutdown: CancellationToken,
@@ -107,6 +112,7 @@ impl Server {
     /// [`ServerError`] for bad TLS files or an address in use.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
         let material = tls::load(&config)?;
+        let store = Arc::new(Store::open(&config.data_dir, config.store)?);
         let endpoint =
             quinn::Endpoint::server(material.server_config, config.listen).map_err(|source| {
                 ServerError::Bind {
@@ -120,6 +126,7 @@ impl Server {
         })?;
         let shared = Arc::new(Shared {
             table: Table::default(),
+            store,
             config: RwLock::new(Arc::new(config)),
             crls: RwLock::new(Arc::new(material.crls)),
             shutdown: CancellationToken::new(),
@@ -158,7 +165,9 @@ impl Server {
         let config = self.shared.config();
         let limit = Arc::new(Semaphore::new(config.limits.max_connections));
         let tracker = TaskTracker::new();
-        info!(addr = %self.local_addr, "listening");
+        tracker.spawn(sweep(self.shared.clone(), shutdown.clone()));
+        let (persistent, queued, bytes) = self.shared.store.counts();
+        info!(addr = %self.local_addr, persistent, queued, bytes, "listening");
         loop {
             let incoming = tokio::select! {
                 i = self.endpoint.accept() => i,
@@ -275,6 +284,24 @@ impl StatsHandle {
             connections: self.shared.table.len(),
             queued_events: events,
             queued_bytes: bytes,
+        }
+    }
+}
+
+/// Deletes expired stored events every `sweep_every`.
+async fn sweep(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let every = shared.config().sweep_every;
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let store = shared.store.clone();
+        let now = crate::handler::now_ms();
+        match crate::dispatch::blocking(move || store.sweep(now)).await {
+            Ok(0) => {}
+            Ok(n) => info!(expired = n, "swept expired stored events"),
+            Err(e) => warn!("sweeping the store failed: {e}"),
         }
     }
 }

@@ -1,0 +1,154 @@
+//! Routing one send, start to ack: validation, target resolution, the
+//! policy, the store (persistent events and copies for offline servers,
+//! written before the ack), and the hand-off to each recipient's queue.
+
+use bytes::Bytes;
+use icom_protocol::{Ack, AckCode, Deliver, Persist, Send};
+use tracing::{debug, warn};
+
+use crate::handler::now_ms;
+use crate::policy::{Request, Verdict};
+use crate::router::Tally;
+use crate::server::Shared;
+use crate::store::StoreError;
+
+/// Routes one decoded send from `from` and returns its ack.
+pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
+    let config = shared.config();
+    if let Err(e) = send.validate(&config.groups) {
+        return Ack::failed(send.id, AckCode::Invalid, e.to_string());
+    }
+    let resolved = match shared.table.resolve(from, &send.to, &config.groups) {
+        Ok(r) => r,
+        Err(e) => return Ack::failed(send.id, AckCode::Invalid, e.to_string()),
+    };
+    {
+        let recipients: Vec<&str> = resolved
+            .peers
+            .iter()
+            .map(|p| &*p.server_id)
+            .chain(resolved.offline.iter().map(String::as_str))
+            .collect();
+        let request = Request {
+            sender: from,
+            event: &send.event,
+            recipients: &recipients,
+            persist: send.persist.is_some(),
+        };
+        if let Verdict::Deny(why) = config.policy.check(&request, &config.groups) {
+            warn!(
+                code = "forbidden",
+                sender = from,
+                event = %send.event,
+                target = ?send.to,
+                "refused by policy: {why}"
+            );
+            return Ack::failed(send.id, AckCode::Forbidden, why);
+        }
+    }
+    let sent_ms = now_ms();
+    let persist_id = match &send.persist {
+        None => None,
+        Some(Persist::Id(id)) => Some(id.clone()),
+        Some(Persist::Auto) => Some(uuid::Uuid::new_v4().simple().to_string()),
+    };
+    let expires_ms = send.ttl_ms.map(|t| sent_ms + u64::from(t));
+    let wire = Bytes::from(
+        Deliver {
+            from: from.to_owned(),
+            id: send.id,
+            event: send.event,
+            data: send.data,
+            persist_id: persist_id.clone(),
+            reply_to: send.reply_to,
+            sent_ms,
+        }
+        .encode(),
+    );
+    let mut tally = Tally::new(send.id);
+    if let Some(pid) = persist_id {
+        let store = shared.store.clone();
+        let (target, from_owned, w, p) =
+            (send.to.clone(), from.to_owned(), wire.clone(), pid.clone());
+        let stored = blocking(move || store.persist(&p, &target, &from_owned, expires_ms, w)).await;
+        if let Err(e) = stored {
+            warn!(code = "congested", sender = from, "not stored: {e}");
+            return Ack::failed(send.id, AckCode::Congested, e.to_string());
+        }
+        tally.ack.persist_id = Some(pid);
+        tally.ack.queued = resolved.offline.len() as u32;
+    } else if expires_ms.is_some() && !resolved.offline.is_empty() {
+        let store = shared.store.clone();
+        let (offline, from_owned, w) = (resolved.offline.clone(), from.to_owned(), wire.clone());
+        let verdicts = blocking(move || {
+            let ids: Vec<&str> = offline.iter().map(String::as_str).collect();
+            store.enqueue(&ids, &from_owned, expires_ms, &w)
+        })
+        .await;
+        match verdicts {
+            Ok(v) => {
+                for verdict in v {
+                    match verdict {
+                        Ok(()) => tally.ack.queued += 1,
+                        Err(why) => tally.fail(AckCode::Congested, why),
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(code = "congested", sender = from, "not queued: {e}");
+                tally.fail(AckCode::Congested, e.to_string());
+            }
+        }
+    } else {
+        for id in &resolved.offline {
+            tally.fail(AckCode::NotFound, format!("server '{id}' is not connected"));
+        }
+    }
+    for peer in &resolved.peers {
+        tally.push(peer, &wire);
+    }
+    if let Some(e) = &tally.ack.error {
+        debug!(id = send.id, code = %e.code, "{}", e.message);
+    }
+    tally.ack
+}
+
+/// Answers a `forget`.
+pub(crate) async fn forget(shared: &Shared, from: &str, id: u64, persist_id: String) -> Ack {
+    let config = shared.config();
+    if !config.policy.may_persist(from, &config.groups) {
+        warn!(code = "forbidden", sender = from, persist_id = %persist_id, "forget refused by policy");
+        return Ack::failed(
+            id,
+            AckCode::Forbidden,
+            format!("the policy does not let '{from}' persist or forget"),
+        );
+    }
+    let store = shared.store.clone();
+    let p = persist_id.clone();
+    match blocking(move || store.forget(&p)).await {
+        Ok(true) => Ack {
+            id,
+            ok: true,
+            delivered: 0,
+            queued: 0,
+            persist_id: Some(persist_id),
+            error: None,
+        },
+        Ok(false) => Ack::failed(
+            id,
+            AckCode::NotFound,
+            format!("no persistent event '{persist_id}'"),
+        ),
+        Err(e) => Ack::failed(id, AckCode::Congested, e.to_string()),
+    }
+}
+
+/// Runs store work off the async threads.
+pub(crate) async fn blocking<T: std::marker::Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + std::marker::Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Io(format!("store task failed: {e}"))))
+}
