@@ -290,7 +290,16 @@ mod tests {
         let wl = policy(WHITELIST);
         let allow = Verdict::Allow;
         // (policy, sender, event, recipients, persist, allowed?, reason contains)
-        let cases: Vec<(&Policy, &str, &str, &[&str], bool, bool, &str)> = vec![
+        type Case<'a> = (
+            &'a Policy,
+            &'a str,
+            &'a str,
+            &'a [&'a str],
+            bool,
+            bool,
+            &'a str,
+        );
+        let cases: Vec<Case<'_>> = vec![
             (&open, "x", "anything", &["y"], true, true, ""),
             (&closed, "x", "e", &["y"], false, false, "closed"),
             (&closed, "root", "e", &["y"], true, true, ""),

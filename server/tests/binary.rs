@@ -275,3 +275,81 @@ fn check_config_validates_without_starting() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nope.key"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_nothing_that_was_acked() {
+    use bytes::Bytes;
+    use icom_protocol::{Persist, Send, Target};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let port = free_port();
+    let config = write_config(dir.path(), &pki, port, "");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut router = Router::spawn(Command::new(BIN).arg("--config").arg(&config));
+    router.wait_log("listening");
+    let mut a = RawClient::connect(addr, &pki, &pki.client("a"))
+        .await
+        .unwrap();
+    a.hello().await.unwrap();
+    let mut acked = Vec::new();
+    for id in 1..=20u64 {
+        let s = Send {
+            id,
+            to: Target::Server("b".into()),
+            event: "e".into(),
+            data: Bytes::from(rmp_serde::to_vec(&id).unwrap()),
+            persist: (id % 2 == 0).then(|| Persist::Id(format!("p{id}"))),
+            ttl_ms: (id % 2 == 1).then_some(600_000),
+            reply_to: None,
+        };
+        let ack = a.send(&s).await.unwrap();
+        assert!(ack.ok && ack.queued == 1, "{ack:?}");
+        acked.push(id);
+    }
+    router.signal("KILL");
+    router.wait_exit(Duration::from_secs(10));
+    drop(a);
+
+    let router = Router::spawn(Command::new(BIN).arg("--config").arg(&config));
+    router.wait_log("listening");
+    let mut b = RawClient::connect(addr, &pki, &pki.client("b"))
+        .await
+        .unwrap();
+    b.hello().await.unwrap();
+    let count = b
+        .control_until(|m| match m {
+            icom_protocol::Control::Replayed(r) => Some(r.count),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(count, 20);
+    let mut got = Vec::new();
+    for _ in 0..count {
+        got.push(b.deliver().await.unwrap().id);
+    }
+    got.sort_unstable();
+    assert_eq!(got, acked);
+}
+
+#[test]
+fn a_corrupt_store_is_a_clear_error_and_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let config = write_config(dir.path(), &pki, free_port(), "");
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/icom.redb"), vec![0x5a; 4096]).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("icom.redb"), "{err}");
+    // The file is left as it was, for the operator to inspect.
+    assert_eq!(
+        std::fs::read(dir.path().join("data/icom.redb")).unwrap(),
+        vec![0x5a; 4096]
+    );
+}

@@ -86,7 +86,8 @@ impl TestCluster {
     }
 
     async fn launch(&mut self) {
-        let config = Config::try_from(self.config_file()).expect("a valid test config");
+        let path = self.write_config_file();
+        let config = Config::load(Some(&path)).expect("a valid test config");
         // A stopped router's socket is released by its endpoint driver a
         // moment after the stop: retry a bounded number of times.
         let mut tries = 0;
@@ -111,6 +112,26 @@ impl TestCluster {
             reload,
             stats,
         });
+    }
+
+    /// Writes the configuration as the router's TOML file (what a reload
+    /// re-reads) and returns its path.
+    fn write_config_file(&self) -> PathBuf {
+        let path = self.dir.path().join("icom-server.toml");
+        let text = toml::to_string(&self.config_file()).expect("the config serialises");
+        std::fs::write(&path, text).expect("writing the config file");
+        path
+    }
+
+    /// Changes the configuration file (the reload picks it up): `f` runs
+    /// after the start-up changes.
+    pub fn rewrite_config(&mut self, f: impl Fn(&mut ConfigFile) + Send + Sync + 'static) {
+        let before = self.mutate.clone();
+        self.mutate = Arc::new(move |c| {
+            before(c);
+            f(c);
+        });
+        self.write_config_file();
     }
 
     /// The router's address.

@@ -6,9 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cluster;
+mod proxy;
 mod raw;
 
 pub use cluster::{ClientFiles, TestCluster};
+pub use proxy::{DirectionStats, Impairment, ImpairmentProxy, ProxyStats};
+pub use proxy::{NAT_CAPACITY, NAT_IDLE};
 pub use raw::{client_crypto, RawClient, RawError};
 
 /// A generous bound for anything a test waits on: it never decides a

@@ -1,0 +1,269 @@
+//! Persistent events (the JIP queue), offline delivery with a TTL, and
+//! their bounds (PROTOCOL.md §5).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use icom_protocol::{AckCode, Control, Forget, Persist, Send, Target};
+use icom_tests::{RawClient, TestCluster};
+
+fn send(id: u64, to: Target, event: &str) -> Send {
+    Send {
+        id,
+        to,
+        event: event.into(),
+        data: Bytes::from(rmp_serde::to_vec(&format!("payload {id}")).unwrap()),
+        persist: None,
+        ttl_ms: None,
+        reply_to: None,
+    }
+}
+
+fn persistent(id: u64, to: Target, pid: &str) -> Send {
+    Send {
+        persist: Some(Persist::Id(pid.into())),
+        ..send(id, to, "state")
+    }
+}
+
+/// Reads `replayed` and the deliveries that came with it, sorted by the
+/// router's stored order (sent_ms, then id).
+async fn replay_of(c: &mut RawClient) -> (u32, Vec<icom_protocol::Deliver>) {
+    let count = c
+        .control_until(|m| match m {
+            Control::Replayed(r) => Some(r.count),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..count {
+        got.push(c.deliver().await.unwrap());
+    }
+    got.sort_by_key(|d| (d.sent_ms, d.id));
+    (count, got)
+}
+
+#[tokio::test]
+async fn a_late_joiner_gets_exactly_the_persistent_events_that_include_it() {
+    let cluster = TestCluster::start_with(|c| {
+        c.groups.insert("eu".into(), vec!["eu-*".into()]);
+    })
+    .await;
+    let mut hq = cluster.raw("hq").await;
+    let live = cluster.raw("eu-1").await;
+    let ack = hq.send(&persistent(1, Target::All, "alert")).await.unwrap();
+    assert!(ack.ok);
+    assert_eq!(ack.persist_id.as_deref(), Some("alert"));
+    assert_eq!((ack.delivered, ack.queued), (1, 0));
+    let d = live.deliver().await.unwrap();
+    assert_eq!(
+        d.persist_id.as_deref(),
+        Some("alert"),
+        "live deliveries carry it"
+    );
+
+    assert!(
+        hq.send(&persistent(2, Target::Group("eu".into()), "eu-state"))
+            .await
+            .unwrap()
+            .ok
+    );
+    let ack = hq
+        .send(&persistent(3, Target::Server("eu-2".into()), "for-eu-2"))
+        .await
+        .unwrap();
+    assert!(
+        ack.ok,
+        "a persistent send to an offline server is stored, not not_found"
+    );
+    assert_eq!((ack.delivered, ack.queued), (0, 1));
+    assert!(
+        hq.send(&persistent(4, Target::Server("us-1".into()), "for-us-1"))
+            .await
+            .unwrap()
+            .ok
+    );
+    let auto = Send {
+        persist: Some(Persist::Auto),
+        ..send(5, Target::Everyone, "hello")
+    };
+    let ack = hq.send(&auto).await.unwrap();
+    let auto_id = ack.persist_id.clone().expect("an auto id in the ack");
+    assert!(!auto_id.is_empty());
+
+    let mut eu2 = cluster.raw("eu-2").await;
+    let (count, got) = replay_of(&mut eu2).await;
+    assert_eq!(count, 4);
+    let ids: Vec<u64> = got.iter().map(|d| d.id).collect();
+    assert_eq!(
+        ids,
+        vec![1, 2, 3, 5],
+        "stored order, only what includes eu-2"
+    );
+    assert!(got.iter().all(|d| d.from == "hq" && d.persist_id.is_some()));
+    assert_eq!(got[3].persist_id.as_deref(), Some(auto_id.as_str()));
+    assert!(eu2.no_delivery_within(Duration::from_millis(100)).await);
+
+    let mut us1 = cluster.raw("us-1").await;
+    let (_, got) = replay_of(&mut us1).await;
+    assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), vec![1, 4, 5]);
+
+    // The sender gets "everyone" back too when it reconnects, but not "all".
+    drop(hq);
+    let mut hq2 = cluster.raw("hq").await;
+    let (_, got) = replay_of(&mut hq2).await;
+    assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), vec![5]);
+}
+
+#[tokio::test]
+async fn replace_and_forget() {
+    let cluster = TestCluster::start().await;
+    let mut a = cluster.raw("a").await;
+    assert!(
+        a.send(&persistent(1, Target::All, "notice"))
+            .await
+            .unwrap()
+            .ok
+    );
+    assert!(
+        a.send(&persistent(2, Target::All, "other"))
+            .await
+            .unwrap()
+            .ok
+    );
+    assert!(
+        a.send(&persistent(3, Target::All, "notice"))
+            .await
+            .unwrap()
+            .ok
+    );
+    let mut b = cluster.raw("b").await;
+    let (_, got) = replay_of(&mut b).await;
+    assert_eq!(
+        got.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![2, 3],
+        "3 replaced 1"
+    );
+
+    a.send_control(&Control::Forget(Forget {
+        id: 50,
+        persist_id: "notice".into(),
+    }))
+    .await
+    .unwrap();
+    let ack = a.ack(50).await.unwrap();
+    assert!(ack.ok, "{ack:?}");
+    a.send_control(&Control::Forget(Forget {
+        id: 51,
+        persist_id: "notice".into(),
+    }))
+    .await
+    .unwrap();
+    let ack = a.ack(51).await.unwrap();
+    assert_eq!(ack.error.unwrap().code, AckCode::NotFound);
+
+    let mut c = cluster.raw("c").await;
+    let (_, got) = replay_of(&mut c).await;
+    assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), vec![2]);
+}
+
+#[tokio::test]
+async fn ttl_copies_wait_for_offline_servers_and_expire() {
+    let cluster = TestCluster::start().await;
+    let mut a = cluster.raw("a").await;
+    let long = Send {
+        ttl_ms: Some(60_000),
+        ..send(1, Target::Server("later".into()), "drop")
+    };
+    let ack = a.send(&long).await.unwrap();
+    assert!(ack.ok);
+    assert_eq!((ack.delivered, ack.queued), (0, 1));
+    let short = Send {
+        ttl_ms: Some(1),
+        ..send(2, Target::Server("later".into()), "drop")
+    };
+    assert_eq!(a.send(&short).await.unwrap().queued, 1);
+    // Without ttl or persist, offline is not_found.
+    let plain = send(3, Target::Server("later".into()), "drop");
+    assert_eq!(
+        a.send(&plain).await.unwrap().error.unwrap().code,
+        AckCode::NotFound
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await; // let the 1 ms TTL pass
+    let mut later = cluster.raw("later").await;
+    let (count, got) = replay_of(&mut later).await;
+    assert_eq!(count, 1, "the expired copy is never delivered");
+    assert_eq!(got[0].id, 1);
+    assert_eq!(got[0].persist_id, None);
+    // Once its delivery is acknowledged, the copy is gone: a reconnect gets nothing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(later);
+    let mut again = cluster.raw("later").await;
+    let (count, _) = replay_of(&mut again).await;
+    assert_eq!(count, 0);
+    // For a connected recipient, ttl changes nothing.
+    let ack = a
+        .send(&Send {
+            ttl_ms: Some(5),
+            ..send(4, Target::Server("later".into()), "x")
+        })
+        .await
+        .unwrap();
+    assert_eq!((ack.delivered, ack.queued), (1, 0));
+    assert_eq!(again.deliver().await.unwrap().id, 4);
+}
+
+#[tokio::test]
+async fn offline_queues_are_bounded() {
+    let cluster = TestCluster::start_with(|c| {
+        c.store.queue_events = 3;
+    })
+    .await;
+    let mut a = cluster.raw("a").await;
+    for id in 1..=3 {
+        let ack = a
+            .send(&Send {
+                ttl_ms: Some(60_000),
+                ..send(id, Target::Servers(vec!["off".into(), "off2".into()]), "e")
+            })
+            .await
+            .unwrap();
+        assert_eq!(ack.queued, 2);
+    }
+    let ack = a
+        .send(&Send {
+            ttl_ms: Some(60_000),
+            ..send(4, Target::Server("off".into()), "e")
+        })
+        .await
+        .unwrap();
+    assert!(!ack.ok);
+    assert_eq!(ack.error.unwrap().code, AckCode::Congested);
+    assert_eq!(ack.queued, 0);
+}
+
+#[tokio::test]
+async fn the_store_survives_a_restart() {
+    let mut cluster = TestCluster::start().await;
+    let mut a = cluster.raw("a").await;
+    assert!(
+        a.send(&persistent(1, Target::All, "keep"))
+            .await
+            .unwrap()
+            .ok
+    );
+    let q = Send {
+        ttl_ms: Some(60_000),
+        ..send(2, Target::Server("b".into()), "q")
+    };
+    assert_eq!(a.send(&q).await.unwrap().queued, 1);
+    drop(a);
+    cluster.restart().await;
+    let mut b = cluster.raw("b").await;
+    let (count, got) = replay_of(&mut b).await;
+    assert_eq!(count, 2);
+    assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), vec![1, 2]);
+}
