@@ -40,6 +40,27 @@ pub struct ConfigFile {
     pub store: StoreFile,
     /// Who may send what to whom.
     pub policy: PolicyFile,
+    /// The Prometheus and health endpoint.
+    pub metrics: MetricsFile,
+}
+
+/// `[metrics]`: Prometheus metrics, `/healthz` and `/readyz` over HTTP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsFile {
+    /// Serve them at all (off by default).
+    pub enabled: bool,
+    /// The TCP address; keep it on loopback or a private network.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsFile {
+    fn default() -> Self {
+        MetricsFile {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+        }
+    }
 }
 
 /// `[store]`: bounds of the persistent and offline store.
@@ -151,6 +172,7 @@ impl Default for ConfigFile {
             log: LogFile::default(),
             store: StoreFile::default(),
             policy: PolicyFile::default(),
+            metrics: MetricsFile::default(),
         }
     }
 }
@@ -280,6 +302,8 @@ pub struct Config {
     pub sweep_every: Duration,
     /// The compiled policy.
     pub policy: Policy,
+    /// Where to serve metrics and health, if at all.
+    pub metrics: Option<SocketAddr>,
     /// The file the configuration came from, re-read on reload.
     pub source: Option<PathBuf>,
 }
@@ -392,6 +416,7 @@ impl TryFrom<ConfigFile> for Config {
             },
             sweep_every: Duration::from_secs(st.sweep_secs),
             policy,
+            metrics: f.metrics.enabled.then_some(f.metrics.listen),
             listen: f.listen,
             data_dir: f.data_dir,
             tls: f.tls,
@@ -494,5 +519,40 @@ mod tests {
             assert!(e.contains("max_event_byte"), "{e}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_example_files_document_every_key_and_validate() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let text = std::fs::read_to_string(root.join("icom-server.example.toml")).unwrap();
+        let mut example: ConfigFile = toml::from_str(&text).expect("the example parses");
+        // The one key the example sets that has no default: the CRL.
+        assert_eq!(example.tls.crl.take(), Some(PathBuf::from("certs/crl.pem")));
+        assert_eq!(
+            example,
+            ConfigFile::default(),
+            "the example shows the defaults"
+        );
+        // Every key of the defaults appears in the example, uncommented.
+        let defaults = toml::Value::try_from(ConfigFile::default()).unwrap();
+        let written: toml::Value = toml::from_str(&text).unwrap();
+        fn keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+            if let toml::Value::Table(t) = v {
+                for (k, v) in t {
+                    let path = format!("{prefix}{k}");
+                    keys(v, &format!("{path}."), out);
+                    out.push(path);
+                }
+            }
+        }
+        let (mut want, mut have) = (Vec::new(), Vec::new());
+        keys(&defaults, "", &mut want);
+        keys(&written, "", &mut have);
+        for k in want {
+            assert!(have.contains(&k), "the example does not document {k}");
+        }
+        let policy_text = std::fs::read_to_string(root.join("policy.example.toml")).unwrap();
+        let policy: ConfigFile = toml::from_str(&policy_text).expect("the policy example parses");
+        Config::try_from(policy).expect("the policy example validates");
     }
 }

@@ -31,6 +31,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, connecting: quinn::Connecting) {
         Ok(c) => c,
         Err(e) => {
             warn!(%remote, "handshake failed: {e}");
+            shared.metrics.refuse("handshake");
             return;
         }
     };
@@ -38,6 +39,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, connecting: quinn::Connecting) {
         Ok(id) => id,
         Err(e) => {
             warn!(%remote, code = "BAD_IDENTITY", "refused: {e}");
+            shared.metrics.refuse("bad_identity");
             close(&conn, CloseCode::BadIdentity);
             return;
         }
@@ -45,6 +47,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, connecting: quinn::Connecting) {
     if is_revoked(&shared.crls(), &identity.serial) {
         warn!(%remote, server_id = %identity.server_id, code = "REVOKED", "refused: certificate revoked");
         close(&conn, CloseCode::Revoked);
+        shared.metrics.refuse("revoked");
         return;
     }
     let span = tracing::info_span!("conn", server_id = %identity.server_id, %remote);
@@ -59,6 +62,7 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
         Ok(streams) => streams,
         Err(why) => {
             warn!(code = "PROTOCOL", "refused before hello: {why}");
+            shared.metrics.refuse("protocol");
             close(&conn, CloseCode::Protocol);
             return;
         }
@@ -93,6 +97,7 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
     let writer = tokio::spawn(write_control(ctrl_send, control_rx).in_current_span());
     let _ = control_tx.send(welcome).await;
     info!(session, "welcomed");
+    shared.metrics.accepted.inc();
     // Stored events first, in stored order, then `replayed`, and only then
     // live deliveries (which wait in the outbound queue meanwhile).
     let replayed = tokio::select! {
@@ -350,6 +355,13 @@ async fn on_event_stream(shared: &Shared, peer: &Peer, mut recv: RecvStream) {
             )
         }
     };
+    match &ack.error {
+        None => {
+            shared.metrics.events.inc();
+        }
+        Some(e) => shared.metrics.event_error(e.code.as_str()),
+    }
+    shared.metrics.deliveries.inc_by(u64::from(ack.delivered));
     let _ = peer.control.send(Control::Ack(ack)).await;
 }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dev;
 mod dispatch;
 mod handler;
+mod metrics;
 mod outbound;
 pub mod policy;
 mod router;

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
 use crate::router::Table;
 use crate::store::Store;
 use crate::tls::{self, TlsError};
@@ -33,6 +34,14 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The metrics listener could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -47,6 +56,7 @@ pub enum ServerError {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) table: Table,
+    pub(crate) metrics: Metrics,
     pub(crate) store: Arc<Store>,
     config: RwLock<Arc<Config>>,
     crls: RwLock<Arc<Vec<webpki::CertRevocationList<'static>>>>,
@@ -77,6 +87,7 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    metrics: Option<tokio::net::TcpListener>,
 }
 
 /// A handle that reloads a running router's configuration and TLS files.
@@ -113,6 +124,13 @@ impl Server {
     pub fn bind(config: Config) -> Result<Server, ServerError> {
         let material = tls::load(&config)?;
         let store = Arc::new(Store::open(&config.data_dir, config.store)?);
+        let metrics = match config.metrics {
+            Some(addr) => Some(
+                crate::metrics::bind(addr)
+                    .map_err(|source| ServerError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
         let endpoint =
             quinn::Endpoint::server(material.server_config, config.listen).map_err(|source| {
                 ServerError::Bind {
@@ -126,6 +144,7 @@ impl Server {
         })?;
         let shared = Arc::new(Shared {
             table: Table::default(),
+            metrics: Metrics::new(),
             store,
             config: RwLock::new(Arc::new(config)),
             crls: RwLock::new(Arc::new(material.crls)),
@@ -135,12 +154,18 @@ impl Server {
             endpoint,
             shared,
             local_addr,
+            metrics,
         })
     }
 
     /// The address the router listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where metrics and health are served, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// A handle to reload the running router.
@@ -161,13 +186,21 @@ impl Server {
     /// Accepts connections until `shutdown` is cancelled; then closes every
     /// connection with `SHUTDOWN` and waits (at most [`SHUTDOWN_GRACE`]) for
     /// the endpoint to go idle.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let config = self.shared.config();
+        if let Some(listener) = self.metrics.take() {
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                self.shared.clone(),
+                self.shared.shutdown.clone(),
+            ));
+        }
         let limit = Arc::new(Semaphore::new(config.limits.max_connections));
         let tracker = TaskTracker::new();
         tracker.spawn(sweep(self.shared.clone(), shutdown.clone()));
         let (persistent, queued, bytes) = self.shared.store.counts();
         info!(addr = %self.local_addr, persistent, queued, bytes, "listening");
+        self.shared.metrics.set_ready(true);
         loop {
             let incoming = tokio::select! {
                 i = self.endpoint.accept() => i,
@@ -176,6 +209,7 @@ impl Server {
             let Some(incoming) = incoming else { break };
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 warn!(remote = %incoming.remote_address(), "refused: connection limit reached");
+                self.shared.metrics.refuse("limit");
                 incoming.refuse();
                 continue;
             };
@@ -193,6 +227,7 @@ impl Server {
             });
         }
         info!("shutting down");
+        self.shared.metrics.set_ready(false);
         self.shared.shutdown.cancel();
         self.endpoint.set_server_config(None);
         for peer in self.shared.table.all() {
@@ -225,6 +260,12 @@ impl ReloadHandle {
     /// # Errors
     /// [`ServerError`] naming what could not be loaded.
     pub fn reload(&self) -> Result<ReloadReport, ServerError> {
+        let result = self.try_reload();
+        self.shared.metrics.reload(result.is_ok());
+        result
+    }
+
+    fn try_reload(&self) -> Result<ReloadReport, ServerError> {
         let old = self.shared.config();
         let mut config = match &old.source {
             Some(path) => Config::load(Some(path))?,

@@ -26,6 +26,7 @@ pub struct TestCluster {
 }
 
 struct Running {
+    metrics: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
     reload: ReloadHandle,
@@ -105,8 +106,10 @@ impl TestCluster {
         let shutdown = CancellationToken::new();
         let reload = server.reload_handle();
         let stats = server.stats_handle();
+        let metrics = server.metrics_addr();
         let task = tokio::spawn(server.run(shutdown.clone()));
         self.running = Some(Running {
+            metrics,
             shutdown,
             task,
             reload,
@@ -197,6 +200,39 @@ impl TestCluster {
             .reload
             .reload()
             .expect("reloading the router")
+    }
+
+    /// Where the running router serves metrics, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(|r| r.metrics)
+    }
+
+    /// GETs `path` from the metrics endpoint; returns (status, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.metrics_addr().expect("metrics are enabled");
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connecting to metrics");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .expect("writing the request");
+        let mut text = String::new();
+        tokio::time::timeout(crate::WAIT, s.read_to_string(&mut text))
+            .await
+            .expect("the metrics endpoint answers")
+            .expect("reading the response");
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("an HTTP status line");
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
     }
 
     /// The running router's counters.

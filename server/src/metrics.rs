@@ -1,0 +1,265 @@
+//! Metrics and health: Prometheus counters and gauges (prometheus-client),
+//! served with `/healthz` and `/readyz` on a local HTTP address when
+//! `[metrics] enabled = true`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::server::Shared;
+
+/// A label naming why something was refused, or an ack code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Reason {
+    pub(crate) reason: String,
+}
+
+/// A label naming an ack code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Code {
+    pub(crate) code: String,
+}
+
+/// A label naming an outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Outcome {
+    pub(crate) result: String,
+}
+
+/// Every metric the router keeps.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    connections: Gauge,
+    pub(crate) accepted: Counter,
+    pub(crate) refused: Family<Reason, Counter>,
+    pub(crate) events: Counter,
+    pub(crate) deliveries: Counter,
+    pub(crate) event_errors: Family<Code, Counter>,
+    outbound_events: Gauge,
+    outbound_bytes: Gauge,
+    stored_persistent: Gauge,
+    stored_queued: Gauge,
+    store_bytes: Gauge,
+    pub(crate) reloads: Family<Outcome, Counter>,
+    ready: AtomicBool,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("icom");
+        let m = Metrics {
+            connections: Gauge::default(),
+            accepted: Counter::default(),
+            refused: Family::default(),
+            events: Counter::default(),
+            deliveries: Counter::default(),
+            event_errors: Family::default(),
+            outbound_events: Gauge::default(),
+            outbound_bytes: Gauge::default(),
+            stored_persistent: Gauge::default(),
+            stored_queued: Gauge::default(),
+            store_bytes: Gauge::default(),
+            reloads: Family::default(),
+            ready: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Connected, welcomed servers",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Connections welcomed",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused, by reason (limit, handshake, bad_identity, protocol, revoked)",
+            m.refused.clone(),
+        );
+        registry.register(
+            "events_routed",
+            "Sends routed and acked ok",
+            m.events.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Deliveries handed to recipients",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "events_refused",
+            "Sends acked with an error, by ack code",
+            m.event_errors.clone(),
+        );
+        registry.register(
+            "outbound_queue_events",
+            "Deliveries waiting in outbound queues",
+            m.outbound_events.clone(),
+        );
+        registry.register(
+            "outbound_queue_bytes",
+            "Bytes waiting in outbound queues",
+            m.outbound_bytes.clone(),
+        );
+        registry.register(
+            "stored_persistent_events",
+            "Persistent events in the store",
+            m.stored_persistent.clone(),
+        );
+        registry.register(
+            "stored_queued_events",
+            "Copies queued for offline servers",
+            m.stored_queued.clone(),
+        );
+        registry.register(
+            "store_bytes",
+            "Bytes of stored events",
+            m.store_bytes.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Reloads, by result (ok, error)",
+            m.reloads.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub(crate) fn refuse(&self, reason: &str) {
+        self.refused
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn event_error(&self, code: &str) {
+        self.event_errors
+            .get_or_create(&Code {
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&Outcome {
+                result: if ok { "ok" } else { "error" }.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The text exposition, with the gauges read now.
+    pub(crate) fn render(&self, shared: &Shared) -> String {
+        let peers = shared.table.all();
+        let (mut events, mut bytes) = (0usize, 0usize);
+        for p in &peers {
+            let (e, b) = p.outbound.depth();
+            events += e;
+            bytes += b;
+        }
+        let gauge = |g: &Gauge, v: usize| {
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        gauge(&self.connections, peers.len());
+        gauge(&self.outbound_events, events);
+        gauge(&self.outbound_bytes, bytes);
+        let (persistent, queued, stored) = shared.store.counts();
+        gauge(&self.stored_persistent, persistent);
+        gauge(&self.stored_queued, queued);
+        gauge(&self.store_bytes, stored);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until shutdown.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "metrics and health on http://{addr}/metrics");
+    }
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!("metrics accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(answer(&req, &shared)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
+        });
+    }
+}
+
+fn answer(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let (status, body, ctype) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            shared.metrics.render(shared),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned(), "text/plain"),
+        "/readyz" if shared.metrics.ready.load(Ordering::Relaxed) => {
+            (StatusCode::OK, "ready\n".to_owned(), "text/plain")
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready\n".to_owned(),
+            "text/plain",
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found\n".to_owned(),
+            "text/plain",
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// Binds the metrics listener (inside a tokio runtime).
+///
+/// # Errors
+/// The OS error.
+pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, std::io::Error> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    TcpListener::from_std(std_listener)
+}
