@@ -204,7 +204,7 @@ async fn a_newer_connection_replaces_the_older() {
     let cluster = TestCluster::start().await;
     let mut watcher = cluster.raw("watcher").await;
     let old = cluster.raw("x").await;
-    let _ = watcher
+    watcher
         .control_until(|m| matches!(m, Control::Presence(p) if p.online).then_some(()))
         .await
         .unwrap();
