@@ -139,6 +139,9 @@ pub struct TransportFile {
     pub receive_window: u32,
     /// Per-connection send window (unacknowledged bytes in flight), in bytes.
     pub send_window: u64,
+    /// Interleave the streams of one connection when sending. Events are
+    /// small, one per stream: sending each stream whole is cheaper.
+    pub send_fairness: bool,
 }
 
 /// `[log]`.
@@ -210,6 +213,7 @@ impl Default for TransportFile {
             stream_receive_window: 2 << 20,
             receive_window: 16 << 20,
             send_window: 16 << 20,
+            send_fairness: false,
         }
     }
 }
@@ -232,6 +236,21 @@ pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
+
+/// The top-level keys of the configuration file, which `ICOM_*`
+/// environment variables may set.
+pub const TOP_LEVEL_KEYS: [&str; 10] = [
+    "listen",
+    "data_dir",
+    "tls",
+    "limits",
+    "transport",
+    "groups",
+    "log",
+    "store",
+    "policy",
+    "metrics",
+];
 
 impl ConfigFile {
     /// Loads defaults < `path` (if given) < `ICOM_*` environment (nested
@@ -259,7 +278,12 @@ impl ConfigFile {
         if let Some(p) = path {
             f = f.merge(Toml::file_exact(p));
         }
-        f.merge(Env::prefixed("ICOM_").split("__"))
+        // Only the configuration's own keys: other ICOM_* variables (such
+        // as ICOM_CONFIG, which names the file) are not configuration.
+        f.merge(Env::prefixed("ICOM_").split("__").filter(|key| {
+            let top = key.as_str().split('.').next().unwrap_or_default();
+            TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
+        }))
     }
 
     /// Makes relative paths relative to `dir`.
@@ -340,6 +364,8 @@ pub struct Transport {
     pub receive_window: u32,
     /// Per-connection send window.
     pub send_window: u64,
+    /// Whether to interleave streams when sending.
+    pub send_fairness: bool,
 }
 
 impl TryFrom<ConfigFile> for Config {
@@ -435,6 +461,7 @@ impl TryFrom<ConfigFile> for Config {
                 stream_receive_window: t.stream_receive_window,
                 receive_window: t.receive_window,
                 send_window: t.send_window,
+                send_fairness: t.send_fairness,
             },
             groups,
             log_format: f.log.format,
@@ -492,6 +519,9 @@ mod tests {
                 "listen = \"127.0.0.1:7000\"\n[limits]\nmax_event_bytes = 4096\n[groups]\neu = [\"eu-*\"]\n[tls]\nca = \"pki/ca.pem\"\n",
             )?;
             jail.set_env("ICOM_LIMITS__MAX_EVENT_BYTES", "8192");
+            // Not configuration: ignored, not an unknown key.
+            jail.set_env("ICOM_CONFIG", "elsewhere.toml");
+            jail.set_env("ICOM_CERTS_DIR", "certs");
             let path = jail.directory().join("r.toml");
             let c = Config::load(Some(&path)).map_err(|e| e.to_string())?;
             assert_eq!(c.listen.port(), 7000);

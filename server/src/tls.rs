@@ -125,6 +125,7 @@ pub fn transport(t: &Transport, limits: &Limits) -> quinn::TransportConfig {
         .receive_window(t.receive_window.into())
         .send_window(t.send_window)
         .keep_alive_interval(t.keep_alive)
+        .send_fairness(t.send_fairness)
         .datagram_receive_buffer_size(None);
     // The idle timeout is a few seconds to minutes: always a valid VarInt.
     if let Ok(idle) = quinn::IdleTimeout::try_from(t.idle_timeout) {

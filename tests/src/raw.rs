@@ -110,7 +110,9 @@ impl RawClient {
             .map_err(|e| RawError::Other(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(crypto);
         let mut transport = quinn::TransportConfig::default();
-        transport.max_concurrent_uni_streams(max_uni_streams.into());
+        transport
+            .max_concurrent_uni_streams(max_uni_streams.into())
+            .send_fairness(false);
         config.transport_config(Arc::new(transport));
         endpoint.set_default_client_config(config);
         let connecting = endpoint

@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""Static checks of the deployment files, run by scripts/test.d/20-deploy.
+
+  checks.py compose   compose.yaml runs what server/tests/deploy.rs tests:
+                      the image's ENTRYPOINT/CMD/ENV for the router, the
+                      certs script with the environment the test gives it,
+                      the Dockerfile's HEALTHCHECK and STOPSIGNAL.
+  checks.py context   the Docker build context that .dockerignore leaves
+                      holds every COPY source and a workspace cargo can
+                      load (cargo metadata --locked); with ICOM_DEPLOY_BUILD=1
+                      it also runs the Dockerfile's cargo build in it.
+
+Each failure is one line saying which file and what to change; exit 1.
+"""
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FAILURES = []
+
+
+def fail(msg):
+    FAILURES.append(msg)
+    print(f"  FAIL {msg}")
+
+
+def ok(msg):
+    print(f"  ok   {msg}")
+
+
+def check(cond, good, bad):
+    if cond:
+        ok(good)
+    else:
+        fail(bad)
+
+
+# ------------------------------------------------------------ Dockerfile
+
+
+def dockerfile_instructions():
+    """(keyword, args) of each instruction, continuations joined."""
+    out, cur = [], ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        s = line.strip()
+        if s.startswith("#") or (not s and not cur):
+            continue
+        if s.endswith("\\"):
+            cur += s[:-1] + " "
+            continue
+        cur += s
+        kw, _, rest = cur.partition(" ")
+        out.append((kw.upper(), rest.strip()))
+        cur = ""
+    return out
+
+
+def final_stage():
+    ins = dockerfile_instructions()
+    last_from = max(i for i, (kw, _) in enumerate(ins) if kw == "FROM")
+    return ins[last_from:]
+
+
+def healthcheck_cmd():
+    for kw, rest in final_stage():
+        if kw == "HEALTHCHECK":
+            return json.loads(rest.split("CMD", 1)[1])
+    return None
+
+
+def one(kw):
+    vals = [rest for k, rest in final_stage() if k == kw]
+    return vals[-1] if vals else None
+
+
+def copy_sources():
+    """Context paths of every COPY/ADD without --from, in all stages."""
+    srcs = []
+    for kw, rest in dockerfile_instructions():
+        if kw not in ("COPY", "ADD"):
+            continue
+        words = rest.split()
+        if any(w.startswith("--from=") for w in words):
+            continue
+        paths = [w for w in words if not w.startswith("--")]
+        srcs.extend(paths[:-1])
+    return srcs
+
+
+# --------------------------------------------------------------- compose
+
+
+def compose():
+    import yaml  # from the tools venv
+
+    print("compose.yaml: structure the tests rely on")
+    doc = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = doc.get("services", {})
+    certs, router = services.get("certs"), services.get("router")
+    if not certs or not router:
+        fail("compose.yaml: needs the services `certs` and `router`")
+        return
+    for name, svc in (("certs", certs), ("router", router)):
+        build = svc.get("build", {})
+        context = build.get("context") if isinstance(build, dict) else build
+        check(
+            context == "." and svc.get("image") == certs.get("image"),
+            f"{name}: built from this Dockerfile, image {svc.get('image')}",
+            f"compose.yaml: {name} must build `.` and share one image with the other service",
+        )
+
+    # certs: what server/tests/deploy.rs runs as the compose certs service.
+    check(
+        certs.get("entrypoint") == ["icom-mint-certs"],
+        "certs: entrypoint icom-mint-certs (deploy/docker/mint-certs.sh)",
+        f"compose.yaml: certs.entrypoint must be [\"icom-mint-certs\"] (deploy.rs CERTS_ENTRYPOINT), is {certs.get('entrypoint')}",
+    )
+    env = certs.get("environment", {})
+    want = {"ICOM_CERTS_DIR": "/etc/icom/ca", "ROUTER_CERTS_DIR": "/etc/icom/certs"}
+    check(
+        all(env.get(k) == v for k, v in want.items()),
+        f"certs: {want} (deploy.rs CERTS_ENV)",
+        f"compose.yaml: certs.environment must set {want} as deploy.rs CERTS_ENV does",
+    )
+    check(
+        "icom-router" in str(env.get("ROUTER_DNS", "")) and "CLIENTS" in env,
+        "certs: ROUTER_DNS (default icom-router) and CLIENTS from the environment",
+        "compose.yaml: certs.environment needs ROUTER_DNS: ${ROUTER_DNS:-icom-router} and CLIENTS",
+    )
+    check(
+        set(certs.get("volumes", [])) == {"ca:/etc/icom/ca", "certs:/etc/icom/certs"},
+        "certs: volumes ca and certs",
+        "compose.yaml: certs mounts exactly ca:/etc/icom/ca and certs:/etc/icom/certs",
+    )
+
+    # router: nothing that would make it run other than deploy.rs runs it.
+    for key in ("command", "entrypoint", "environment", "env_file", "user"):
+        check(
+            key not in router,
+            f"router: no {key} (the Dockerfile's, which deploy.rs runs)",
+            f"compose.yaml: router.{key} overrides the Dockerfile that server/tests/deploy.rs "
+            "tests; put it in the Dockerfile (and the test) instead",
+        )
+    dep = router.get("depends_on", {}).get("certs", {})
+    check(
+        dep.get("condition") == "service_completed_successfully",
+        "router: starts after certs completed successfully",
+        "compose.yaml: router.depends_on.certs.condition must be service_completed_successfully",
+    )
+    ports = [str(p) for p in router.get("ports", [])]
+    expose = one("EXPOSE")
+    check(
+        any(p.endswith(":" + expose) for p in ports),
+        f"router: publishes {expose}",
+        f"compose.yaml: router.ports must publish the Dockerfile's EXPOSE {expose}, has {ports}",
+    )
+    vols = set(router.get("volumes", []))
+    volume = json.loads(one("VOLUME"))[0]
+    check(
+        vols == {"certs:/etc/icom/certs:ro", f"data:{volume}"},
+        "router: certs read-only, data volume, and never the CA (volume ca)",
+        f"compose.yaml: router mounts exactly certs:/etc/icom/certs:ro and data:{volume}, has {vols}",
+    )
+    check(
+        router.get("restart") == "unless-stopped",
+        "router: restart unless-stopped",
+        "compose.yaml: router.restart must be unless-stopped",
+    )
+    hc = router.get("healthcheck", {}).get("test")
+    want_hc = ["CMD"] + (healthcheck_cmd() or [])
+    check(
+        hc == want_hc,
+        f"router: healthcheck {hc} is the Dockerfile's",
+        f"compose.yaml: router.healthcheck.test must be {want_hc} (the Dockerfile's HEALTHCHECK), is {hc}",
+    )
+    check(
+        router.get("stop_signal", one("STOPSIGNAL")) == one("STOPSIGNAL"),
+        "router: stop signal is the Dockerfile's STOPSIGNAL",
+        "compose.yaml: router.stop_signal differs from the Dockerfile's STOPSIGNAL",
+    )
+    check(
+        set(doc.get("volumes", {})) >= {"ca", "certs", "data"},
+        "named volumes ca, certs, data",
+        "compose.yaml: top-level volumes must declare ca, certs and data",
+    )
+
+
+# --------------------------------------------------------------- context
+
+
+def pattern_regex(pattern):
+    """A .dockerignore pattern (Go filepath.Match plus **) as a regex."""
+    out, i = "", 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+            if pattern.startswith("/", i):
+                out += "/?"
+                i += 1
+            continue
+        out += {"*": "[^/]*", "?": "[^/]"}.get(c, re.escape(c))
+        i += 1
+    return re.compile(out + r"\Z")
+
+
+def context_files():
+    """Files of the build context: what .dockerignore does not exclude. A
+    pattern matches a path or any of its parents; the last match wins."""
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        neg = line.startswith("!")
+        pat = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
+        rules.append((neg, pattern_regex(pat), pat))
+
+    def excluded(rel):
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        verdict = False
+        for neg, rx, _ in rules:
+            if any(rx.match(p) for p in prefixes):
+                verdict = not neg
+        return verdict
+
+    def prunable(rel):
+        """An excluded folder no `!pattern` reaches into."""
+        return excluded(rel) and not any(
+            neg and (pat.startswith(rel + "/") or "*" in pat) for neg, _, pat in rules
+        )
+
+    files = []
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        rel_dir = os.path.relpath(dirpath, ROOT)
+        rel_dir = "" if rel_dir == "." else rel_dir + "/"
+        dirnames[:] = [d for d in dirnames if d != ".git" and not prunable(rel_dir + d)]
+        for f in filenames:
+            rel = rel_dir + f
+            if not excluded(rel):
+                files.append(rel)
+    return sorted(files)
+
+
+def context():
+    print(".dockerignore: the build context")
+    files = context_files()
+    size = sum((ROOT / f).stat().st_size for f in files)
+    ok(f"{len(files)} files, {size / 1e6:.1f} MB")
+    fileset = set(files)
+    for src in copy_sources():
+        if src == ".":
+            continue
+        src = os.path.normpath(src)
+        check(
+            src in fileset or any(f.startswith(src + "/") for f in files),
+            f"COPY source {src} is in the context",
+            f".dockerignore leaves out {src}, which the Dockerfile COPYs",
+        )
+    for bad in ("target/", ".git/", "fuzz/", ".venv-tools/"):
+        check(
+            not any(f.startswith(bad) or f"/{bad}" in f for f in files),
+            f"no {bad} in the context",
+            f".dockerignore lets {bad} into the build context",
+        )
+    with tempfile.TemporaryDirectory(prefix="icom-docker-context-") as tmp:
+        for f in files:
+            dst = Path(tmp) / f
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst)
+        r = subprocess.run(
+            ["cargo", "metadata", "--locked", "--format-version", "1"],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode != 0:
+            fail("cargo cannot load the workspace from the build context: "
+                 + (r.stderr.strip().splitlines() or ["?"])[-1]
+                 + " (let the missing files in through .dockerignore)")
+            return
+        meta = json.loads(r.stdout)
+        members = sorted(p["name"] for p in meta["packages"] if p["source"] is None)
+        check(
+            {"icom-server", "icom-certs"} <= set(members),
+            f"cargo metadata --locked loads the workspace: {', '.join(members)}",
+            "the build context's workspace lacks icom-server or icom-certs",
+        )
+        if os.environ.get("ICOM_DEPLOY_BUILD") == "1":
+            target = ROOT / "target" / "docker-context"
+            cmd = ["cargo", "build", "--release", "--locked", "-p", "icom-server", "-p", "icom-certs"]
+            print(f"  ..   {' '.join(cmd)} (ICOM_DEPLOY_BUILD=1, target {target})")
+            r = subprocess.run(cmd, cwd=tmp, env={**os.environ, "CARGO_TARGET_DIR": str(target)})
+            check(
+                r.returncode == 0,
+                "the Dockerfile's cargo build succeeds in the build context",
+                "the Dockerfile's cargo build fails in the build context",
+            )
+
+
+def main():
+    what = sys.argv[1:] or ["compose", "context"]
+    for w in what:
+        {"compose": compose, "context": context}[w]()
+    if FAILURES:
+        print(f"{len(FAILURES)} deployment check(s) failed", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
