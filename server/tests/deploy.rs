@@ -65,26 +65,12 @@ fn bin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = Path::new(BIN).parent().unwrap().to_owned();
-        let profile = match dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_owned(),
-            Some(other) => other.to_owned(),
-        };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "icom-certs",
-                "--bin",
-                "icom-certs",
-            ])
-            .args(["--profile", &profile])
-            .arg("--target-dir")
-            .arg(dir.parent().unwrap())
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building the icom-certs binary");
+        let certs = icom_tests::workspace_bin("icom-certs", "icom-certs");
+        assert_eq!(
+            certs.parent(),
+            Some(dir.as_path()),
+            "icom-certs beside icom-server"
+        );
         assert!(dir.join("icom-certs").is_file(), "no icom-certs in {dir:?}");
         dir
     })

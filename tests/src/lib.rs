@@ -5,10 +5,12 @@
 #![warn(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bins;
 mod cluster;
 mod proxy;
 mod raw;
 
+pub use bins::workspace_bin;
 pub use cluster::{ClientFiles, TestCluster};
 pub use proxy::{DirectionStats, Impairment, ImpairmentProxy, ProxyStats};
 pub use proxy::{NAT_CAPACITY, NAT_IDLE};

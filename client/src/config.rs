@@ -1,0 +1,300 @@
+//! The client's configuration: a serde type with defaults that figment loads
+//! (defaults < TOML file < `ICOM_*` environment), and the dev layout that
+//! `icom-server --dev` writes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::backoff::BackoffPolicy;
+use crate::error::ConfigError;
+
+/// The folder `icom-server --dev` writes its throwaway PKI to.
+pub const DEV_DIR: &str = "icom-dev";
+/// The router address of the dev layout.
+pub const DEV_ROUTER: &str = "127.0.0.1:9090";
+
+/// Everything a client needs to connect, and how it behaves. Durations are
+/// in milliseconds, so that the TOML file stays plain.
+///
+/// ```toml
+/// router = "icom.example.net:9090"
+/// server_name = "icom.example.net"
+/// ca = "/etc/icom/ca.pem"
+/// cert = "/etc/icom/eu-1.pem"
+/// key = "/etc/icom/eu-1.key"
+///
+/// [queue]
+/// mode = "wait"        # or "fail_fast"
+/// capacity = 1024
+/// timeout_ms = 10000
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientConfig {
+    /// The router's address, `host:port`; resolved again at every attempt.
+    pub router: String,
+    /// The name the router's certificate must hold (its SAN).
+    pub server_name: String,
+    /// The cluster CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This server's certificate chain (PEM); its CN is the identity.
+    pub cert: PathBuf,
+    /// This server's private key (PEM).
+    pub key: PathBuf,
+    /// Names the client software in `hello`.
+    pub agent: String,
+    /// How long a connection attempt may take, up to `welcome`.
+    pub connect_timeout_ms: u64,
+    /// How long to wait for the router's `ack` (or `pong`).
+    pub ack_timeout_ms: u64,
+    /// Sends and forgets that may await their ack at once.
+    pub max_in_flight: usize,
+    /// QUIC keep-alive interval.
+    pub keep_alive_ms: u64,
+    /// QUIC idle timeout.
+    pub idle_timeout_ms: u64,
+    /// What operations do while the client is disconnected.
+    pub queue: QueueConfig,
+    /// How the client reconnects.
+    pub reconnect: ReconnectConfig,
+    /// How the client receives.
+    pub inbound: InboundConfig,
+}
+
+/// What an operation does when there is no connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueMode {
+    /// Wait for the connection, in a bounded queue, for a bounded time.
+    Wait,
+    /// Fail at once with [`Unavailable::Disconnected`](crate::Unavailable::Disconnected).
+    FailFast,
+}
+
+/// The queue of operations that wait for a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueueConfig {
+    /// Wait, or fail fast.
+    pub mode: QueueMode,
+    /// Operations that may wait at once; one more fails with `QueueFull`.
+    pub capacity: usize,
+    /// How long one operation waits before it fails with `QueueTimeout`.
+    pub timeout_ms: u64,
+}
+
+/// Reconnection: exponential backoff with full jitter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReconnectConfig {
+    /// The cap of the first delay.
+    pub initial_ms: u64,
+    /// The largest delay.
+    pub max_ms: u64,
+    /// A connection that stayed up this long resets the backoff.
+    pub healthy_after_ms: u64,
+    /// After `REPLACED` (another instance took this identity over), wait
+    /// this long before trying again, so as not to fight it.
+    pub replaced_delay_ms: u64,
+}
+
+/// Receiving: buffers and windows, each bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InboundConfig {
+    /// Events received and not yet taken by the application. When it is
+    /// full, the client stops reading, and QUIC flow control pushes back.
+    pub events_buffer: usize,
+    /// `(from, id)` pairs remembered to drop redelivered events.
+    pub dedup_window: usize,
+    /// After `welcome`, how long to hold deliveries back while the stored
+    /// events are replayed, so they can be handed on in order.
+    pub replay_wait_ms: u64,
+    /// At most this many deliveries are held back for the replay.
+    pub replay_buffer: usize,
+    /// Concurrent uni streams the router may open to this client.
+    pub max_streams: u32,
+    /// QUIC receive window of one stream, in bytes.
+    pub stream_window: u32,
+    /// QUIC receive window of the whole connection, in bytes.
+    pub connection_window: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            router: DEV_ROUTER.into(),
+            server_name: "localhost".into(),
+            ca: PathBuf::new(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            agent: concat!("icom-client/", env!("CARGO_PKG_VERSION")).into(),
+            connect_timeout_ms: 10_000,
+            ack_timeout_ms: 30_000,
+            max_in_flight: 8192,
+            keep_alive_ms: 5_000,
+            idle_timeout_ms: 30_000,
+            queue: QueueConfig::default(),
+            reconnect: ReconnectConfig::default(),
+            inbound: InboundConfig::default(),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> QueueConfig {
+        QueueConfig {
+            mode: QueueMode::Wait,
+            capacity: 1024,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> ReconnectConfig {
+        ReconnectConfig {
+            initial_ms: 100,
+            max_ms: 30_000,
+            healthy_after_ms: 10_000,
+            replaced_delay_ms: 300_000,
+        }
+    }
+}
+
+impl Default for InboundConfig {
+    fn default() -> InboundConfig {
+        InboundConfig {
+            events_buffer: 8192,
+            dedup_window: 65_536,
+            replay_wait_ms: 2_000,
+            replay_buffer: 65_536,
+            max_streams: 10_000,
+            stream_window: 2 << 20,
+            connection_window: 64 << 20,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// A config for `router`, checked against `server_name`, with the given
+    /// CA, certificate and key, and defaults for everything else.
+    pub fn new(
+        router: impl Into<String>,
+        server_name: impl Into<String>,
+        ca: impl Into<PathBuf>,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> ClientConfig {
+        ClientConfig {
+            router: router.into(),
+            server_name: server_name.into(),
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+            ..ClientConfig::default()
+        }
+    }
+
+    /// The layout of `icom-server --dev`, seen from the folder it ran in:
+    /// router `127.0.0.1:9090`, name `localhost`, `./icom-dev/ca.pem` and
+    /// `./icom-dev/<identity>.pem` / `.key`.
+    pub fn dev(identity: &str) -> ClientConfig {
+        let dir = Path::new(".").join(DEV_DIR);
+        ClientConfig::new(
+            DEV_ROUTER,
+            "localhost",
+            dir.join("ca.pem"),
+            dir.join(format!("{identity}.pem")),
+            dir.join(format!("{identity}.key")),
+        )
+    }
+
+    /// The figment that loads a config: `base` < the TOML `file` (if any) <
+    /// `ICOM_*` environment variables (`ICOM_ROUTER`, `ICOM_SERVER_NAME`,
+    /// `ICOM_QUEUE__TIMEOUT_MS`, ...). Merge more providers on top.
+    ///
+    /// # Errors
+    /// [`ConfigError::Missing`] if `file` does not exist.
+    pub fn figment(base: &ClientConfig, file: Option<&Path>) -> Result<Figment, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(base));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::Missing {
+                    what: "config file",
+                    path: file.to_owned(),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        Ok(figment.merge(Env::prefixed("ICOM_").split("__")))
+    }
+
+    /// Loads a config: defaults < `file` < `ICOM_*` environment.
+    ///
+    /// # Errors
+    /// [`ConfigError::Missing`] or [`ConfigError::Load`].
+    pub fn load(file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
+        ClientConfig::figment(&ClientConfig::default(), file)?
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))
+    }
+
+    pub(crate) fn backoff(&self) -> BackoffPolicy {
+        BackoffPolicy {
+            initial: ms(self.reconnect.initial_ms.max(1)),
+            max: ms(self.reconnect.max_ms.max(self.reconnect.initial_ms.max(1))),
+            healthy_after: ms(self.reconnect.healthy_after_ms),
+        }
+    }
+}
+
+/// Milliseconds as a `Duration`.
+pub(crate) fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_layout() {
+        let c = ClientConfig::dev("server_2");
+        assert_eq!(c.router, "127.0.0.1:9090");
+        assert_eq!(c.server_name, "localhost");
+        assert_eq!(c.ca, Path::new("./icom-dev/ca.pem"));
+        assert_eq!(c.cert, Path::new("./icom-dev/server_2.pem"));
+        assert_eq!(c.key, Path::new("./icom-dev/server_2.key"));
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("icom.toml");
+        std::fs::write(
+            &path,
+            "router = \"r.example:9999\"\nca = \"/x/ca.pem\"\n[queue]\nmode = \"fail_fast\"\n",
+        )
+        .unwrap();
+        let c: ClientConfig = ClientConfig::figment(&ClientConfig::default(), Some(&path))
+            .unwrap()
+            .extract()
+            .unwrap();
+        assert_eq!(c.router, "r.example:9999");
+        assert_eq!(c.ca, Path::new("/x/ca.pem"));
+        assert_eq!(c.queue.mode, QueueMode::FailFast);
+        assert_eq!(c.queue.capacity, 1024);
+        assert_eq!(c.server_name, "localhost");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err = ClientConfig::load(Some(Path::new("/nonexistent/icom.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/icom.toml"), "{err}");
+    }
+}

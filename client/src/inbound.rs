@@ -1,0 +1,170 @@
+//! Event streams, router → client: accept each `deliver`, hand replies to
+//! their requests, drop redelivered duplicates, hold the replay back until
+//! it is complete and in order, and pass the rest to the application.
+//!
+//! Most events arrive whole with their stream, so they are read in this
+//! task; only a stream whose data is not all there yet is finished in a
+//! task of its own, so that one slow stream never holds up the others.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use icom_protocol::{Deliver, StreamCode, DELIVER_OVERHEAD};
+use quinn::{ReadToEndError, RecvStream, VarInt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client::Core;
+use crate::config::ms;
+use crate::connection::{lock, Live, Reply, REPLIES};
+use crate::event::Event;
+use crate::replay::ReplayBuffer;
+
+type Read = Result<Vec<u8>, ReadToEndError>;
+
+/// Receives the deliveries of one connection until it ends.
+pub(crate) async fn run(
+    core: Arc<Core>,
+    live: Arc<Live>,
+    events: mpsc::Sender<Event>,
+    mut replayed: oneshot::Receiver<u32>,
+) {
+    let limit = live.welcome.limits.max_event_bytes as usize + DELIVER_OVERHEAD;
+    let deadline = tokio::time::sleep(ms(core.cfg.inbound.replay_wait_ms));
+    tokio::pin!(deadline);
+    let (slow_tx, mut slow_rx) = mpsc::channel::<Read>(256);
+    let mut inbound = Inbound {
+        replay: Some(ReplayBuffer::new(core.cfg.inbound.replay_buffer)),
+        core,
+        live,
+        events,
+    };
+    loop {
+        let waiting_for_count = inbound.replay.as_ref().is_some_and(|r| !r.has_count());
+        tokio::select! {
+            biased;
+            count = &mut replayed, if waiting_for_count => {
+                if let Some(r) = inbound.replay.as_mut() {
+                    // Without a count (the control stream ended), the
+                    // deadline ends the replay.
+                    r.replayed(count.unwrap_or(u32::MAX));
+                }
+            }
+            () = &mut deadline, if inbound.replay.is_some() => {
+                if let Some(r) = &inbound.replay {
+                    let (received, expected) = r.progress();
+                    tracing::warn!(received, ?expected, "replay incomplete at its deadline");
+                }
+                inbound.end_replay().await;
+            }
+            Some(read) = slow_rx.recv() => inbound.handle(read).await,
+            stream = inbound.live.conn.accept_uni() => match stream {
+                Ok(stream) => {
+                    let mut read = read_event(stream, limit);
+                    match poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+                        Poll::Ready(read) => inbound.handle(read).await,
+                        Poll::Pending => {
+                            let tx = slow_tx.clone();
+                            tokio::spawn(async move {
+                                let _ = tx.send(read.await).await;
+                            });
+                        }
+                    }
+                }
+                Err(_) => break,
+            },
+        }
+        if inbound.replay.as_ref().is_some_and(ReplayBuffer::ready) {
+            inbound.end_replay().await;
+        }
+    }
+    // The connection is gone: what was held back was received all the same.
+    inbound.end_replay().await;
+}
+
+/// Reads one event stream, at most `limit` bytes.
+fn read_event(mut stream: RecvStream, limit: usize) -> Pin<Box<dyn Future<Output = Read> + Send>> {
+    Box::pin(async move {
+        let read = stream.read_to_end(limit).await;
+        if matches!(read, Err(ReadToEndError::TooLong)) {
+            let _ = stream.stop(VarInt::from_u32(StreamCode::TooLarge.code()));
+        }
+        read
+    })
+}
+
+struct Inbound {
+    core: Arc<Core>,
+    live: Arc<Live>,
+    events: mpsc::Sender<Event>,
+    /// Deliveries held back while the replay runs; `None` once it is over.
+    replay: Option<ReplayBuffer>,
+}
+
+impl Inbound {
+    async fn handle(&mut self, read: Read) {
+        let bytes = match read {
+            Ok(bytes) => bytes::Bytes::from(bytes),
+            Err(ReadToEndError::TooLong) => {
+                tracing::warn!("a delivery exceeded max_event_bytes; stopped reading it");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "a delivery stream broke off");
+                return;
+            }
+        };
+        let deliver = match Deliver::decode(&bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "the router sent a malformed deliver");
+                return;
+            }
+        };
+        let event = self.accept(Event::new(deliver, Arc::downgrade(&self.core)));
+        match self.replay.as_mut() {
+            Some(replay) => replay.received(event),
+            None => {
+                if let Some(event) = event {
+                    // A closed events stream (dropped by the application)
+                    // discards what arrives.
+                    let _ = self.events.send(event).await;
+                }
+            }
+        }
+    }
+
+    /// Takes a delivery: a reply goes to its request, a duplicate is
+    /// dropped; what is left goes on to the application.
+    fn accept(&self, event: Event) -> Option<Event> {
+        let event = match event.reply_to {
+            Some(request) => match self.live.answer(REPLIES, request, Reply::Event(event)) {
+                Ok(()) => return None,
+                Err(Reply::Event(event)) => event,
+                Err(Reply::PeerLeft) => return None,
+            },
+            None => event,
+        };
+        // Only persistent events, and what the router replays from its
+        // stores, can come again; live ones are at most once.
+        if event.persist_id.is_some() || self.replay.is_some() {
+            let first = lock(&self.core.dedup).first_time(&event.from, event.id);
+            if !first {
+                tracing::debug!(from = %event.from, id = event.id, "dropped a redelivered event");
+                return None;
+            }
+        }
+        Some(event)
+    }
+
+    /// Hands the held deliveries on, in order; live ones follow.
+    async fn end_replay(&mut self) {
+        let Some(replay) = self.replay.take() else {
+            return;
+        };
+        for event in replay.into_sorted() {
+            let _ = self.events.send(event).await;
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The ICOM client: one QUIC + mutual-TLS connection to the ICOM router, kept
+//! up by itself, that sends events, receives them, and correlates requests
+//! with their replies. `PROTOCOL.md` is the contract it speaks, through
+//! [`icom_protocol`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use icom_client::{Client, ClientConfig};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let (client, mut events) = Client::connect(ClientConfig::dev("server_1")).await?;
+//! let ack = client.send("server_2", "supply_drop", serde_json::json!({"x": 1.5})).await?;
+//! println!("delivered to {}", ack.delivered);
+//! while let Some(event) = events.next().await {
+//!     println!("{} from {}: {}", event.event, event.from, event.json()?);
+//!     if event.reply_to.is_none() {
+//!         event.reply("thanks").await?;
+//!     }
+//! }
+//! let rtt = client.ping().await?;
+//! # let _ = (rtt, Duration::ZERO);
+//! client.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! - [`Client::connect`] returns once the router has sent `welcome`; a
+//!   certificate the router refuses is [`ConnectError::CertificateRefused`].
+//! - The client reconnects by itself, with exponential backoff and full
+//!   jitter; [`Client::states`] reports every change.
+//! - While it is disconnected, operations wait in a bounded queue for a
+//!   bounded time, or fail at once ([`QueueMode`]).
+//! - Deliveries of persistent and stored events are de-duplicated by
+//!   `(from, id)`; those replayed after a (re)connect come first, in order.
+#![warn(missing_docs)]
+
+mod backoff;
+mod client;
+mod config;
+mod connection;
+mod control;
+mod data;
+mod dedup;
+mod error;
+mod event;
+mod gate;
+mod ids;
+mod inbound;
+mod loss;
+mod outbound;
+mod replay;
+mod state;
+mod supervisor;
+mod tls;
+
+pub use client::Client;
+pub use config::{
+    ClientConfig, InboundConfig, QueueConfig, QueueMode, ReconnectConfig, DEV_DIR, DEV_ROUTER,
+};
+pub use data::{DataError, MsgPack, ToData};
+pub use error::{
+    ConfigError, ConnectError, ForgetError, PingError, RequestError, SendError, Unavailable,
+};
+pub use event::{Event, Events};
+pub use outbound::SendOptions;
+pub use state::{State, States};
+
+pub use icom_protocol::{Ack, AckCode, AckError, Persist, Target, Welcome};

@@ -1,0 +1,137 @@
+//! Commands about the connection: `connect`, `disconnect`, `status`,
+//! `version`.
+//!
+//! `icom:connect [address, server_id]` has the argument order of Forge's
+//! ICOM, so that its missions port by changing the extension's name. Both
+//! may be empty: an empty address dials the `router` of `icom.toml`; the
+//! identity always comes from the certificate, and a non-empty `server_id`
+//! that differs from it is reported (an `error` callback, code `identity`).
+//! The outcome arrives as `state` callbacks.
+
+use arma_rs::{Context, Group};
+
+use crate::args::{self, Arg};
+use crate::state::{guard, icom, VERSION};
+
+/// Adds this module's commands to the `icom` group.
+pub(crate) fn group(group: Group) -> Group {
+    group
+        .command("connect", connect)
+        .command("disconnect", disconnect)
+        .command("status", status)
+        .command("version", version)
+}
+
+fn connect(ctx: Context, address: Arg, server_id: Arg) -> Result<String, String> {
+    guard("connect", || {
+        let icom = icom(&ctx)?;
+        let address = Some(address.0.trim().to_owned()).filter(|a| !a.is_empty());
+        let expected = if server_id.0.trim().is_empty() {
+            None
+        } else {
+            Some(args::server(&server_id).map_err(|e| icom.refuse("connect", e.to_string()))?)
+        };
+        icom.connect(address, expected)
+            .map_err(|e| icom.refuse("connect", e))
+    })
+}
+
+fn disconnect(ctx: Context) -> Result<String, String> {
+    guard("disconnect", || Ok(icom(&ctx)?.disconnect()))
+}
+
+fn status(ctx: Context) -> Result<String, String> {
+    guard("status", || Ok(icom(&ctx)?.status()))
+}
+
+fn version() -> &'static str {
+    VERSION
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use arma_rs::testing::Result as Handled;
+    use serde_json::Value;
+
+    use crate::testing::{callback, extension, test_config};
+
+    #[test]
+    fn version_and_status_answer_without_a_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let ext = extension(dir.path(), None);
+        let (out, code) = ext.call("icom:version", None);
+        assert_eq!((out.as_str(), code), (env!("CARGO_PKG_VERSION"), 0));
+        let (out, code) = ext.call("icom:status", None);
+        assert_eq!(code, 0, "{out}");
+        let status: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(status["state"], "idle");
+        assert_eq!(status["shed"]["total"], 0);
+        assert!(status["config_error"].is_string());
+        // the no-argument form works too
+        let (out, code) = ext.call("icom:status", Some(vec![]));
+        assert_eq!(code, 0, "{out}");
+    }
+
+    #[test]
+    fn a_missing_config_is_reported_by_callback() {
+        let dir = tempfile::tempdir().unwrap();
+        let ext = extension(dir.path(), Some(dir.path().join("missing.toml")));
+        let (ticket, code) = ext.call("icom:connect", Some(vec![r#""""#.into(), r#""""#.into()]));
+        assert_eq!(code, 0, "{ticket}");
+        assert!(ticket.parse::<u64>().is_ok(), "{ticket}");
+        let error = callback(&ext, "error", Duration::from_secs(5));
+        assert_eq!(error["code"], "config");
+        let state = callback(&ext, "state", Duration::from_secs(5));
+        assert_eq!(state["state"], "disconnected");
+    }
+
+    #[test]
+    fn connect_reports_states_and_a_second_connect_is_harmless() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing listens there: the client keeps trying.
+        let config = test_config(dir.path(), "127.0.0.1:9", "eu-1", "");
+        let ext = extension(dir.path(), Some(config));
+        let (_, code) = ext.call("icom:connect", Some(vec!["".into(), "eu-1".into()]));
+        assert_eq!(code, 0);
+        let state = callback(&ext, "state", Duration::from_secs(5));
+        assert_eq!(state["state"], "connecting");
+        assert_eq!(state["router"], "127.0.0.1:9");
+        let (out, code) = ext.call("icom:connect", Some(vec!["".into(), "".into()]));
+        assert_eq!(code, 0, "{out}");
+        // another address while a session runs is an error
+        let (out, code) = ext.call(
+            "icom:connect",
+            Some(vec![r#""127.0.0.1:10""#.into(), "".into()]),
+        );
+        assert_eq!(code, 9);
+        assert!(out.contains("disconnect first"), "{out}");
+        let (out, _) = ext.call("icom:disconnect", Some(vec![]));
+        assert!(out.parse::<u64>().is_ok(), "{out}");
+        let closed = ext.callback_handler(
+            |_, func, data| match (func, data) {
+                ("state", Some(arma_rs::Value::String(s))) if s.contains("\"closed\"") => {
+                    Handled::Ok(())
+                }
+                _ => Handled::<(), ()>::Continue,
+            },
+            Duration::from_secs(10),
+        );
+        assert_eq!(closed, Handled::Ok(()));
+    }
+
+    #[test]
+    fn bad_arguments_get_readable_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let ext = extension(dir.path(), None);
+        let (out, code) = ext.call("icom:connect", Some(vec!["".into(), "bad id!".into()]));
+        assert_eq!(code, 9);
+        assert!(out.starts_with("bad server id"), "{out}");
+        // wrong count: arma-rs answers 2x (x = the count given)
+        let (_, code) = ext.call("icom:connect", Some(vec!["".into()]));
+        assert_eq!(code, 21);
+        let (_, code) = ext.call("icom:nonsense", Some(vec![]));
+        assert_eq!(code, 1);
+    }
+}

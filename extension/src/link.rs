@@ -1,0 +1,361 @@
+//! The network side: one session with the router at a time, run on the
+//! extension's tokio runtime, turning the client's states and events into
+//! callbacks. The commands' own tasks are in [`crate::exchange`]. Nothing
+//! here runs on the game thread.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use icom_client::{Client, Event, State};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{self, Bounds};
+use crate::callback::{Callback, Kind, Received};
+use crate::config;
+use crate::outbox::Outbox;
+use crate::requests::Requests;
+
+/// What the session and the command tasks share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) requests: Requests<Event>,
+    pub(crate) bounds: Bounds,
+    /// The folder of the library, for the config search.
+    pub(crate) library_dir: Option<PathBuf>,
+    /// A config file to use instead of searching (tests).
+    pub(crate) config_file: Option<PathBuf>,
+    /// Where logs go when the config does not say.
+    pub(crate) default_log_dir: PathBuf,
+    pub(crate) sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) failed: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn push(&self, callback: Callback) {
+        self.outbox.push(callback);
+    }
+
+    fn push_state(&self, value: serde_json::Value) {
+        self.push(Callback::new(Kind::State, &value));
+    }
+}
+
+/// The session slot.
+#[derive(Debug, Default)]
+pub(crate) struct Link {
+    slot: Mutex<Slot>,
+    generation: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+enum Slot {
+    #[default]
+    Idle,
+    Active(Active),
+}
+
+#[derive(Debug)]
+struct Active {
+    generation: u64,
+    address: Option<String>,
+    /// The router dialled, once the config is loaded.
+    router: Option<String>,
+    client: watch::Receiver<Option<Client>>,
+    cancel: CancellationToken,
+}
+
+/// What `status` reports of the link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LinkStatus {
+    pub(crate) state: String,
+    pub(crate) server_id: Option<String>,
+    pub(crate) router: Option<String>,
+    pub(crate) peers: usize,
+}
+
+/// What [`Link::open`] decided.
+pub(crate) enum Opened {
+    /// A new session: run [`session`] with these.
+    New(Session),
+    /// A session with the same address already runs.
+    Already,
+}
+
+/// The arguments of a new session's task.
+pub(crate) struct Session {
+    generation: u64,
+    address: Option<String>,
+    expected_id: Option<String>,
+    tx: watch::Sender<Option<Client>>,
+    cancel: CancellationToken,
+}
+
+impl Link {
+    /// Claims the slot for a new session, or says one already runs.
+    ///
+    /// # Errors
+    /// A session to another address runs: disconnect first.
+    pub(crate) fn open(
+        &self,
+        address: Option<String>,
+        expected_id: Option<String>,
+    ) -> Result<Opened, String> {
+        let mut slot = lock(&self.slot);
+        if let Slot::Active(active) = &*slot {
+            if address.is_none() || active.address == address {
+                return Ok(Opened::Already);
+            }
+            return Err(format!(
+                "already connected (to {}); call icom:disconnect first",
+                active.address.as_deref().unwrap_or("the configured router")
+            ));
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = watch::channel(None);
+        let cancel = CancellationToken::new();
+        *slot = Slot::Active(Active {
+            generation,
+            address: address.clone(),
+            router: None,
+            client: rx,
+            cancel: cancel.clone(),
+        });
+        Ok(Opened::New(Session {
+            generation,
+            address,
+            expected_id,
+            tx,
+            cancel,
+        }))
+    }
+
+    /// Ends the session, if any; returns whether there was one.
+    pub(crate) fn close(&self) -> bool {
+        match std::mem::take(&mut *lock(&self.slot)) {
+            Slot::Active(active) => {
+                active.cancel.cancel();
+                true
+            }
+            Slot::Idle => false,
+        }
+    }
+
+    /// The client of the session, to wait for in a command's task.
+    ///
+    /// # Errors
+    /// No session: the mission has not connected.
+    pub(crate) fn client(&self) -> Result<watch::Receiver<Option<Client>>, String> {
+        match &*lock(&self.slot) {
+            Slot::Active(active) => Ok(active.client.clone()),
+            Slot::Idle => Err("not connected: call icom:connect first".into()),
+        }
+    }
+
+    pub(crate) fn status(&self) -> LinkStatus {
+        let slot = lock(&self.slot);
+        let Slot::Active(active) = &*slot else {
+            return LinkStatus {
+                state: "idle".into(),
+                server_id: None,
+                router: None,
+                peers: 0,
+            };
+        };
+        let router = active.router.clone().or_else(|| active.address.clone());
+        let Some(client) = active.client.borrow().clone() else {
+            return LinkStatus {
+                state: "starting".into(),
+                server_id: None,
+                router,
+                peers: 0,
+            };
+        };
+        drop(slot);
+        let (state, _) = state_json(&client.state());
+        let welcome = client.welcome();
+        LinkStatus {
+            state,
+            server_id: welcome.as_ref().map(|w| w.server_id.clone()),
+            router,
+            peers: client.peers().len(),
+        }
+    }
+
+    fn set_router(&self, generation: u64, router: &str) {
+        if let Slot::Active(a) = &mut *lock(&self.slot) {
+            if a.generation == generation {
+                a.router = Some(router.to_owned());
+            }
+        }
+    }
+
+    /// Frees the slot if it still holds this session.
+    fn release(&self, generation: u64) {
+        let mut slot = lock(&self.slot);
+        if matches!(&*slot, Slot::Active(a) if a.generation == generation) {
+            *slot = Slot::Idle;
+        }
+    }
+}
+
+/// Runs one session: loads the config, starts the client, and turns its
+/// states and events into callbacks until it is closed.
+pub(crate) async fn session(shared: Arc<Shared>, link: Arc<Link>, s: Session) {
+    let found = match &shared.config_file {
+        Some(path) => Ok(path.clone()),
+        None => config::find_here(shared.library_dir.as_deref()),
+    };
+    let config = found.and_then(|path| config::load(&path, &shared.default_log_dir));
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => return fail(&shared, &link, s.generation, "config", &e.to_string()),
+    };
+    let mut client_config = config.client;
+    if let Some(address) = &s.address {
+        client_config.router.clone_from(address);
+    }
+    let router = client_config.router.clone();
+    link.set_router(s.generation, &router);
+    tracing::info!(
+        target: "icom::connection",
+        router = %router,
+        server_name = %client_config.server_name,
+        config = %config.file.display(),
+        cert = %client_config.cert.display(),
+        "connecting"
+    );
+    shared.push_state(json!({"state": "connecting", "router": router}));
+    let (client, mut events) = match Client::start(client_config) {
+        Ok(started) => started,
+        Err(e) => return fail(&shared, &link, s.generation, "config", &e.to_string()),
+    };
+    let mut states = client.states();
+    // Nobody waiting is fine: the receiver lives in the slot.
+    let _ = s.tx.send(Some(client.clone()));
+    loop {
+        tokio::select! {
+            () = s.cancel.cancelled() => {
+                client.close().await;
+                tracing::info!(target: "icom::connection", router = %router, "disconnected by the mission");
+                shared.push_state(json!({"state": "closed", "router": router}));
+                break;
+            }
+            event = events.next() => match event {
+                Some(event) => on_event(&shared, event),
+                None => break,
+            },
+            state = states.next() => match state {
+                Some(state) => on_state(&shared, &client, &router, s.expected_id.as_deref(), &state),
+                None => break,
+            },
+        }
+    }
+    link.release(s.generation);
+}
+
+fn fail(shared: &Shared, link: &Link, generation: u64, code: &str, message: &str) {
+    tracing::error!(target: "icom::connection", code, "cannot connect: {message}");
+    shared.push(Callback::error(code, message));
+    shared.push_state(json!({"state": "disconnected", "reason": message}));
+    link.release(generation);
+}
+
+fn on_state(shared: &Shared, client: &Client, router: &str, expected: Option<&str>, state: &State) {
+    let (name, mut value) = state_json(state);
+    value["router"] = json!(router);
+    if let State::Connected { server_id, .. } = state {
+        if let Some(welcome) = client.welcome() {
+            value["groups"] = json!(welcome.groups);
+            value["peers"] = json!(welcome.peers);
+        }
+        tracing::info!(target: "icom::connection", router, server_id = %server_id, "connected");
+        if let Some(expected) = expected.filter(|e| *e != server_id) {
+            let message = format!(
+                "icom:connect named server id '{expected}', but the certificate says '{server_id}'; \
+                 the certificate is the identity, so other servers know this one as '{server_id}'"
+            );
+            tracing::warn!(target: "icom::connection", "{message}");
+            shared.push(Callback::error("identity", &message));
+        }
+    } else if matches!(state, State::Disconnected { .. } | State::Refused { .. }) {
+        tracing::warn!(target: "icom::connection", router, state = %name, "{value}");
+    } else {
+        tracing::info!(target: "icom::connection", router, state = %name, "{value}");
+    }
+    shared.push_state(value);
+}
+
+/// A state's name and its callback JSON.
+fn state_json(state: &State) -> (String, serde_json::Value) {
+    let value = match state {
+        State::Connected {
+            server_id,
+            session_id,
+        } => json!({"state": "connected", "server_id": server_id, "session_id": session_id}),
+        State::Disconnected { reason } => json!({"state": "disconnected", "reason": reason}),
+        State::Reconnecting { attempt, delay } => {
+            json!({"state": "reconnecting", "attempt": attempt, "delay": delay.as_secs_f64()})
+        }
+        State::Replaced { retry_in } => {
+            json!({"state": "replaced", "retry_in": retry_in.as_secs_f64()})
+        }
+        State::Refused { reason } => json!({"state": "refused", "reason": reason}),
+        State::Closed => json!({"state": "closed"}),
+        other => json!({"state": "unknown", "detail": format!("{other:?}")}),
+    };
+    let name = value["state"].as_str().unwrap_or("unknown").to_owned();
+    (name, value)
+}
+
+fn on_event(shared: &Shared, event: Event) {
+    shared.received.fetch_add(1, Ordering::Relaxed);
+    let json = match bridge::msgpack_to_json(&event.data, shared.bounds) {
+        Ok(json) => json,
+        Err(e) => {
+            let message = format!(
+                "event '{}' from {} (id {}) was dropped: {e}",
+                event.event, event.from, event.id
+            );
+            tracing::warn!(target: "icom::events", "{message}");
+            shared.push(Callback::error("bad_data", &message));
+            return;
+        }
+    };
+    tracing::info!(
+        target: "icom::events",
+        event = %event.event,
+        from = %event.from,
+        id = event.id,
+        bytes = event.data.len(),
+        persist_id = event.persist_id.as_deref(),
+        "received"
+    );
+    let callback = Callback::event(
+        &Received {
+            event: &event.event,
+            from: &event.from,
+            id: event.id,
+            persist_id: event.persist_id.as_deref(),
+            reply_to: event.reply_to,
+            sent_ms: event.sent_ms,
+        },
+        &json,
+    );
+    let (id, from) = (event.id, event.from.clone());
+    let mut light = event;
+    light.data = Bytes::new();
+    shared.requests.remember(id, &from, light, Instant::now());
+    shared.push(callback);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The slot is replaced whole under the lock; a poisoned lock is usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,2 @@
+#define LOG(msg) diag_log text msg
+LOG(format ["%1", 1]);

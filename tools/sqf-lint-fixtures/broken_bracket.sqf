@@ -1,0 +1,2 @@
+params ["_a", "_b";
+hint str _a;

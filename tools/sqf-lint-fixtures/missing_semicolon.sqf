@@ -1,0 +1,3 @@
+private _a = 1
+private _b = 2;
+hint str (_a + _b);

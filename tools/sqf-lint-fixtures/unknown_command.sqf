@@ -1,0 +1,3 @@
+params ["_map"];
+private _v = _map gett "key";
+hint str _v;

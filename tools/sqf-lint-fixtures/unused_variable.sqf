@@ -1,0 +1,2 @@
+private _never = 5;
+hint "x";
