@@ -33,7 +33,8 @@ pub(crate) struct Live {
     pub(crate) generation: u64,
     pub(crate) conn: Connection,
     pub(crate) welcome: Welcome,
-    control: tokio::sync::Mutex<SendStream>,
+    /// Shared with the write tasks, which outlive a cancelled caller.
+    control: Arc<tokio::sync::Mutex<SendStream>>,
     pending: Mutex<Pending>,
 }
 
@@ -160,14 +161,19 @@ impl Live {
         stream.finish().map_err(|_| StreamError::NotSent)
     }
 
-    /// Writes one control frame.
+    /// Writes one control frame. The write runs in its own task, so a
+    /// caller that gives up (a timeout, a dropped future) cannot leave half
+    /// a frame on the control stream.
     pub(crate) async fn write_control(&self, msg: &Control) -> Result<(), StreamError> {
         let frame = encode_frame(msg);
-        let mut control = self.control.lock().await;
-        control
-            .write_all(&frame)
-            .await
-            .map_err(|_| StreamError::NotSent)
+        let control = self.control.clone();
+        tokio::spawn(async move {
+            let mut control = control.lock().await;
+            control.write_all(&frame).await
+        })
+        .await
+        .map_err(|_| StreamError::NotSent)?
+        .map_err(|_| StreamError::NotSent)
     }
 
     /// Closes the connection with `code`.
@@ -329,7 +335,7 @@ pub(crate) async fn establish(
         generation,
         conn,
         welcome,
-        control: tokio::sync::Mutex::new(send),
+        control: Arc::new(tokio::sync::Mutex::new(send)),
         pending: Mutex::new(Pending::default()),
     });
     Ok((live, reader))

@@ -6,93 +6,14 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use icom_certs::testing::TestPki;
 use icom_protocol::CloseCode;
-use icom_tests::RawClient;
+use icom_tests::{free_udp_port, RawClient, RouterProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_icom-server");
-
-/// A free UDP port on 127.0.0.1 (bound, read, released).
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Router {
-    child: Child,
-    stderr_lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Router {
-    fn spawn(cmd: &mut Command) -> Router {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting icom-server");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Router {
-            child,
-            stderr_lines: rx,
-        }
-    }
-
-    /// Waits for a log line containing `needle`.
-    fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-        }
-        panic!("no log line containing {needle:?}");
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([format!("-{sig}"), self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
-    }
-
-    /// Waits (bounded) for the process to exit; returns its status.
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the router did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_config(dir: &Path, pki: &TestPki, port: u16, extra: &str) -> std::path::PathBuf {
     pki.write_to(dir).unwrap();
@@ -111,9 +32,9 @@ fn write_config(dir: &Path, pki: &TestPki, port: u16, extra: &str) -> std::path:
 async fn sigterm_closes_clients_with_shutdown_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
-    let port = free_port();
+    let port = free_udp_port();
     let config = write_config(dir.path(), &pki, port, "");
-    let mut router = Router::spawn(Command::new(BIN).arg("--config").arg(&config));
+    let mut router = RouterProcess::spawn(Command::new(BIN).arg("--config").arg(&config));
     router.wait_log("listening");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut c = RawClient::connect(addr, &pki, &pki.client("a"))
@@ -131,9 +52,9 @@ async fn sigterm_closes_clients_with_shutdown_and_exits_zero() {
 async fn sighup_reloads_the_crl_and_closes_revoked_connections() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
-    let port = free_port();
+    let port = free_udp_port();
     let config = write_config(dir.path(), &pki, port, "");
-    let router = Router::spawn(Command::new(BIN).arg("--config").arg(&config));
+    let mut router = RouterProcess::spawn(Command::new(BIN).arg("--config").arg(&config));
     router.wait_log("listening");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let victim = pki.client("victim");
@@ -156,11 +77,11 @@ async fn sighup_reloads_the_crl_and_closes_revoked_connections() {
 async fn json_logs_and_a_router_that_starts_with_a_crl() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
-    let port = free_port();
+    let port = free_udp_port();
     let config = write_config(dir.path(), &pki, port, "");
     let banned = pki.client("banned");
     std::fs::write(dir.path().join("crl.pem"), pki.crl_revoking(&[&banned])).unwrap();
-    let router = Router::spawn(
+    let mut router = RouterProcess::spawn(
         Command::new(BIN)
             .arg("--config")
             .arg(&config)
@@ -197,15 +118,15 @@ async fn json_logs_and_a_router_that_starts_with_a_crl() {
 fn dev_mode_needs_no_config_and_reuses_its_certificates() {
     let dir = tempfile::tempdir().unwrap();
     // --listen moves it off 9090 so the test never collides with a real one.
-    let port = free_port();
+    let port = free_udp_port();
     let run = || {
-        let mut router = Router::spawn(Command::new(BIN).current_dir(dir.path()).args([
+        let mut router = RouterProcess::spawn(Command::new(BIN).current_dir(dir.path()).args([
             "--dev",
             "--listen",
             &format!("127.0.0.1:{port}"),
         ]));
         router.wait_log("listening");
-        let mut stdout = BufReader::new(router.child.stdout.take().unwrap());
+        let mut stdout = BufReader::new(router.take_stdout().unwrap());
         let mut first = String::new();
         stdout.read_line(&mut first).unwrap();
         assert!(first.contains(&format!("127.0.0.1:{port}")), "{first}");
@@ -236,7 +157,7 @@ fn dev_mode_needs_no_config_and_reuses_its_certificates() {
 fn check_config_validates_without_starting() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
-    let good = write_config(dir.path(), &pki, free_port(), "");
+    let good = write_config(dir.path(), &pki, free_udp_port(), "");
     let out = Command::new(BIN)
         .arg("--check-config")
         .arg(&good)
@@ -282,10 +203,10 @@ async fn sigkill_loses_nothing_that_was_acked() {
     use icom_protocol::{Persist, Send, Target};
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
-    let port = free_port();
+    let port = free_udp_port();
     let config = write_config(dir.path(), &pki, port, "");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut router = Router::spawn(Command::new(BIN).arg("--config").arg(&config));
+    let mut router = RouterProcess::spawn(Command::new(BIN).arg("--config").arg(&config));
     router.wait_log("listening");
     let mut a = RawClient::connect(addr, &pki, &pki.client("a"))
         .await
@@ -310,7 +231,7 @@ async fn sigkill_loses_nothing_that_was_acked() {
     router.wait_exit(Duration::from_secs(10));
     drop(a);
 
-    let router = Router::spawn(Command::new(BIN).arg("--config").arg(&config));
+    let mut router = RouterProcess::spawn(Command::new(BIN).arg("--config").arg(&config));
     router.wait_log("listening");
     let mut b = RawClient::connect(addr, &pki, &pki.client("b"))
         .await
@@ -336,7 +257,7 @@ async fn sigkill_loses_nothing_that_was_acked() {
 fn a_corrupt_store_is_a_clear_error_and_exit() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
-    let config = write_config(dir.path(), &pki, free_port(), "");
+    let config = write_config(dir.path(), &pki, free_udp_port(), "");
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     std::fs::write(dir.path().join("data/icom.redb"), vec![0x5a; 4096]).unwrap();
     let out = Command::new(BIN)

@@ -16,18 +16,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use icom_certs::CertDir;
 use icom_protocol::CloseCode;
 use icom_server::{Config, ConfigFile, LogFormat};
-use icom_tests::RawClient;
+use icom_tests::{RawClient, RouterProcess};
 use quinn::crypto::rustls::QuicClientConfig;
 
 const BIN: &str = env!("CARGO_BIN_EXE_icom-server");
@@ -512,89 +512,6 @@ fn client_crypto(ca: &Path, cert: &Path, key: &Path) -> Arc<QuicClientConfig> {
     Arc::new(QuicClientConfig::try_from(tls).unwrap())
 }
 
-// -------------------------------------------------------- the router process
-
-struct Router {
-    child: Child,
-    stderr_lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Router {
-    fn spawn(cmd: &mut Command) -> Router {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting icom-server");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Router {
-            child,
-            stderr_lines: rx,
-        }
-    }
-
-    /// Waits for a log line containing `needle`.
-    fn wait_log(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            if let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
-                if line.contains(needle) {
-                    return line;
-                }
-                seen.push(line);
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                seen.extend(self.stderr_lines.try_iter());
-                panic!(
-                    "the router exited ({status}) before {needle:?}:\n{}",
-                    seen.join("\n")
-                );
-            }
-        }
-        panic!("no log line containing {needle:?}:\n{}", seen.join("\n"));
-    }
-
-    /// Sends a signal by name (`SIGTERM` or `TERM`), as `kill -s` does.
-    fn signal(&self, sig: &str) {
-        let sig = sig.trim_start_matches("SIG");
-        let ok = Command::new("kill")
-            .args(["-s", sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -s {sig}");
-    }
-
-    /// Waits (bounded) for the process to exit; returns its status.
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the router did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Every file under `dir`: contents, mode and modification time.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32, SystemTime)> {
     let mut out = BTreeMap::new();
@@ -858,7 +775,7 @@ async fn the_image_command_env_healthcheck_and_stop_signal_work() {
     let want = format!("nothing listens on UDP port {}", ports.udp);
     assert!(err.contains(&want), "{err}");
 
-    let mut router = Router::spawn(&mut image.router_command(&[]));
+    let mut router = RouterProcess::spawn(&mut image.router_command(&[]));
     let line = router.wait_log("listening");
     assert!(
         !line.contains('\x1b'),
@@ -930,7 +847,7 @@ async fn the_image_takes_settings_from_icom_environment_variables() {
         ("ICOM_LOG__FORMAT", "json"),
         ("ICOM_METRICS__ENABLED", "false"),
     ];
-    let mut router = Router::spawn(&mut image.router_command(&env));
+    let mut router = RouterProcess::spawn(&mut image.router_command(&env));
     let line = router.wait_log("listening");
     let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
     assert_eq!(v["level"], "INFO");
@@ -992,7 +909,7 @@ async fn the_systemd_unit_starts_reloads_and_stops_the_router() {
             cmd.env(k, moved(v));
         }
     }
-    let mut router = Router::spawn(&mut cmd);
+    let mut router = RouterProcess::spawn(&mut cmd);
     let line = router.wait_log("listening");
     assert!(
         !line.contains('\x1b'),
@@ -1009,7 +926,7 @@ async fn the_systemd_unit_starts_reloads_and_stops_the_router() {
 
     // ExecReload, as systemctl reload runs it.
     let reload = unit_command(one(&unit, "ExecReload"));
-    let pid = router.child.id().to_string();
+    let pid = router.id().to_string();
     let status = Command::new(&reload[0])
         .args(reload[1..].iter().map(|a| a.replace("$MAINPID", &pid)))
         .status()

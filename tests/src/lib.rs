@@ -7,11 +7,13 @@
 
 mod bins;
 mod cluster;
+mod process;
 mod proxy;
 mod raw;
 
 pub use bins::workspace_bin;
 pub use cluster::{ClientFiles, TestCluster};
+pub use process::{free_udp_port, RouterProcess};
 pub use proxy::{DirectionStats, Impairment, ImpairmentProxy, ProxyStats};
 pub use proxy::{NAT_CAPACITY, NAT_IDLE};
 pub use raw::{client_crypto, RawClient, RawError};
