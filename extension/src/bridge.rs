@@ -452,6 +452,18 @@ mod tests {
     }
 
     #[test]
+    fn long_numbers_keep_their_float_exactly() {
+        // Found by the json_bridge fuzz target: 40 digits parse to the
+        // nearest float (serde_json's float_roundtrip), which is written
+        // back as the shortest text that reads as that same float.
+        let text = "3333333002333330001330020183804578380457";
+        let back = round_trip(text);
+        let a: f64 = text.parse().unwrap();
+        let b: f64 = back.parse().unwrap();
+        assert_eq!(a.to_bits(), b.to_bits(), "{back}");
+    }
+
+    #[test]
     fn values_round_trip() {
         for text in [
             r#"null"#,

@@ -41,6 +41,29 @@ mod state;
 
 use arma_rs::{arma, Extension, Group};
 
+/// The JSON ↔ MessagePack bridge with its default bounds, for the fuzz
+/// targets (`fuzz/fuzz_targets/json_bridge.rs`). Not part of any API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// JSON text (as `toJSON` writes it) to one MessagePack value.
+    ///
+    /// # Errors
+    /// The bridge's error, as text.
+    pub fn json_to_msgpack(text: &str) -> Result<Vec<u8>, String> {
+        crate::bridge::json_to_msgpack(text, crate::bridge::Bounds::default())
+            .map_err(|e| e.to_string())
+    }
+
+    /// One MessagePack value to JSON text (as `fromJSON` reads it).
+    ///
+    /// # Errors
+    /// The bridge's error, as text.
+    pub fn msgpack_to_json(bytes: &[u8]) -> Result<String, String> {
+        crate::bridge::msgpack_to_json(bytes, crate::bridge::Bounds::default())
+            .map_err(|e| e.to_string())
+    }
+}
+
 #[arma]
 fn init() -> Extension {
     let extension = build();
