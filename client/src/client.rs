@@ -25,6 +25,7 @@ use crate::event::{Event, Events};
 use crate::gate::Gate;
 use crate::ids::IdGen;
 use crate::outbound::SendOptions;
+use crate::publish::{Outcomes, Publisher};
 use crate::state::{State, StateCell, States};
 use crate::supervisor;
 
@@ -122,6 +123,12 @@ impl Client {
     ) -> Result<Ack, SendError> {
         let data = data.to_data()?;
         self.core().send(target, event, data, &options, None).await
+    }
+
+    /// A [`Publisher`], which sends events without waiting for their acks,
+    /// and the [`Outcomes`] through which those acks come back.
+    pub fn publisher(&self) -> (Publisher, Outcomes) {
+        Publisher::new(self.core().clone())
     }
 
     /// Sends a request to `server` and returns its reply (the event whose
@@ -299,7 +306,7 @@ pub(crate) struct Core {
     endpoint: Mutex<Option<(quinn::Endpoint, bool)>>,
     pub(crate) gate: Gate<Arc<Live>>,
     pub(crate) ids: IdGen,
-    pub(crate) in_flight: Semaphore,
+    pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) ack_timeout: Duration,
     pub(crate) state: StateCell,
     pub(crate) dedup: Mutex<Dedup>,
@@ -324,7 +331,9 @@ impl Core {
             endpoint: Mutex::new(None),
             gate: Gate::new(&cfg.queue),
             ids: IdGen::new(),
-            in_flight: Semaphore::new(cfg.max_in_flight.min(Semaphore::MAX_PERMITS)),
+            in_flight: Arc::new(Semaphore::new(
+                cfg.max_in_flight.min(Semaphore::MAX_PERMITS),
+            )),
             ack_timeout: ms(cfg.ack_timeout_ms),
             state: StateCell::new(State::Disconnected {
                 reason: "not connected yet".into(),
@@ -366,7 +375,7 @@ impl Core {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let endpoint = quinn::Endpoint::client(bind).map_err(ConfigError::Socket)?;
+        let endpoint = crate::tls::endpoint(bind, &self.cfg).map_err(ConfigError::Socket)?;
         *slot = Some((endpoint.clone(), addr.is_ipv6()));
         Ok(endpoint)
     }

@@ -57,6 +57,13 @@ pub struct ClientConfig {
     pub keep_alive_ms: u64,
     /// QUIC idle timeout.
     pub idle_timeout_ms: u64,
+    /// The UDP socket's receive buffer, in bytes (0: the OS default). A
+    /// burst of deliveries that overflows it is lost and retransmitted;
+    /// the OS caps it at `net.core.rmem_max`.
+    pub udp_receive_buffer: usize,
+    /// The UDP socket's send buffer, in bytes (0: the OS default); the OS
+    /// caps it at `net.core.wmem_max`.
+    pub udp_send_buffer: usize,
     /// What operations do while the client is disconnected.
     pub queue: QueueConfig,
     /// How the client reconnects.
@@ -138,6 +145,8 @@ impl Default for ClientConfig {
             max_in_flight: 8192,
             keep_alive_ms: 5_000,
             idle_timeout_ms: 30_000,
+            udp_receive_buffer: 8 << 20,
+            udp_send_buffer: 4 << 20,
             queue: QueueConfig::default(),
             reconnect: ReconnectConfig::default(),
             inbound: InboundConfig::default(),

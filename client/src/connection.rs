@@ -13,7 +13,7 @@ use icom_protocol::{
     PROTOCOL_VERSION,
 };
 use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt, WriteError};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use crate::config::ClientConfig;
 use crate::error::ConnectError;
@@ -51,8 +51,52 @@ pub(crate) struct Pending {
 /// on, if any.
 #[derive(Debug)]
 pub(crate) struct Entry<T> {
-    tx: oneshot::Sender<T>,
+    /// `None` once answered.
+    to: Option<To<T>>,
     peer: Option<Box<str>>,
+}
+
+/// Where an answer goes.
+#[derive(Debug)]
+pub(crate) enum To<T> {
+    /// To one waiting operation.
+    Once(oneshot::Sender<T>),
+    /// Onto a channel that many operations share (a
+    /// [`Publisher`](crate::Publisher)'s), with the id; an entry dropped
+    /// unanswered (the connection went away) sends `None` instead. The
+    /// permit is the operation's place in the in-flight window, held until
+    /// it is answered.
+    Stream {
+        id: u64,
+        tx: mpsc::UnboundedSender<(u64, Option<T>)>,
+        permit: OwnedSemaphorePermit,
+    },
+}
+
+impl<T> Entry<T> {
+    /// Hands `value` on; gives it back if nobody takes it.
+    fn send(mut self, value: T) -> Result<(), T> {
+        match self.to.take() {
+            Some(To::Once(tx)) => tx.send(value),
+            Some(To::Stream { id, tx, permit }) => {
+                drop(permit);
+                match tx.send((id, Some(value))) {
+                    Ok(()) => Ok(()),
+                    Err(e) => e.0 .1.map_or(Ok(()), Err),
+                }
+            }
+            None => Err(value),
+        }
+    }
+}
+
+impl<T> Drop for Entry<T> {
+    fn drop(&mut self) {
+        if let Some(To::Stream { id, tx, permit }) = self.to.take() {
+            drop(permit);
+            let _ = tx.send((id, None));
+        }
+    }
 }
 
 /// What a request gets.
@@ -95,13 +139,8 @@ impl Live {
         id: u64,
         peer: Option<&str>,
     ) -> Option<Waiter<T>> {
-        let mut pending = lock(&self.pending);
-        if pending.closed {
-            return None;
-        }
         let (tx, rx) = oneshot::channel();
-        let peer = peer.map(Box::from);
-        table(&mut pending).insert(id, Entry { tx, peer });
+        self.expect(table, id, peer, To::Once(tx)).ok()?;
         Some(Waiter {
             live: self.clone(),
             table,
@@ -111,11 +150,35 @@ impl Live {
         })
     }
 
+    /// Records that the answer for `id` in `table` goes `to`, waiting on
+    /// `peer` if given; gives `to` back if the connection is already gone.
+    pub(crate) fn expect<T>(
+        &self,
+        table: Table<T>,
+        id: u64,
+        peer: Option<&str>,
+        to: To<T>,
+    ) -> Result<(), To<T>> {
+        let mut pending = lock(&self.pending);
+        if pending.closed {
+            return Err(to);
+        }
+        let peer = peer.map(Box::from);
+        table(&mut pending).insert(id, Entry { to: Some(to), peer });
+        Ok(())
+    }
+
+    /// Takes back what waits for `id` in `table`, without telling it.
+    pub(crate) fn unexpect<T>(&self, table: Table<T>, id: u64) -> Option<To<T>> {
+        let entry = table(&mut lock(&self.pending)).remove(&id);
+        entry.and_then(|mut e| e.to.take())
+    }
+
     /// Hands an answer to its waiter; gives it back if nobody waits.
     pub(crate) fn answer<T>(&self, table: Table<T>, id: u64, value: T) -> Result<(), T> {
         let entry = table(&mut lock(&self.pending)).remove(&id);
         match entry {
-            Some(entry) => entry.tx.send(value),
+            Some(entry) => entry.send(value),
             None => Err(value),
         }
     }
@@ -131,7 +194,7 @@ impl Live {
             .collect();
         for id in gone {
             if let Some(entry) = pending.replies.remove(&id) {
-                let _ = entry.tx.send(Reply::PeerLeft);
+                let _ = entry.send(Reply::PeerLeft);
             }
         }
     }

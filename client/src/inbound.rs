@@ -11,8 +11,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
+use bytes::Bytes;
 use icom_protocol::{Deliver, StreamCode, DELIVER_OVERHEAD};
-use quinn::{ReadToEndError, RecvStream, VarInt};
+use quinn::{ReadError, RecvStream, VarInt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::Core;
@@ -21,7 +22,16 @@ use crate::connection::{lock, Live, Reply, REPLIES};
 use crate::event::Event;
 use crate::replay::ReplayBuffer;
 
-type Read = Result<Vec<u8>, ReadToEndError>;
+type Read = Result<Bytes, ReadFailure>;
+
+/// Why a delivery stream was not read whole.
+#[derive(Debug)]
+enum ReadFailure {
+    /// It is longer than the limit.
+    TooLong,
+    /// It broke off.
+    Broken(ReadError),
+}
 
 /// Receives the deliveries of one connection until it ends.
 pub(crate) async fn run(
@@ -86,12 +96,43 @@ pub(crate) async fn run(
 /// Reads one event stream, at most `limit` bytes.
 fn read_event(mut stream: RecvStream, limit: usize) -> Pin<Box<dyn Future<Output = Read> + Send>> {
     Box::pin(async move {
-        let read = stream.read_to_end(limit).await;
-        if matches!(read, Err(ReadToEndError::TooLong)) {
+        let read = read_all(&mut stream, limit).await;
+        if matches!(read, Err(ReadFailure::TooLong)) {
             let _ = stream.stop(VarInt::from_u32(StreamCode::TooLarge.code()));
         }
         read
     })
+}
+
+/// Reads a stream to its end, in order. The usual delivery, one chunk, is
+/// kept as it came, without a copy. (`RecvStream::read_to_end` reads out
+/// of order, which makes QUIC copy the stream's data into a new buffer,
+/// then copies it again into a `Vec`.)
+async fn read_all(stream: &mut RecvStream, limit: usize) -> Read {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        match stream.read_chunk(limit + 1 - len, true).await {
+            Ok(Some(chunk)) => {
+                len += chunk.bytes.len();
+                if len > limit {
+                    return Err(ReadFailure::TooLong);
+                }
+                match first.take() {
+                    None if rest.is_empty() => first = Some(chunk.bytes),
+                    prev => {
+                        if let Some(p) = prev {
+                            rest.extend_from_slice(&p);
+                        }
+                        rest.extend_from_slice(&chunk.bytes);
+                    }
+                }
+            }
+            Ok(None) => return Ok(first.unwrap_or_else(|| Bytes::from(rest))),
+            Err(e) => return Err(ReadFailure::Broken(e)),
+        }
+    }
 }
 
 struct Inbound {
@@ -105,12 +146,12 @@ struct Inbound {
 impl Inbound {
     async fn handle(&mut self, read: Read) {
         let bytes = match read {
-            Ok(bytes) => bytes::Bytes::from(bytes),
-            Err(ReadToEndError::TooLong) => {
+            Ok(bytes) => bytes,
+            Err(ReadFailure::TooLong) => {
                 tracing::warn!("a delivery exceeded max_event_bytes; stopped reading it");
                 return;
             }
-            Err(e) => {
+            Err(ReadFailure::Broken(e)) => {
                 tracing::debug!(error = %e, "a delivery stream broke off");
                 return;
             }

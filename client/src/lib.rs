@@ -32,6 +32,8 @@
 //!   bounded time, or fail at once ([`QueueMode`]).
 //! - Deliveries of persistent and stored events are de-duplicated by
 //!   `(from, id)`; those replayed after a (re)connect come first, in order.
+//! - [`Client::publisher`] sends many events without waiting for each ack
+//!   in turn; their acks come back on one stream ([`Outcomes`]).
 #![warn(missing_docs)]
 
 mod backoff;
@@ -48,6 +50,7 @@ mod ids;
 mod inbound;
 mod loss;
 mod outbound;
+mod publish;
 mod replay;
 mod state;
 mod supervisor;
@@ -63,6 +66,7 @@ pub use error::{
 };
 pub use event::{Event, Events};
 pub use outbound::SendOptions;
+pub use publish::{Outcomes, Published, Publisher};
 pub use state::{State, States};
 
 pub use icom_protocol::{Ack, AckCode, AckError, Persist, Target, Welcome};

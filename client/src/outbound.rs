@@ -10,6 +10,7 @@ use icom_protocol::{validate_event_name, validate_persist_id, Ack, Persist, Send
 use crate::client::{Core, ATTEMPTS};
 use crate::connection::{Reply, WaitError, Waiter, ACKS, REPLIES};
 use crate::error::{refusal, SendError, Unavailable};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Options of [`Client::send_to`](crate::Client::send_to).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,34 +74,16 @@ impl Core {
         reply_to: Option<u64>,
         want_reply: bool,
     ) -> Result<(Ack, Option<Waiter<Reply>>), SendError> {
-        validate_event_name(event).map_err(|e| SendError::Invalid(e.to_string()))?;
-        if let Some(Persist::Id(id)) = &options.persist {
-            validate_persist_id(id).map_err(|e| SendError::Invalid(e.to_string()))?;
-        }
-        let ttl_ms = options.ttl.map(ttl_ms).transpose()?;
+        check(event, options)?;
         let timeout = self.ack_timeout;
-        let _permit = tokio::time::timeout(timeout, self.in_flight.acquire())
-            .await
-            .map_err(|_| SendError::AckTimeout(timeout))?
-            .map_err(|_| Unavailable::Closed)?;
+        let _permit = self.window().await?;
         let id = self.ids.next();
         // A request to one server fails at once if that server leaves.
         let peer = match (&to, want_reply) {
             (Target::Server(server), true) => Some(server.clone()),
             _ => None,
         };
-        let bytes = Bytes::from(
-            Send {
-                id,
-                to,
-                event: event.into(),
-                data,
-                persist: options.persist.clone(),
-                ttl_ms,
-                reply_to,
-            }
-            .encode(),
-        );
+        let bytes = encode(id, to, event, data, options, reply_to)?;
         for _ in 0..ATTEMPTS {
             let live = self.gate.get().await?;
             let max = live.welcome.limits.max_event_bytes;
@@ -143,6 +126,51 @@ impl Core {
         }
         Err(SendError::ConnectionLost)
     }
+}
+
+impl Core {
+    /// A place in the in-flight window (`max_in_flight`), waited for at
+    /// most the ack timeout.
+    pub(crate) async fn window(&self) -> Result<OwnedSemaphorePermit, SendError> {
+        let timeout = self.ack_timeout;
+        tokio::time::timeout(timeout, self.in_flight.clone().acquire_owned())
+            .await
+            .map_err(|_| SendError::AckTimeout(timeout))?
+            .map_err(|_| Unavailable::Closed.into())
+    }
+}
+
+/// Checks what the router would refuse as `invalid` before anything is sent.
+pub(crate) fn check(event: &str, options: &SendOptions) -> Result<(), SendError> {
+    validate_event_name(event).map_err(|e| SendError::Invalid(e.to_string()))?;
+    if let Some(Persist::Id(id)) = &options.persist {
+        validate_persist_id(id).map_err(|e| SendError::Invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Encodes a `send` as the whole content of its stream.
+pub(crate) fn encode(
+    id: u64,
+    to: Target,
+    event: &str,
+    data: Bytes,
+    options: &SendOptions,
+    reply_to: Option<u64>,
+) -> Result<Bytes, SendError> {
+    let ttl_ms = options.ttl.map(ttl_ms).transpose()?;
+    Ok(Bytes::from(
+        Send {
+            id,
+            to,
+            event: event.into(),
+            data,
+            persist: options.persist.clone(),
+            ttl_ms,
+            reply_to,
+        }
+        .encode(),
+    ))
 }
 
 fn ttl_ms(ttl: Duration) -> Result<u32, SendError> {

@@ -2,6 +2,7 @@
 //! certificate for client authentication, ALPN `icom/1`, rustls on `ring`,
 //! and a transport that lets the router open many event streams at once.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +48,26 @@ pub(crate) fn quic_config(cfg: &ClientConfig) -> Result<quinn::ClientConfig, Con
     Ok(config)
 }
 
+/// A client endpoint bound at `bind`, its UDP buffers sized as `cfg`
+/// asks (a size the OS refuses leaves its default).
+///
+/// # Errors
+/// The OS error when the socket cannot be bound.
+pub(crate) fn endpoint(bind: SocketAddr, cfg: &ClientConfig) -> std::io::Result<quinn::Endpoint> {
+    use quinn::udp::{UdpSockRef, UdpSocketState};
+    let socket = std::net::UdpSocket::bind(bind)?;
+    let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+    if cfg.udp_receive_buffer > 0 {
+        let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), cfg.udp_receive_buffer);
+    }
+    if cfg.udp_send_buffer > 0 {
+        let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), cfg.udp_send_buffer);
+    }
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+}
+
 fn transport(cfg: &ClientConfig) -> Result<TransportConfig, ConfigError> {
     let idle =
         IdleTimeout::try_from(ms(cfg.idle_timeout_ms)).map_err(|e| ConfigError::Invalid {
@@ -63,6 +84,22 @@ fn transport(cfg: &ClientConfig) -> Result<TransportConfig, ConfigError> {
         .receive_window(VarInt::from_u32(inbound.connection_window))
         .send_window(u64::from(inbound.connection_window))
         .initial_rtt(Duration::from_millis(10));
+    {
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        if let Some(th) = env("EXP_ACK_THRESHOLD") {
+            let mut a = quinn::AckFrequencyConfig::default();
+            a.ack_eliciting_threshold(VarInt::from_u32(th as u32));
+            if let Some(d) = env("EXP_ACK_DELAY_MS") {
+                a.max_ack_delay(Some(Duration::from_millis(d)));
+            }
+            t.ack_frequency_config(Some(a));
+        }
+        if let Some(m) = env("EXP_MTU") {
+            let mut d = quinn::MtuDiscoveryConfig::default();
+            d.upper_bound(m as u16);
+            t.mtu_discovery_config(Some(d));
+        }
+    }
     Ok(t)
 }
 

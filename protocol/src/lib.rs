@@ -16,6 +16,7 @@
 
 mod codec;
 mod codes;
+mod credit;
 mod event;
 mod glob;
 mod message;
@@ -28,6 +29,7 @@ pub use codec::{
     MAX_FRAME_LEN,
 };
 pub use codes::{AckCode, CloseCode, StreamCode};
+pub use credit::StreamCredit;
 pub use event::{
     Deliver, Invalid, Send, SendDecodeError, DEFAULT_MAX_EVENT_BYTES, DELIVER_OVERHEAD, NIL,
 };

@@ -142,6 +142,13 @@ pub struct TransportFile {
     /// Interleave the streams of one connection when sending. Events are
     /// small, one per stream: sending each stream whole is cheaper.
     pub send_fairness: bool,
+    /// The UDP socket's receive buffer, in bytes (0: the OS default). A
+    /// burst that overflows it is lost and QUIC slows down; the OS caps it
+    /// at `net.core.rmem_max`.
+    pub udp_receive_buffer: u32,
+    /// The UDP socket's send buffer, in bytes (0: the OS default); capped
+    /// at `net.core.wmem_max`.
+    pub udp_send_buffer: u32,
 }
 
 /// `[log]`.
@@ -214,6 +221,8 @@ impl Default for TransportFile {
             receive_window: 16 << 20,
             send_window: 16 << 20,
             send_fairness: false,
+            udp_receive_buffer: 4 << 20,
+            udp_send_buffer: 4 << 20,
         }
     }
 }
@@ -366,6 +375,10 @@ pub struct Transport {
     pub send_window: u64,
     /// Whether to interleave streams when sending.
     pub send_fairness: bool,
+    /// The UDP receive buffer to ask for, if not the OS default.
+    pub udp_receive_buffer: Option<usize>,
+    /// The UDP send buffer to ask for, if not the OS default.
+    pub udp_send_buffer: Option<usize>,
 }
 
 impl TryFrom<ConfigFile> for Config {
@@ -462,6 +475,9 @@ impl TryFrom<ConfigFile> for Config {
                 receive_window: t.receive_window,
                 send_window: t.send_window,
                 send_fairness: t.send_fairness,
+                udp_receive_buffer: (t.udp_receive_buffer > 0)
+                    .then_some(t.udp_receive_buffer as usize),
+                udp_send_buffer: (t.udp_send_buffer > 0).then_some(t.udp_send_buffer as usize),
             },
             groups,
             log_format: f.log.format,

@@ -3,6 +3,7 @@
 //! one task per incoming event stream, and the writer of outgoing
 //! deliveries.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -58,7 +59,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, connecting: quinn::Connecting) {
 
 async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, serial: Vec<u8>) {
     let config = shared.config();
-    let (ctrl_send, mut ctrl_recv) = match await_hello(&conn, config.limits.hello_timeout).await {
+    let (ctrl_send, ctrl_recv) = match await_hello(&conn, config.limits.hello_timeout).await {
         Ok(streams) => streams,
         Err(why) => {
             warn!(code = "PROTOCOL", "refused before hello: {why}");
@@ -80,22 +81,24 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
         control: control_tx.clone(),
         serial,
     });
-    // The welcome is the first frame: queue it before anything else can be.
+    // The welcome is the first frame: the table queues it as it registers
+    // the peer, before any presence can be.
     let groups = config.groups.groups_of(&server_id);
     let session_id = uuid::Uuid::new_v4().hyphenated().to_string();
-    let registered = shared.table.register(peer.clone());
-    let welcome = Control::Welcome(Welcome {
-        session_id,
-        server_id: server_id.clone(),
-        groups,
-        peers: registered.peers,
-        limits: WireLimits {
-            max_event_bytes: config.limits.max_event_bytes as u32,
-            max_streams: config.limits.max_streams,
-        },
+    let limits = WireLimits {
+        max_event_bytes: config.limits.max_event_bytes as u32,
+        max_streams: config.limits.max_streams,
+    };
+    shared.table.register(peer.clone(), |peers| {
+        Control::Welcome(Welcome {
+            session_id,
+            server_id: server_id.clone(),
+            groups,
+            peers,
+            limits,
+        })
     });
     let writer = tokio::spawn(write_control(ctrl_send, control_rx).in_current_span());
-    let _ = control_tx.send(welcome).await;
     info!(session, "welcomed");
     shared.metrics.accepted.inc();
     // Stored events first, in stored order, then `replayed`, and only then
@@ -110,7 +113,7 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
     }
     let deliveries = tokio::spawn(write_deliveries(peer.clone()).in_current_span());
 
-    let why = serve(&shared, &peer, &mut ctrl_recv).await;
+    let why = serve(&shared, &peer, ctrl_recv).await;
     match &why {
         Ended::Protocol(msg) => {
             warn!(code = "PROTOCOL", "closing: {msg}");
@@ -125,6 +128,10 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
     writer.abort();
     let _ = deliveries.await;
     info!(session, reason = %why, "disconnected");
+    if std::env::var_os("EXP_STATS").is_some() {
+        let st = conn.stats();
+        eprintln!("EXPSTATS {server_id}: tx dg {} ios {} bytes {} | rx dg {} ios {} | tx ACK {} STREAM {} MAX_STREAMS_UNI {} MAX_DATA {} | rx ACK {} STREAM {} | rtt {:?} cwnd {} lost {}", st.udp_tx.datagrams, st.udp_tx.ios, st.udp_tx.bytes, st.udp_rx.datagrams, st.udp_rx.ios, st.frame_tx.acks, st.frame_tx.stream, st.frame_tx.max_streams_uni, st.frame_tx.max_data, st.frame_rx.acks, st.frame_rx.stream, st.path.rtt, st.path.cwnd, st.path.lost_packets);
+    }
 }
 
 #[derive(Debug)]
@@ -183,37 +190,73 @@ fn early_stream(uni: Result<RecvStream, quinn::ConnectionError>) -> String {
 
 /// Serves the control stream and accepts event streams until the
 /// connection ends.
-async fn serve(shared: &Arc<Shared>, peer: &Arc<Peer>, ctrl: &mut RecvStream) -> Ended {
-    let shutdown = shared.shutdown.clone();
-    loop {
+///
+/// The control stream is read by a task of its own, so that a frame half
+/// read when an event stream arrives is never lost, and so that accepting
+/// an event stream polls nothing else. Each event stream is read and
+/// routed right here when it arrived whole, as most do; only one still
+/// waiting for data gets a task of its own.
+async fn serve(shared: &Arc<Shared>, peer: &Arc<Peer>, ctrl: RecvStream) -> Ended {
+    let mut control =
+        tokio::spawn(read_control(shared.clone(), peer.clone(), ctrl).in_current_span());
+    let closed = peer.conn.closed();
+    let cancelled = shared.shutdown.cancelled();
+    tokio::pin!(closed, cancelled);
+    let ended = loop {
         tokio::select! {
-            frame = read_frame(ctrl) => match frame {
-                Ok(Some(msg)) => {
-                    if let Err(e) = on_control(shared, peer, msg).await {
-                        return Ended::Protocol(e);
-                    }
-                }
-                Ok(None) => debug!("ignored a control message of an unknown name"),
-                Err(e) if e == FINISHED => return Ended::Finished,
-                Err(e) => match peer.conn.close_reason() {
-                    Some(reason) => return Ended::Lost(reason),
-                    None => return Ended::Protocol(e),
-                },
-            },
+            biased;
             stream = peer.conn.accept_uni() => match stream {
-                Ok(recv) => {
-                    let shared = shared.clone();
-                    let peer = peer.clone();
-                    tokio::spawn(async move { on_event_stream(&shared, &peer, recv).await }.in_current_span());
-                }
-                Err(e) => return Ended::Lost(e),
+                Ok(recv) => take_event_stream(shared, peer, recv),
+                Err(e) => break Ended::Lost(e),
             },
-            e = peer.conn.closed() => return Ended::Lost(e),
-            () = shutdown.cancelled() => {
+            ended = &mut control => {
+                break ended.unwrap_or_else(|e| Ended::Protocol(format!("the control task failed: {e}")));
+            }
+            e = &mut closed => break Ended::Lost(e),
+            () = &mut cancelled => {
                 close(&peer.conn, CloseCode::Shutdown);
-                return Ended::Lost(quinn::ConnectionError::LocallyClosed);
+                break Ended::Lost(quinn::ConnectionError::LocallyClosed);
             }
         }
+    };
+    control.abort();
+    ended
+}
+
+/// Reads and answers control frames until the stream ends or breaks the
+/// protocol.
+async fn read_control(shared: Arc<Shared>, peer: Arc<Peer>, mut ctrl: RecvStream) -> Ended {
+    loop {
+        match read_frame(&mut ctrl).await {
+            Ok(Some(msg)) => {
+                if let Err(e) = on_control(&shared, &peer, msg).await {
+                    return Ended::Protocol(e);
+                }
+            }
+            Ok(None) => debug!("ignored a control message of an unknown name"),
+            Err(e) if e == FINISHED => return Ended::Finished,
+            Err(e) => match peer.conn.close_reason() {
+                Some(reason) => return Ended::Lost(reason),
+                None => return Ended::Protocol(e),
+            },
+        }
+    }
+}
+
+/// Reads, routes and acks one event stream: at once if it is complete,
+/// else in a task of its own, so that one slow stream never holds up the
+/// others.
+fn take_event_stream(shared: &Arc<Shared>, peer: &Arc<Peer>, recv: RecvStream) {
+    let mut work = Box::pin(on_event_stream(shared.clone(), peer.clone(), recv).in_current_span());
+    let waker = std::task::Waker::noop();
+    // A first poll without a real waker: what is pending is handed to a
+    // task, whose first poll registers the real one.
+    if work
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(waker))
+        .is_pending()
+    {
+        tokio::spawn(work);
     }
 }
 
@@ -311,23 +354,24 @@ async fn write_deliveries(peer: Arc<Peer>) {
     let mut batch: Vec<Bytes> = Vec::with_capacity(64);
     while peer.outbound.pop_all(&mut batch).await {
         for wire in batch.drain(..) {
+            let len = wire.len();
             let Ok(mut stream) = peer.conn.open_uni().await else {
                 return;
             };
-            if stream.write_chunk(wire).await.is_err() {
-                continue;
+            if stream.write_chunk(wire).await.is_ok() {
+                let _ = stream.finish();
             }
-            let _ = stream.finish();
+            peer.outbound.written(len);
         }
     }
 }
 
 /// Reads one event stream, routes it, and acks it.
-async fn on_event_stream(shared: &Shared, peer: &Peer, mut recv: RecvStream) {
+async fn on_event_stream(shared: Arc<Shared>, peer: Arc<Peer>, mut recv: RecvStream) {
     let max = shared.config().limits.max_event_bytes;
     let ack = match read_event(&mut recv, max).await {
         Read::Event(bytes) => match Send::decode(&bytes) {
-            Ok(send) => crate::dispatch::dispatch(shared, &peer.server_id, send).await,
+            Ok(send) => crate::dispatch::dispatch(&shared, &peer.server_id, send).await,
             Err(e) => {
                 warn!(code = "malformed", id = ?e.id, "bad event stream: {e}");
                 Ack::failed(e.id.unwrap_or(0), AckCode::Malformed, e.to_string())

@@ -61,14 +61,16 @@ impl Outbound {
     }
 
     /// Moves every waiting delivery into `out`, waiting for one if there is
-    /// none. Returns false once the queue is closed and drained.
+    /// none. Returns false once the queue is closed and drained. The bytes
+    /// taken still count against the bound until [`Outbound::written`]
+    /// says they left, so a writer stuck on a stream holds at most the
+    /// bound, not the bound again in its hand.
     pub(crate) async fn pop_all(&self, out: &mut Vec<Bytes>) -> bool {
         loop {
             let notified = self.notify.notified();
             {
                 let mut s = lock(&self.state);
                 if !s.queue.is_empty() {
-                    s.bytes = 0;
                     out.extend(s.queue.drain(..));
                     return true;
                 }
@@ -78,6 +80,13 @@ impl Outbound {
             }
             notified.await;
         }
+    }
+
+    /// Releases `len` bytes taken by [`Outbound::pop_all`]: handed to QUIC,
+    /// or dropped.
+    pub(crate) fn written(&self, len: usize) {
+        let mut s = lock(&self.state);
+        s.bytes = s.bytes.saturating_sub(len);
     }
 
     /// Closes the queue: pushes fail, waiting deliveries are dropped.
@@ -90,7 +99,7 @@ impl Outbound {
         self.notify.notify_one();
     }
 
-    /// Deliveries and bytes waiting now.
+    /// Deliveries waiting now, and their bytes with those being written.
     pub(crate) fn depth(&self) -> (usize, usize) {
         let s = lock(&self.state);
         (s.queue.len(), s.bytes)
@@ -119,7 +128,15 @@ mod tests {
         let mut out = Vec::new();
         assert!(q.pop_all(&mut out).await);
         assert_eq!(out.len(), 3);
+        // Taken but not yet written: still counted, still full.
+        assert_eq!(q.depth(), (0, 10));
+        assert_eq!(q.push(Bytes::from_static(b"x")), Err(PushError::Full));
+        for b in out.drain(..) {
+            q.written(b.len());
+        }
         assert_eq!(q.depth(), (0, 0));
+        assert_eq!(q.push(Bytes::from_static(b"x")), Ok(()));
+        assert!(q.pop_all(&mut out).await);
         q.close();
         assert_eq!(q.push(Bytes::from_static(b"x")), Err(PushError::Closed));
         assert!(!q.pop_all(&mut out).await);

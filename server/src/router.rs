@@ -46,61 +46,56 @@ pub(crate) struct Table {
     peers: RwLock<HashMap<Arc<str>, Arc<Peer>>>,
 }
 
-/// The outcome of registering a connection.
-pub(crate) struct Registered {
-    /// Every other connected identity, for `welcome`.
-    pub(crate) peers: Vec<String>,
-}
-
 impl Table {
-    /// Registers a peer. An older connection with the same identity is
-    /// replaced in the same step (closed with `REPLACED`, no presence
-    /// change); otherwise every other peer is told it came online.
-    pub(crate) fn register(&self, peer: Arc<Peer>) -> Registered {
-        let (old, others) = {
+    /// Registers a peer and, in the same step, queues its welcome, built by
+    /// `welcome` from every other connected identity: nothing (a presence
+    /// from a peer registering at the same moment) can reach the new peer
+    /// before its welcome. An older connection with the same identity is
+    /// replaced (closed with `REPLACED`, no presence change); otherwise
+    /// every other peer is told it came online. Presence is queued under
+    /// the table's lock, so the presence of one identity is never
+    /// reordered by a concurrent register and unregister.
+    pub(crate) fn register(&self, peer: Arc<Peer>, welcome: impl FnOnce(Vec<String>) -> Control) {
+        let old = {
             let mut map = write(&self.peers);
             let old = map.insert(peer.server_id.clone(), peer.clone());
-            let others: Vec<Arc<Peer>> = map
+            let others: Vec<&Arc<Peer>> = map
                 .values()
                 .filter(|p| p.server_id != peer.server_id)
-                .cloned()
                 .collect();
-            (old, others)
-        };
-        match old {
-            Some(old) => {
-                debug!(server_id = %peer.server_id, "replacing the older connection");
-                old.outbound.close();
-                old.close(CloseCode::Replaced);
-            }
-            None => {
-                for p in &others {
+            // The peer's control queue is new and holds at least one frame
+            // (`limits.control_queue` >= 1): the welcome is always queued.
+            peer.try_control(welcome(
+                others.iter().map(|p| p.server_id.to_string()).collect(),
+            ));
+            if old.is_none() {
+                for p in others {
                     p.try_control(Control::Presence(Presence {
                         server_id: peer.server_id.to_string(),
                         online: true,
                     }));
                 }
             }
-        }
-        Registered {
-            peers: others.iter().map(|p| p.server_id.to_string()).collect(),
+            old
+        };
+        if let Some(old) = old {
+            debug!(server_id = %peer.server_id, "replacing the older connection");
+            old.outbound.close();
+            old.close(CloseCode::Replaced);
         }
     }
 
     /// Removes the identity if it is still held by `session`; tells the
     /// others it left. A replaced connection's cleanup removes nothing.
     pub(crate) fn unregister(&self, server_id: &str, session: u64) -> bool {
-        let others: Vec<Arc<Peer>> = {
-            let mut map = write(&self.peers);
-            match map.get(server_id) {
-                Some(p) if p.session == session => {
-                    map.remove(server_id);
-                }
-                _ => return false,
+        let mut map = write(&self.peers);
+        match map.get(server_id) {
+            Some(p) if p.session == session => {
+                map.remove(server_id);
             }
-            map.values().cloned().collect()
-        };
-        for p in others {
+            _ => return false,
+        }
+        for p in map.values() {
             p.try_control(Control::Presence(Presence {
                 server_id: server_id.to_owned(),
                 online: false,

@@ -10,7 +10,7 @@ use thiserror::Error;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
@@ -131,17 +131,13 @@ impl Server {
             ),
             None => None,
         };
-        let endpoint =
-            quinn::Endpoint::server(material.server_config, config.listen).map_err(|source| {
-                ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                }
-            })?;
-        let local_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
+        let bind_error = |source| ServerError::Bind {
             addr: config.listen,
             source,
-        })?;
+        };
+        let endpoint = endpoint(material.server_config, config.listen, &config.transport)
+            .map_err(bind_error)?;
+        let local_addr = endpoint.local_addr().map_err(bind_error)?;
         let shared = Arc::new(Shared {
             table: Table::default(),
             metrics: Metrics::new(),
@@ -216,7 +212,11 @@ impl Server {
             let connecting = match incoming.accept() {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!("accepting a connection failed: {e}");
+                    // An unauthenticated datagram can get here (quinn
+                    // decrypts an Initial only when it is accepted): count
+                    // it, but do not let it flood the log.
+                    debug!("accepting a connection failed: {e}");
+                    self.shared.metrics.refuse("initial");
                     continue;
                 }
             };
@@ -327,6 +327,36 @@ impl StatsHandle {
             queued_bytes: bytes,
         }
     }
+}
+
+/// Binds the QUIC endpoint. Its socket asks for larger buffers than the
+/// kernel's default (`transport.udp_receive_buffer`; Linux gives about
+/// 208 KiB, some 90 full-size datagrams): a burst of events, or of
+/// handshakes (every game server reconnecting after a router restart),
+/// would otherwise overflow it while the endpoint task catches up, and
+/// every dropped datagram costs a retransmission and a slower sender.
+fn endpoint(
+    config: quinn::ServerConfig,
+    addr: SocketAddr,
+    transport: &crate::config::Transport,
+) -> std::io::Result<quinn::Endpoint> {
+    let (socket, buffers) = tls::bind_udp(addr, transport)?;
+    if buffers.capped() {
+        warn!(
+            receive = ?buffers.receive,
+            send = ?buffers.send,
+            "the OS granted smaller UDP buffers than transport.udp_receive_buffer and \
+             udp_send_buffer ask for: raise net.core.rmem_max and net.core.wmem_max"
+        );
+    }
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        runtime,
+    )
 }
 
 /// Deletes expired stored events every `sweep_every`.

@@ -127,11 +127,85 @@ pub fn transport(t: &Transport, limits: &Limits) -> quinn::TransportConfig {
         .keep_alive_interval(t.keep_alive)
         .send_fairness(t.send_fairness)
         .datagram_receive_buffer_size(None);
+    crate::tls::experiment(&mut tc);
     // The idle timeout is a few seconds to minutes: always a valid VarInt.
     if let Ok(idle) = quinn::IdleTimeout::try_from(t.idle_timeout) {
         tc.max_idle_timeout(Some(idle));
     }
     tc
+}
+
+/// Binds the router's UDP socket at `addr` with the buffer sizes of `t`.
+/// Returns the socket and the receive and send buffer sizes the OS gave
+/// (Linux reports twice what it grants, for its bookkeeping).
+///
+/// # Errors
+/// The OS error when the address cannot be bound.
+pub fn bind_udp(
+    addr: std::net::SocketAddr,
+    t: &Transport,
+) -> std::io::Result<(std::net::UdpSocket, BufferSizes)> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let sizes = size_buffers(&socket, t.udp_receive_buffer, t.udp_send_buffer);
+    Ok((socket, sizes))
+}
+
+/// A UDP socket's buffer sizes: asked for, and granted by the OS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BufferSizes {
+    /// The receive buffer asked for, if any.
+    pub receive_asked: Option<usize>,
+    /// The receive buffer the OS reports.
+    pub receive: Option<usize>,
+    /// The send buffer asked for, if any.
+    pub send_asked: Option<usize>,
+    /// The send buffer the OS reports.
+    pub send: Option<usize>,
+}
+
+impl BufferSizes {
+    /// Whether the OS granted less than was asked for. Linux caps a
+    /// request at `net.core.rmem_max` / `wmem_max` and reports twice what
+    /// it grants (the other half is for its bookkeeping).
+    pub fn capped(&self) -> bool {
+        let reported = |asked: usize| {
+            if cfg!(target_os = "linux") {
+                asked.saturating_mul(2)
+            } else {
+                asked
+            }
+        };
+        let short = |asked: Option<usize>, got: Option<usize>| match (asked, got) {
+            (Some(a), Some(g)) => g < reported(a),
+            _ => false,
+        };
+        short(self.receive_asked, self.receive) || short(self.send_asked, self.send)
+    }
+}
+
+/// Asks for the given buffer sizes on `socket` (a failure leaves the OS
+/// default) and reads back what the OS granted.
+pub fn size_buffers(
+    socket: &std::net::UdpSocket,
+    receive: Option<usize>,
+    send: Option<usize>,
+) -> BufferSizes {
+    use quinn::udp::{UdpSockRef, UdpSocketState};
+    let Ok(state) = UdpSocketState::new(UdpSockRef::from(socket)) else {
+        return BufferSizes::default();
+    };
+    if let Some(bytes) = receive {
+        let _ = state.set_recv_buffer_size(UdpSockRef::from(socket), bytes);
+    }
+    if let Some(bytes) = send {
+        let _ = state.set_send_buffer_size(UdpSockRef::from(socket), bytes);
+    }
+    BufferSizes {
+        receive_asked: receive,
+        receive: state.recv_buffer_size(UdpSockRef::from(socket)).ok(),
+        send_asked: send,
+        send: state.send_buffer_size(UdpSockRef::from(socket)).ok(),
+    }
 }
 
 /// Why a peer's certificate gives no identity.
@@ -207,4 +281,25 @@ pub fn identity_of(leaf: &CertificateDer<'_>) -> Result<PeerIdentity, IdentityEr
 pub fn is_revoked(crls: &[webpki::CertRevocationList<'static>], serial: &[u8]) -> bool {
     crls.iter()
         .any(|crl| matches!(crl.find_serial(serial), Ok(Some(_))))
+}
+
+/// TEMPORARY experiment knobs.
+pub fn experiment(tc: &mut quinn::TransportConfig) {
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    if let Some(t) = env("EXP_ACK_THRESHOLD") {
+        let mut a = quinn::AckFrequencyConfig::default();
+        a.ack_eliciting_threshold(quinn::VarInt::from_u32(t as u32));
+        if let Some(d) = env("EXP_ACK_DELAY_MS") {
+            a.max_ack_delay(Some(std::time::Duration::from_millis(d)));
+        }
+        tc.ack_frequency_config(Some(a));
+    }
+    if let Some(m) = env("EXP_MTU") {
+        let mut d = quinn::MtuDiscoveryConfig::default();
+        d.upper_bound(m as u16);
+        tc.mtu_discovery_config(Some(d));
+    }
+    if env("EXP_NO_GSO") == Some(1) {
+        tc.enable_segmentation_offload(false);
+    }
 }

@@ -1,5 +1,8 @@
 //! `icom`: the ICOM client for operators and scripts. Sends, broadcasts,
-//! listens, pings, requests and forgets, through the `icom-client` library.
+//! listens, pings, requests and forgets, through the `icom-client` library;
+//! `icom bench` measures a router ([`bench`]).
+
+mod bench;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,6 +15,11 @@ use icom_client::{
     Ack, Client, ClientConfig, ConfigError, ConnectError, Event, ForgetError, Persist, PingError,
     RequestError, SendError, SendOptions, Target,
 };
+
+/// mimalloc, as in the router binary: `icom bench` runs routers and many
+/// clients in this process.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit status: success.
 const OK: u8 = 0;
@@ -42,7 +50,7 @@ Example, from cron: icom --config /etc/icom/ops.toml broadcast --event global_al
 #[command(
     name = "icom",
     version,
-    about = "ICOM client: send, broadcast, listen, ping, request, forget"
+    about = "ICOM client: send, broadcast, listen, ping, request, forget, bench"
 )]
 #[command(after_help = EXIT_CODES)]
 struct Cli {
@@ -147,7 +155,9 @@ enum Command {
         /// The persist id.
         persist_id: String,
     },
-    // Room for `bench` (a later issue).
+    /// Measure a router: throughput, fan-out, latency, memory per idle
+    /// connection, the no-router ceiling, a long or lossy link, a soak.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -180,7 +190,13 @@ fn main() -> ExitCode {
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(
+            std::env::var("EXP_CW")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+        )
+        .thread_name("icom-client")
         .enable_all()
         .build()
     {
@@ -200,6 +216,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Command::Bench(args) = cli.command {
+        // The bench starts its own router unless one is named.
+        let c = &cli.conn;
+        let remote = if c.router.is_some() || c.config.is_some() || c.dev {
+            Some((config(c)?, c.dev))
+        } else {
+            None
+        };
+        let ok = bench::run(remote, args).await?;
+        return Ok(if ok { OK } else { FAILED });
+    }
     let config = config(&cli.conn)?;
     let router = config.router.clone();
     let (client, events) = Client::connect(config)
@@ -237,6 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             print_line(&EventLine::of(&reply))?;
             Ok(OK)
         }
+        Command::Bench(_) => Ok(OK),
         Command::Forget { persist_id } => match client.forget(&persist_id).await {
             Ok(ack) => print_ack(&ack).map(|()| OK),
             Err(e) => {

@@ -1,0 +1,150 @@
+//! What the bench reads from the operating system (Linux `/proc`): CPU
+//! time of a process or of the threads of this one that carry a name, a
+//! process's resident memory and its open file descriptors. Elsewhere
+//! these read as unknown (`None`), and the report says so.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A process to measure: this one, or another by its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Proc {
+    /// The bench's own process.
+    Own,
+    /// Another process (the spawned router).
+    Pid(u32),
+}
+
+impl Proc {
+    fn dir(self) -> PathBuf {
+        match self {
+            Proc::Own => PathBuf::from("/proc/self"),
+            Proc::Pid(pid) => PathBuf::from(format!("/proc/{pid}")),
+        }
+    }
+
+    /// User + system CPU time of the whole process, threads that ended
+    /// included.
+    pub(crate) fn cpu(self) -> Option<Duration> {
+        cpu_of_stat(&std::fs::read_to_string(self.dir().join("stat")).ok()?)
+    }
+
+    /// Resident memory now and at its peak (`VmRSS`, `VmHWM`), in KiB.
+    pub(crate) fn memory(self) -> Option<Memory> {
+        let status = std::fs::read_to_string(self.dir().join("status")).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let line = status.lines().find(|l| l.starts_with(name))?;
+            line[name.len()..].split_whitespace().next()?.parse().ok()
+        };
+        Some(Memory {
+            rss_kib: field("VmRSS:")?,
+            peak_kib: field("VmHWM:")?,
+        })
+    }
+
+    /// Open file descriptors.
+    pub(crate) fn fds(self) -> Option<u64> {
+        Some(std::fs::read_dir(self.dir().join("fd")).ok()?.count() as u64)
+    }
+}
+
+/// A process's resident memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Memory {
+    /// `VmRSS`, KiB.
+    pub(crate) rss_kib: u64,
+    /// `VmHWM`, the peak of `VmRSS`, KiB.
+    pub(crate) peak_kib: u64,
+}
+
+/// User + system CPU time of this process's threads whose name (`comm`,
+/// at most 15 bytes) starts with `prefix`. Threads that have ended are not
+/// counted: the runtimes measured this way keep their threads alive.
+pub(crate) fn threads_cpu(prefix: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(task) = task else { continue };
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        if let Some(cpu) = std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|s| cpu_of_stat(&s))
+        {
+            total += cpu;
+        }
+    }
+    Some(total)
+}
+
+/// utime + stime (fields 14 and 15 of `stat`, in clock ticks). The
+/// command name may hold spaces and parentheses: count from the last `)`.
+fn cpu_of_stat(stat: &str) -> Option<Duration> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let tick = clock_tick_hz();
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / tick as f64,
+    ))
+}
+
+/// Clock ticks per second, the unit of `stat`'s CPU times (100 on Linux).
+#[cfg(unix)]
+fn clock_tick_hz() -> u64 {
+    // SAFETY: sysconf reads a constant and has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(100)
+}
+
+#[cfg(not(unix))]
+fn clock_tick_hz() -> u64 {
+    100
+}
+
+/// Raises this process's open-file limit to its hard limit, so that a
+/// thousand clients (a UDP socket each) fit; returns the new soft limit.
+#[cfg(unix)]
+pub(crate) fn raise_fd_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+    Some(limit.rlim_cur as u64)
+}
+
+#[cfg(not(unix))]
+pub(crate) fn raise_fd_limit() -> Option<u64> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        let stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1";
+        let hz = clock_tick_hz() as f64;
+        assert_eq!(cpu_of_stat(stat), Some(Duration::from_secs_f64(300.0 / hz)));
+    }
+
+    #[test]
+    fn this_process_is_measurable() {
+        assert!(Proc::Own.cpu().is_some());
+        assert!(Proc::Own.memory().is_some_and(|m| m.peak_kib >= m.rss_kib));
+        assert!(Proc::Own.fds().is_some_and(|n| n >= 3));
+    }
+}

@@ -1,0 +1,489 @@
+//! The router under test, and how it is measured:
+//! - in-process (the default): a [`TestCluster`] on a tokio runtime of
+//!   its own whose threads are named `icom-router`; its CPU is the sum of
+//!   those threads' user + system time. Memory can only be read for the
+//!   whole bench process, clients included.
+//! - a child process (`--spawn`, and always for `idle` and `soak`): the
+//!   real `icom-server` binary with a generated PKI and configuration; its
+//!   CPU, memory and file descriptors are its own.
+//! - a remote router (`--router` with the usual connection flags): only
+//!   measured when `--router-pid` names its process on this machine.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use icom_certs::testing::TestPki;
+use icom_client::ClientConfig;
+use icom_server::ConfigFile;
+use icom_tests::TestCluster;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::runtime::Runtime;
+
+use super::os::{self, Memory, Proc};
+use super::report::{round, Report};
+use super::wan::Link;
+
+/// The name of the in-process router's threads (at most 15 bytes).
+pub(crate) const ROUTER_THREADS: &str = "icom-router";
+/// Worker threads of an in-process router or sink: as many as the
+/// `icom-server` binary starts on this machine class (one per core).
+pub(crate) const ROUTER_WORKERS: usize = 2;
+
+/// Where the router under test runs.
+#[derive(Debug, Clone)]
+pub(crate) enum Placement {
+    /// On a runtime of its own in this process.
+    InProcess,
+    /// The `icom-server` binary at this path, as a child process.
+    Spawn(PathBuf),
+    /// Somewhere else: connect with these settings.
+    Remote(Box<Remote>),
+}
+
+/// A router the bench did not start.
+#[derive(Debug, Clone)]
+pub(crate) struct Remote {
+    /// The connection settings from the usual flags. A `{id}` in the
+    /// certificate and key paths stands for each bench client's identity.
+    pub(crate) base: ClientConfig,
+    /// `--dev`: the identities are `server_1`, `server_2` of `./icom-dev`.
+    pub(crate) dev: bool,
+    /// Its process id on this machine, to measure it.
+    pub(crate) pid: Option<u32>,
+}
+
+/// What a scenario needs of the router's configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Needs {
+    /// Clients that will be connected at once.
+    pub(crate) connections: u32,
+}
+
+/// A CPU, memory and descriptor reading of the router.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Usage {
+    /// The router's CPU time.
+    pub(crate) cpu: Option<Duration>,
+    /// This bench process's CPU time (with an in-process router, its too).
+    pub(crate) bench_cpu: Option<Duration>,
+    pub(crate) memory: Option<Memory>,
+    pub(crate) fds: Option<u64>,
+}
+
+/// A running router under test.
+pub(crate) struct Router {
+    kind: Kind,
+    /// Where clients dial: the router, or a proxy in front of it.
+    dial: SocketAddr,
+    /// The proxy in front of it, if any.
+    link: Option<Link>,
+}
+
+enum Kind {
+    InProcess {
+        cluster: Option<TestCluster>,
+        runtime: Option<Runtime>,
+    },
+    Child {
+        child: tokio::process::Child,
+        pid: u32,
+        pki: TestPki,
+        dir: TempDir,
+    },
+    Remote(Remote),
+}
+
+impl Router {
+    /// Starts (or, for a remote one, finds) the router.
+    ///
+    /// # Errors
+    /// When it cannot be started.
+    pub(crate) async fn start(placement: &Placement, needs: Needs) -> anyhow::Result<Router> {
+        let tweak = move |f: &mut ConfigFile| {
+            f.limits.max_connections = f.limits.max_connections.max(needs.connections + 64);
+        };
+        match placement {
+            Placement::InProcess => {
+                let runtime = router_runtime(ROUTER_THREADS)?;
+                let cluster = runtime
+                    .spawn(TestCluster::start_with(tweak))
+                    .await
+                    .context("starting the in-process router")?;
+                Ok(Router {
+                    dial: cluster.addr(),
+                    link: None,
+                    kind: Kind::InProcess {
+                        cluster: Some(cluster),
+                        runtime: Some(runtime),
+                    },
+                })
+            }
+            Placement::Spawn(bin) => spawn(bin, tweak).await,
+            Placement::Remote(remote) => {
+                let addr = tokio::net::lookup_host(&remote.base.router)
+                    .await
+                    .with_context(|| format!("resolving {}", remote.base.router))?
+                    .next()
+                    .with_context(|| format!("{} has no address", remote.base.router))?;
+                Ok(Router {
+                    dial: addr,
+                    link: None,
+                    kind: Kind::Remote((**remote).clone()),
+                })
+            }
+        }
+    }
+
+    /// The router's own address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        match &self.kind {
+            Kind::InProcess {
+                cluster: Some(c), ..
+            } => c.addr(),
+            _ => self.dial,
+        }
+    }
+
+    /// Puts a proxy in front of the router: clients dial it instead.
+    pub(crate) fn behind(&mut self, link: Link) {
+        if let Some(addr) = link.addr() {
+            self.dial = addr;
+        }
+        self.link = Some(link);
+    }
+
+    /// A client configuration for identity `id`, certificate included.
+    ///
+    /// # Errors
+    /// When the files cannot be written, or a remote router was given one
+    /// certificate for several identities.
+    pub(crate) fn client(&self, id: &str) -> anyhow::Result<ClientConfig> {
+        let dial = self.dial.to_string();
+        let mut config = match &self.kind {
+            Kind::InProcess {
+                cluster: Some(c), ..
+            } => {
+                let f = c.client_files(id);
+                ClientConfig::new(dial, f.server_name, f.ca, f.cert, f.key)
+            }
+            Kind::InProcess { cluster: None, .. } => bail!("the router was stopped"),
+            Kind::Child { pki, dir, .. } => client_files(pki, dir.path(), id, dial)?,
+            Kind::Remote(r) => remote_client(r, id, dial)?,
+        };
+        config.agent = concat!("icom-bench/", env!("CARGO_PKG_VERSION")).into();
+        Ok(config)
+    }
+
+    /// A bare ICOM/1 peer for `id`, welcomed (in-process routers only).
+    ///
+    /// # Errors
+    /// For a router that is not in-process.
+    pub(crate) async fn raw(&self, id: &str) -> anyhow::Result<icom_tests::RawClient> {
+        match &self.kind {
+            Kind::InProcess {
+                cluster: Some(c), ..
+            } if self.link.is_none() => Ok(c.raw(id).await),
+            _ => bail!("--raw needs an in-process router on loopback"),
+        }
+    }
+
+    /// The router's CPU time so far, memory and descriptors now.
+    pub(crate) fn usage(&self) -> Usage {
+        match &self.kind {
+            Kind::InProcess { .. } => Usage {
+                cpu: os::threads_cpu(ROUTER_THREADS),
+                bench_cpu: Proc::Own.cpu(),
+                memory: Proc::Own.memory(),
+                fds: None,
+            },
+            Kind::Child { pid, .. } => measure(Proc::Pid(*pid)),
+            Kind::Remote(Remote { pid: Some(pid), .. }) => measure(Proc::Pid(*pid)),
+            Kind::Remote(_) => Usage {
+                bench_cpu: Proc::Own.cpu(),
+                ..Usage::default()
+            },
+        }
+    }
+
+    /// Adds the router's CPU between two readings, per million of `count`
+    /// `unit`s, its memory and how it was measured, to `report`.
+    pub(crate) fn add_usage(
+        &self,
+        report: &mut Report,
+        before: Usage,
+        after: Usage,
+        elapsed: Duration,
+        count: u64,
+        unit: &str,
+    ) {
+        if let (Some(a), Some(b)) = (before.cpu, after.cpu) {
+            let cpu = b.saturating_sub(a);
+            report.seconds("router_cpu_s", "router CPU (s)", cpu);
+            report.add(
+                &format!("router_cpu_s_per_million_{unit}s"),
+                &format!("router CPU s / 1M {unit}s"),
+                round(cpu.as_secs_f64() * 1e6 / count.max(1) as f64, 3),
+            );
+            report.add(
+                "router_cores",
+                "router cores busy",
+                round(cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9), 2),
+            );
+        }
+        if let (Some(a), Some(b)) = (before.bench_cpu, after.bench_cpu) {
+            let mut clients = b.saturating_sub(a);
+            if let (Kind::InProcess { .. }, Some(r0), Some(r1)) =
+                (&self.kind, before.cpu, after.cpu)
+            {
+                clients = clients.saturating_sub(r1.saturating_sub(r0));
+            }
+            report.seconds(
+                "clients_cpu_s",
+                "bench clients CPU (s; with --wan, the proxy too)",
+                clients,
+            );
+        }
+        if let Some(m) = after.memory {
+            let own = !matches!(self.kind, Kind::InProcess { .. });
+            let (rss, peak) = if own {
+                (
+                    ("router_rss_kib", "router RSS (KiB)"),
+                    ("router_peak_rss_kib", "router peak RSS (KiB)"),
+                )
+            } else {
+                (
+                    ("process_rss_kib", "bench process RSS (KiB)"),
+                    ("process_peak_rss_kib", "bench process peak RSS (KiB)"),
+                )
+            };
+            report.add(rss.0, rss.1, m.rss_kib);
+            report.add(peak.0, peak.1, m.peak_kib);
+        }
+        if let Some(link) = &self.link {
+            link.add_usage(report);
+        }
+        report.add("method", "method", self.method());
+    }
+
+    /// How the router is measured, for the report.
+    pub(crate) fn method(&self) -> String {
+        match &self.kind {
+            Kind::InProcess { .. } => format!(
+                "router in-process on its own {ROUTER_WORKERS}-thread tokio runtime; router CPU = \
+                 utime+stime of the threads named '{ROUTER_THREADS}' (/proc/self/task/*/stat); \
+                 peak RSS is the whole bench process (clients included)"
+            ),
+            Kind::Child { pid, .. } => format!(
+                "router = icom-server child process {pid}; CPU = its utime+stime, memory = its \
+                 VmRSS/VmHWM (/proc/{pid}/stat, /proc/{pid}/status)"
+            ),
+            Kind::Remote(Remote { pid: Some(pid), .. }) => {
+                format!("remote router, measured through /proc/{pid}")
+            }
+            Kind::Remote(_) => "remote router, not measured (give --router-pid)".into(),
+        }
+    }
+
+    /// Whether the router is still running (a child that has not exited).
+    pub(crate) fn alive(&mut self) -> bool {
+        match &mut self.kind {
+            Kind::Child { child, .. } => matches!(child.try_wait(), Ok(None)),
+            Kind::InProcess { cluster, .. } => cluster.is_some(),
+            Kind::Remote(_) => true,
+        }
+    }
+
+    /// Stops a router the bench started.
+    pub(crate) async fn stop(mut self) {
+        drop(self.link.take());
+        match &mut self.kind {
+            Kind::InProcess { cluster, runtime } => {
+                if let Some(mut c) = cluster.take() {
+                    c.stop().await;
+                }
+                if let Some(rt) = runtime.take() {
+                    rt.shutdown_background();
+                }
+            }
+            Kind::Child { child, pid, .. } => {
+                // SIGTERM, as systemd would: the router closes its
+                // connections and exits; SIGKILL if it takes too long.
+                terminate(*pid);
+                let waited = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+                if waited.is_err() {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                }
+            }
+            Kind::Remote(_) => {}
+        }
+    }
+}
+
+/// A multi-thread runtime whose threads are all named `name`, kept alive
+/// for the whole run so that their CPU time stays countable.
+pub(crate) fn router_runtime(name: &str) -> anyhow::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            std::env::var("EXP_RW")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(ROUTER_WORKERS),
+        )
+        .thread_name(name)
+        .thread_keep_alive(Duration::from_secs(24 * 3600))
+        .enable_all()
+        .build()
+        .with_context(|| format!("starting the {name} runtime"))
+}
+
+/// Asks a child process to stop (SIGTERM).
+#[cfg(unix)]
+fn terminate(pid: u32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill has no memory preconditions; the pid is our child's,
+        // not yet waited for, so it cannot have been reused.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn terminate(_pid: u32) {}
+
+fn measure(p: Proc) -> Usage {
+    Usage {
+        cpu: p.cpu(),
+        bench_cpu: Proc::Own.cpu(),
+        memory: p.memory(),
+        fds: p.fds(),
+    }
+}
+
+/// Starts `icom-server` with a fresh PKI and its configuration in a
+/// temporary directory, and reads the address it listens on from its
+/// (JSON) log.
+async fn spawn(bin: &Path, tweak: impl Fn(&mut ConfigFile)) -> anyhow::Result<Router> {
+    if !bin.is_file() {
+        bail!(
+            "no icom-server binary at {} (build it, or give --server-bin)",
+            bin.display()
+        );
+    }
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().context("making a temporary directory")?;
+    let files = pki.write_to(dir.path())?;
+    let mut file = ConfigFile {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: dir.path().join("data"),
+        ..ConfigFile::default()
+    };
+    file.tls.ca = files.ca_cert;
+    file.tls.cert = files.router_cert;
+    file.tls.key = files.router_key;
+    file.tls.crl = Some(files.crl);
+    tweak(&mut file);
+    let path = dir.path().join("icom-server.toml");
+    std::fs::write(&path, toml_of(&file)?).context("writing the router's configuration")?;
+    let mut child = tokio::process::Command::new(bin)
+        .arg("--config")
+        .arg(&path)
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "warn,icom_server::server=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id().context("the router exited at once")?;
+    let stderr = child.stderr.take().context("the router's stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(addr) = listening_addr(&line) {
+                return Ok(addr);
+            }
+            eprintln!("icom-server: {line}");
+        }
+        bail!("icom-server exited before it listened")
+    })
+    .await
+    .context("icom-server did not listen within 20 s")??;
+    // Keep draining its log, so that it never blocks on a full pipe.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::debug!(target: "icom_bench::router", "{line}");
+        }
+    });
+    Ok(Router {
+        dial: found,
+        link: None,
+        kind: Kind::Child {
+            child,
+            pid,
+            pki,
+            dir,
+        },
+    })
+}
+
+fn toml_of(file: &ConfigFile) -> anyhow::Result<String> {
+    toml::to_string(file).context("serialising the router's configuration")
+}
+
+/// The `addr` of the router's JSON `listening` log line.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = v.get("fields")?;
+    if fields.get("message")?.as_str()? != "listening" {
+        return None;
+    }
+    fields.get("addr")?.as_str()?.parse().ok()
+}
+
+/// Writes the certificate and key of `id` beside the PKI.
+fn client_files(pki: &TestPki, dir: &Path, id: &str, dial: String) -> anyhow::Result<ClientConfig> {
+    let issued = pki.client(id);
+    let clients = dir.join("clients");
+    std::fs::create_dir_all(&clients)?;
+    let cert = clients.join(format!("{id}.pem"));
+    let key = clients.join(format!("{id}.key"));
+    std::fs::write(&cert, &issued.cert_pem)?;
+    std::fs::write(&key, &issued.key_pem)?;
+    Ok(ClientConfig::new(
+        dial,
+        "localhost",
+        dir.join("ca.pem"),
+        cert,
+        key,
+    ))
+}
+
+/// A remote router's client settings for `id`.
+fn remote_client(r: &Remote, id: &str, dial: String) -> anyhow::Result<ClientConfig> {
+    if r.dev {
+        return Ok(ClientConfig {
+            router: dial,
+            ..ClientConfig::dev(id)
+        });
+    }
+    let fill = |p: &Path| PathBuf::from(p.to_string_lossy().replace("{id}", id));
+    if !r.base.cert.to_string_lossy().contains("{id}") {
+        bail!(
+            "a remote router needs a certificate per bench client: give --cert and --key with \
+             '{{id}}' standing for the identity (the bench uses server_1, server_2, ...), or --dev"
+        );
+    }
+    Ok(ClientConfig {
+        router: dial,
+        cert: fill(&r.base.cert),
+        key: fill(&r.base.key),
+        ..r.base.clone()
+    })
+}
