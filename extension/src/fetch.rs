@@ -164,9 +164,13 @@ mod tests {
         assert_eq!(status["received"], 300, "{status}");
         assert_eq!(status["callbacks"]["queued"], 50, "{status}");
         assert_eq!(status["callbacks"]["in_flight"], 10, "{status}");
-        let shed = 300 - fits - 50;
-        assert_eq!(status["shed"]["event"], shed, "{status}");
-        assert_eq!(status["shed"]["total"], shed);
+        // Every event was handed over (the window of 10 less the state
+        // callbacks it holds: `fits`, give or take a late state callback),
+        // is waiting (the bound of 50), or was shed and counted.
+        let shed = status["shed"]["event"].as_u64().unwrap_or(0);
+        let most = 300 - 50 - fits as u64 + 1;
+        assert!((most - 2..=most).contains(&shed), "{status}");
+        assert_eq!(status["shed"]["total"], shed, "{status}");
 
         // Credit again: the first callback after it is the shed notice.
         let handed = ext.callback_handler(
