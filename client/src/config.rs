@@ -64,6 +64,14 @@ pub struct ClientConfig {
     /// The UDP socket's send buffer, in bytes (0: the OS default); the OS
     /// caps it at `net.core.wmem_max`.
     pub udp_send_buffer: usize,
+    /// How many packets the router may receive from this client before it
+    /// must acknowledge them (the QUIC ACK frequency extension); 0 keeps
+    /// QUIC's default of every second packet. A gap is still acknowledged
+    /// at once.
+    pub ack_eliciting_threshold: u32,
+    /// The longest the router may delay an acknowledgement, in ms (0: its
+    /// own, 25 ms).
+    pub max_ack_delay_ms: u64,
     /// What operations do while the client is disconnected.
     pub queue: QueueConfig,
     /// How the client reconnects.
@@ -123,8 +131,12 @@ pub struct InboundConfig {
     pub replay_wait_ms: u64,
     /// At most this many deliveries are held back for the replay.
     pub replay_buffer: usize,
-    /// Concurrent uni streams the router may open to this client.
+    /// Concurrent uni streams the router may open to this client, at most.
     pub max_streams: u32,
+    /// Concurrent uni streams the router may open at first; the credit
+    /// doubles, up to `max_streams`, whenever the router uses half of it
+    /// (QUIC keeps some 50 bytes per allowed stream).
+    pub initial_streams: u32,
     /// QUIC receive window of one stream, in bytes.
     pub stream_window: u32,
     /// QUIC receive window of the whole connection, in bytes.
@@ -147,6 +159,8 @@ impl Default for ClientConfig {
             idle_timeout_ms: 30_000,
             udp_receive_buffer: 8 << 20,
             udp_send_buffer: 4 << 20,
+            ack_eliciting_threshold: 32,
+            max_ack_delay_ms: 0,
             queue: QueueConfig::default(),
             reconnect: ReconnectConfig::default(),
             inbound: InboundConfig::default(),
@@ -182,7 +196,8 @@ impl Default for InboundConfig {
             dedup_window: 65_536,
             replay_wait_ms: 2_000,
             replay_buffer: 65_536,
-            max_streams: 10_000,
+            max_streams: 16_384,
+            initial_streams: 128,
             stream_window: 2 << 20,
             connection_window: 64 << 20,
         }

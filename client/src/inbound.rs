@@ -8,11 +8,13 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Instant;
 
 use bytes::Bytes;
-use icom_protocol::{Deliver, StreamCode, DELIVER_OVERHEAD};
+use icom_protocol::{Deliver, StreamCode, StreamCredit, DELIVER_OVERHEAD};
 use quinn::{ReadError, RecvStream, VarInt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,6 +46,9 @@ pub(crate) async fn run(
     let deadline = tokio::time::sleep(ms(core.cfg.inbound.replay_wait_ms));
     tokio::pin!(deadline);
     let (slow_tx, mut slow_rx) = mpsc::channel::<Read>(256);
+    let cfg = &core.cfg.inbound;
+    let mut credit = StreamCredit::new(cfg.initial_streams, cfg.max_streams);
+    let open = Arc::new(AtomicU32::new(0));
     let mut inbound = Inbound {
         replay: Some(ReplayBuffer::new(core.cfg.inbound.replay_buffer)),
         core,
@@ -71,13 +76,24 @@ pub(crate) async fn run(
             Some(read) = slow_rx.recv() => inbound.handle(read).await,
             stream = inbound.live.conn.accept_uni() => match stream {
                 Ok(stream) => {
+                    let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
+                    let conn = &inbound.live.conn;
+                    if let Some(streams) = credit.accepted(now_open, Instant::now(), || conn.rtt()) {
+                        tracing::debug!(streams, "more stream credit for the router");
+                        conn.set_max_concurrent_uni_streams(VarInt::from_u32(streams));
+                    }
                     let mut read = read_event(stream, limit);
                     match poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
-                        Poll::Ready(read) => inbound.handle(read).await,
+                        Poll::Ready(read) => {
+                            open.fetch_sub(1, Ordering::Relaxed);
+                            inbound.handle(read).await;
+                        }
                         Poll::Pending => {
-                            let tx = slow_tx.clone();
+                            let (tx, open) = (slow_tx.clone(), open.clone());
                             tokio::spawn(async move {
-                                let _ = tx.send(read.await).await;
+                                let read = read.await;
+                                open.fetch_sub(1, Ordering::Relaxed);
+                                let _ = tx.send(read).await;
                             });
                         }
                     }

@@ -78,27 +78,19 @@ fn transport(cfg: &ClientConfig) -> Result<TransportConfig, ConfigError> {
     let mut t = TransportConfig::default();
     t.max_idle_timeout(Some(idle))
         .keep_alive_interval((cfg.keep_alive_ms > 0).then(|| ms(cfg.keep_alive_ms)))
-        .max_concurrent_uni_streams(VarInt::from_u32(inbound.max_streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(
+            inbound.initial_streams.min(inbound.max_streams),
+        ))
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(inbound.stream_window))
         .receive_window(VarInt::from_u32(inbound.connection_window))
         .send_window(u64::from(inbound.connection_window))
         .initial_rtt(Duration::from_millis(10));
-    {
-        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-        if let Some(th) = env("EXP_ACK_THRESHOLD") {
-            let mut a = quinn::AckFrequencyConfig::default();
-            a.ack_eliciting_threshold(VarInt::from_u32(th as u32));
-            if let Some(d) = env("EXP_ACK_DELAY_MS") {
-                a.max_ack_delay(Some(Duration::from_millis(d)));
-            }
-            t.ack_frequency_config(Some(a));
-        }
-        if let Some(m) = env("EXP_MTU") {
-            let mut d = quinn::MtuDiscoveryConfig::default();
-            d.upper_bound(m as u16);
-            t.mtu_discovery_config(Some(d));
-        }
+    if cfg.ack_eliciting_threshold > 0 {
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(VarInt::from_u32(cfg.ack_eliciting_threshold))
+            .max_ack_delay((cfg.max_ack_delay_ms > 0).then(|| ms(cfg.max_ack_delay_ms)));
+        t.ack_frequency_config(Some(ack));
     }
     Ok(t)
 }

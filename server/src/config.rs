@@ -113,8 +113,12 @@ pub struct LimitsFile {
     pub max_event_bytes: u32,
     /// Most connected clients at once; past it new handshakes are refused.
     pub max_connections: u32,
-    /// Concurrent uni streams each client may open (at least 1024).
+    /// Concurrent uni streams each client may open (at least 1024): the
+    /// most its stream credit grows to.
     pub max_streams: u32,
+    /// Concurrent uni streams a client may open at first; the credit
+    /// doubles, up to `max_streams`, whenever the client uses half of it.
+    pub initial_streams: u32,
     /// Events waiting for one recipient before its senders get `congested`.
     pub outbound_queue_events: u32,
     /// Bytes waiting for one recipient before its senders get `congested`.
@@ -149,6 +153,14 @@ pub struct TransportFile {
     /// The UDP socket's send buffer, in bytes (0: the OS default); capped
     /// at `net.core.wmem_max`.
     pub udp_send_buffer: u32,
+    /// How many packets a client may receive before it must acknowledge
+    /// them (the QUIC ACK frequency extension); 0 keeps QUIC's default of
+    /// every second packet. Fewer acknowledgements mean less work per
+    /// event at high rates; a gap is still acknowledged at once.
+    pub ack_eliciting_threshold: u32,
+    /// The longest a client may delay an acknowledgement, in ms (0: the
+    /// client's own, 25 ms). Used with `ack_eliciting_threshold`.
+    pub max_ack_delay_ms: u32,
 }
 
 /// `[log]`.
@@ -203,7 +215,8 @@ impl Default for LimitsFile {
         LimitsFile {
             max_event_bytes: icom_protocol::DEFAULT_MAX_EVENT_BYTES as u32,
             max_connections: 1000,
-            max_streams: 4096,
+            max_streams: 16_384,
+            initial_streams: 128,
             outbound_queue_events: 8192,
             outbound_queue_bytes: 16 << 20,
             control_queue: 16384,
@@ -221,8 +234,10 @@ impl Default for TransportFile {
             receive_window: 16 << 20,
             send_window: 16 << 20,
             send_fairness: false,
-            udp_receive_buffer: 4 << 20,
+            udp_receive_buffer: 8 << 20,
             udp_send_buffer: 4 << 20,
+            ack_eliciting_threshold: 32,
+            max_ack_delay_ms: 0,
         }
     }
 }
@@ -348,8 +363,10 @@ pub struct Limits {
     pub max_event_bytes: usize,
     /// Most connected clients at once.
     pub max_connections: usize,
-    /// Concurrent uni streams each client may open.
+    /// Concurrent uni streams each client may open, at most.
     pub max_streams: u32,
+    /// Concurrent uni streams each client may open at first.
+    pub initial_streams: u32,
     /// Events waiting for one recipient.
     pub outbound_queue_events: usize,
     /// Bytes waiting for one recipient.
@@ -379,6 +396,10 @@ pub struct Transport {
     pub udp_receive_buffer: Option<usize>,
     /// The UDP send buffer to ask for, if not the OS default.
     pub udp_send_buffer: Option<usize>,
+    /// Packets a client may receive before it acknowledges (0: QUIC's default).
+    pub ack_eliciting_threshold: u32,
+    /// The longest a client may delay an acknowledgement, if not its own.
+    pub max_ack_delay: Option<Duration>,
 }
 
 impl TryFrom<ConfigFile> for Config {
@@ -398,6 +419,12 @@ impl TryFrom<ConfigFile> for Config {
             return bad(format!(
                 "limits.max_streams = {} must be at least {MIN_CLIENT_STREAMS}",
                 l.max_streams
+            ));
+        }
+        if l.initial_streams == 0 || l.initial_streams > l.max_streams {
+            return bad(format!(
+                "limits.initial_streams = {} must be between 1 and max_streams = {}",
+                l.initial_streams, l.max_streams
             ));
         }
         for (name, v) in [
@@ -463,6 +490,7 @@ impl TryFrom<ConfigFile> for Config {
                 max_event_bytes: l.max_event_bytes as usize,
                 max_connections: l.max_connections as usize,
                 max_streams: l.max_streams,
+                initial_streams: l.initial_streams,
                 outbound_queue_events: l.outbound_queue_events as usize,
                 outbound_queue_bytes: usize::try_from(l.outbound_queue_bytes).unwrap_or(usize::MAX),
                 control_queue: l.control_queue as usize,
@@ -478,6 +506,9 @@ impl TryFrom<ConfigFile> for Config {
                 udp_receive_buffer: (t.udp_receive_buffer > 0)
                     .then_some(t.udp_receive_buffer as usize),
                 udp_send_buffer: (t.udp_send_buffer > 0).then_some(t.udp_send_buffer as usize),
+                ack_eliciting_threshold: t.ack_eliciting_threshold,
+                max_ack_delay: (t.max_ack_delay_ms > 0)
+                    .then(|| Duration::from_millis(u64::from(t.max_ack_delay_ms))),
             },
             groups,
             log_format: f.log.format,

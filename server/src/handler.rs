@@ -4,22 +4,21 @@
 //! deliveries.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use icom_protocol::{
-    decode_control, encode_frame, frame_len, Ack, AckCode, CloseCode, Control,
-    Limits as WireLimits, Pong, Replayed, Send, StreamCode, Welcome, FRAME_HEADER_LEN,
-    PROTOCOL_VERSION,
+    decode_control, frame_len, Ack, AckCode, CloseCode, Control, Limits as WireLimits, Pong,
+    Replayed, Send, StreamCode, StreamCredit, Welcome, FRAME_HEADER_LEN, PROTOCOL_VERSION,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::outbound::Outbound;
-use crate::router::Peer;
+use crate::router::{frame, Peer};
 use crate::server::Shared;
 use crate::tls::{is_revoked, peer_identity};
 
@@ -109,7 +108,9 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
         () = shared.shutdown.cancelled() => None,
     };
     if let Some(count) = replayed {
-        let _ = control_tx.send(Control::Replayed(Replayed { count })).await;
+        let _ = control_tx
+            .send(frame(&Control::Replayed(Replayed { count })))
+            .await;
     }
     let deliveries = tokio::spawn(write_deliveries(peer.clone()).in_current_span());
 
@@ -128,10 +129,15 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
     writer.abort();
     let _ = deliveries.await;
     info!(session, reason = %why, "disconnected");
-    if std::env::var_os("EXP_STATS").is_some() {
-        let st = conn.stats();
-        eprintln!("EXPSTATS {server_id}: tx dg {} ios {} bytes {} | rx dg {} ios {} | tx ACK {} STREAM {} MAX_STREAMS_UNI {} MAX_DATA {} | rx ACK {} STREAM {} | rtt {:?} cwnd {} lost {}", st.udp_tx.datagrams, st.udp_tx.ios, st.udp_tx.bytes, st.udp_rx.datagrams, st.udp_rx.ios, st.frame_tx.acks, st.frame_tx.stream, st.frame_tx.max_streams_uni, st.frame_tx.max_data, st.frame_rx.acks, st.frame_rx.stream, st.path.rtt, st.path.cwnd, st.path.lost_packets);
-    }
+    let stats = conn.stats();
+    debug!(
+        rtt = ?stats.path.rtt,
+        lost_packets = stats.path.lost_packets,
+        sent_packets = stats.path.sent_packets,
+        datagrams_in = stats.udp_rx.datagrams,
+        datagrams_out = stats.udp_tx.datagrams,
+        "transport"
+    );
 }
 
 #[derive(Debug)]
@@ -202,11 +208,22 @@ async fn serve(shared: &Arc<Shared>, peer: &Arc<Peer>, ctrl: RecvStream) -> Ende
     let closed = peer.conn.closed();
     let cancelled = shared.shutdown.cancelled();
     tokio::pin!(closed, cancelled);
+    let limits = shared.config().limits;
+    let mut credit = StreamCredit::new(limits.initial_streams, limits.max_streams);
+    let open = Arc::new(AtomicU32::new(0));
     let ended = loop {
         tokio::select! {
             biased;
             stream = peer.conn.accept_uni() => match stream {
-                Ok(recv) => take_event_stream(shared, peer, recv),
+                Ok(recv) => {
+                    let guard = OpenStream::new(&open);
+                    let now_open = open.load(Ordering::Relaxed);
+                    if let Some(limit) = credit.accepted(now_open, Instant::now(), || peer.conn.rtt()) {
+                        debug!(limit, "more stream credit");
+                        peer.conn.set_max_concurrent_uni_streams(limit.into());
+                    }
+                    take_event_stream(shared, peer, recv, guard);
+                }
                 Err(e) => break Ended::Lost(e),
             },
             ended = &mut control => {
@@ -243,11 +260,35 @@ async fn read_control(shared: Arc<Shared>, peer: Arc<Peer>, mut ctrl: RecvStream
     }
 }
 
+/// A peer's event stream that is not done yet: counted while it lives,
+/// for the stream credit.
+struct OpenStream(Arc<AtomicU32>);
+
+impl OpenStream {
+    fn new(open: &Arc<AtomicU32>) -> OpenStream {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenStream(open.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Reads, routes and acks one event stream: at once if it is complete,
 /// else in a task of its own, so that one slow stream never holds up the
 /// others.
-fn take_event_stream(shared: &Arc<Shared>, peer: &Arc<Peer>, recv: RecvStream) {
-    let mut work = Box::pin(on_event_stream(shared.clone(), peer.clone(), recv).in_current_span());
+fn take_event_stream(shared: &Arc<Shared>, peer: &Arc<Peer>, recv: RecvStream, open: OpenStream) {
+    let work = on_event_stream(shared.clone(), peer.clone(), recv);
+    let mut work = Box::pin(
+        async move {
+            work.await;
+            drop(open);
+        }
+        .in_current_span(),
+    );
     let waker = std::task::Waker::noop();
     // A first poll without a real waker: what is pending is handed to a
     // task, whose first poll registers the real one.
@@ -265,12 +306,12 @@ async fn on_control(shared: &Shared, peer: &Peer, msg: Control) -> Result<(), St
         Control::Ping(p) => {
             let _ = peer
                 .control
-                .send(Control::Pong(Pong { nonce: p.nonce }))
+                .send(frame(&Control::Pong(Pong { nonce: p.nonce })))
                 .await;
         }
         Control::Forget(f) => {
             let ack = crate::dispatch::forget(shared, &peer.server_id, f.id, f.persist_id).await;
-            let _ = peer.control.send(Control::Ack(ack)).await;
+            let _ = peer.control.send(frame(&Control::Ack(ack))).await;
         }
         other => return Err(format!("a client may not send '{}'", other.name())),
     }
@@ -296,17 +337,29 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Option<Control>, String> {
     decode_control(&body).map_err(|e| format!("bad control frame: {e}"))
 }
 
-/// Writes queued control frames, coalescing what is waiting into one write.
-async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<Control>) {
-    let mut buf = Vec::with_capacity(4096);
-    let mut batch = Vec::with_capacity(64);
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        buf.clear();
-        for msg in batch.drain(..) {
-            buf.extend_from_slice(&encode_frame(&msg));
-        }
-        if send.write_all(&buf).await.is_err() {
+/// Writes queued control frames, what is waiting as one chunk: QUIC keeps
+/// each written chunk until the peer acks it and looks chunks up one by
+/// one, so a long round trip with thousands of tiny chunks (an ack each)
+/// in flight would cost time in proportion to their count. Nothing is kept
+/// between writes: a connection that once got a large frame (a `welcome`
+/// listing a thousand peers) does not keep a buffer of that size.
+async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<Bytes>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        let chunk = if batch.len() == 1 {
+            batch.pop().unwrap_or_default()
+        } else {
+            let mut buf = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
+            for frame in batch.drain(..) {
+                buf.extend_from_slice(&frame);
+            }
+            buf.freeze()
+        };
+        if send.write_chunk(chunk).await.is_err() {
             return;
+        }
+        if batch.capacity() > 64 {
+            batch = Vec::new();
         }
     }
     let _ = send.finish();
@@ -351,7 +404,7 @@ async fn replay(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Option<u32> {
 
 /// Opens one stream per queued delivery.
 async fn write_deliveries(peer: Arc<Peer>) {
-    let mut batch: Vec<Bytes> = Vec::with_capacity(64);
+    let mut batch: Vec<Bytes> = Vec::new();
     while peer.outbound.pop_all(&mut batch).await {
         for wire in batch.drain(..) {
             let len = wire.len();
@@ -406,7 +459,7 @@ async fn on_event_stream(shared: Arc<Shared>, peer: Arc<Peer>, mut recv: RecvStr
         Some(e) => shared.metrics.event_error(e.code.as_str()),
     }
     shared.metrics.deliveries.inc_by(u64::from(ack.delivered));
-    let _ = peer.control.send(Control::Ack(ack)).await;
+    let _ = peer.control.send(frame(&Control::Ack(ack))).await;
 }
 
 enum Read {

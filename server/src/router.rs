@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use icom_protocol::{Ack, AckCode, AckError, CloseCode, Control, Groups, Presence, Recipients};
+use icom_protocol::{
+    encode_frame, Ack, AckCode, AckError, CloseCode, Control, Groups, Presence, Recipients,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -20,7 +22,10 @@ pub(crate) struct Peer {
     pub(crate) session: u64,
     pub(crate) conn: quinn::Connection,
     pub(crate) outbound: Outbound,
-    pub(crate) control: mpsc::Sender<Control>,
+    /// Encoded control frames waiting for the control stream: a queue of
+    /// small handles, so that an idle connection's queue stays small, and
+    /// a frame for many peers (presence) is encoded once.
+    pub(crate) control: mpsc::Sender<Bytes>,
     /// The leaf certificate's serial, for revocation on reload.
     pub(crate) serial: Vec<u8>,
 }
@@ -29,7 +34,12 @@ impl Peer {
     /// Queues a control frame without waiting; a client that does not read
     /// its control stream loses the frame, and the loss is logged.
     pub(crate) fn try_control(&self, msg: Control) {
-        if let Err(e) = self.control.try_send(msg) {
+        self.try_frame(frame(&msg));
+    }
+
+    /// As [`Peer::try_control`], for a frame already encoded.
+    pub(crate) fn try_frame(&self, frame: Bytes) {
+        if let Err(e) = self.control.try_send(frame) {
             warn!(server_id = %self.server_id, "control queue full or closed, dropped a frame: {e}");
         }
     }
@@ -69,11 +79,12 @@ impl Table {
                 others.iter().map(|p| p.server_id.to_string()).collect(),
             ));
             if old.is_none() {
+                let online = frame(&Control::Presence(Presence {
+                    server_id: peer.server_id.to_string(),
+                    online: true,
+                }));
                 for p in others {
-                    p.try_control(Control::Presence(Presence {
-                        server_id: peer.server_id.to_string(),
-                        online: true,
-                    }));
+                    p.try_frame(online.clone());
                 }
             }
             old
@@ -95,11 +106,12 @@ impl Table {
             }
             _ => return false,
         }
+        let offline = frame(&Control::Presence(Presence {
+            server_id: server_id.to_owned(),
+            online: false,
+        }));
         for p in map.values() {
-            p.try_control(Control::Presence(Presence {
-                server_id: server_id.to_owned(),
-                online: false,
-            }));
+            p.try_frame(offline.clone());
         }
         true
     }
@@ -193,6 +205,11 @@ impl Tally {
             self.ack.error = Some(AckError { code, message });
         }
     }
+}
+
+/// A control message as a frame for [`Peer::control`].
+pub(crate) fn frame(msg: &Control) -> Bytes {
+    Bytes::from(encode_frame(msg))
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

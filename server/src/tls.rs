@@ -119,7 +119,7 @@ fn display_opt(p: &Option<std::path::PathBuf>) -> String {
 /// The QUIC transport settings for client connections.
 pub fn transport(t: &Transport, limits: &Limits) -> quinn::TransportConfig {
     let mut tc = quinn::TransportConfig::default();
-    tc.max_concurrent_uni_streams(limits.max_streams.into())
+    tc.max_concurrent_uni_streams(limits.initial_streams.into())
         .max_concurrent_bidi_streams(1u32.into())
         .stream_receive_window(t.stream_receive_window.into())
         .receive_window(t.receive_window.into())
@@ -127,7 +127,12 @@ pub fn transport(t: &Transport, limits: &Limits) -> quinn::TransportConfig {
         .keep_alive_interval(t.keep_alive)
         .send_fairness(t.send_fairness)
         .datagram_receive_buffer_size(None);
-    crate::tls::experiment(&mut tc);
+    if t.ack_eliciting_threshold > 0 {
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(t.ack_eliciting_threshold.into())
+            .max_ack_delay(t.max_ack_delay);
+        tc.ack_frequency_config(Some(ack));
+    }
     // The idle timeout is a few seconds to minutes: always a valid VarInt.
     if let Ok(idle) = quinn::IdleTimeout::try_from(t.idle_timeout) {
         tc.max_idle_timeout(Some(idle));
@@ -281,25 +286,4 @@ pub fn identity_of(leaf: &CertificateDer<'_>) -> Result<PeerIdentity, IdentityEr
 pub fn is_revoked(crls: &[webpki::CertRevocationList<'static>], serial: &[u8]) -> bool {
     crls.iter()
         .any(|crl| matches!(crl.find_serial(serial), Ok(Some(_))))
-}
-
-/// TEMPORARY experiment knobs.
-pub fn experiment(tc: &mut quinn::TransportConfig) {
-    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-    if let Some(t) = env("EXP_ACK_THRESHOLD") {
-        let mut a = quinn::AckFrequencyConfig::default();
-        a.ack_eliciting_threshold(quinn::VarInt::from_u32(t as u32));
-        if let Some(d) = env("EXP_ACK_DELAY_MS") {
-            a.max_ack_delay(Some(std::time::Duration::from_millis(d)));
-        }
-        tc.ack_frequency_config(Some(a));
-    }
-    if let Some(m) = env("EXP_MTU") {
-        let mut d = quinn::MtuDiscoveryConfig::default();
-        d.upper_bound(m as u16);
-        tc.mtu_discovery_config(Some(d));
-    }
-    if env("EXP_NO_GSO") == Some(1) {
-        tc.enable_segmentation_offload(false);
-    }
 }

@@ -207,7 +207,10 @@ impl ImpairmentProxy {
         to_upstream: Impairment,
         to_client: Impairment,
     ) -> std::io::Result<ImpairmentProxy> {
-        let listener = Arc::new(UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?);
+        let listener = std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        listener.set_nonblocking(true)?;
+        roomy(&listener);
+        let listener = Arc::new(UdpSocket::from_std(listener)?);
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             upstream,
@@ -362,6 +365,7 @@ impl Shared {
         // held across an await.
         let std_socket = std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         std_socket.set_nonblocking(true)?;
+        roomy(&std_socket);
         let mapping = Arc::new(Mapping {
             socket: Arc::new(UdpSocket::from_std(std_socket)?),
             last_used: AtomicU64::new(now),
@@ -607,6 +611,20 @@ impl Ord for Held {
     fn cmp(&self, other: &Self) -> Ordering {
         (self.release, self.seq).cmp(&(other.release, other.seq))
     }
+}
+
+/// The socket buffers the proxy asks for: a QUIC peer sends bursts of a
+/// few dozen datagrams at once, and a datagram the kernel drops for want of
+/// room would be a loss no impairment asked for.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// Asks for [`SOCKET_BUFFER`] each way; the OS may grant less. (Only the
+/// buffers: quinn-udp's socket setup would also turn on GRO, and the proxy
+/// must see datagrams one by one.)
+fn roomy(socket: &std::net::UdpSocket) {
+    let socket = socket2::SockRef::from(socket);
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
 }
 
 /// Errors a UDP socket reports for an earlier packet (an ICMP

@@ -185,17 +185,18 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                // The bench replaces and drops connections on purpose.
+                let quiet = matches!(cli.command, Command::Bench(_));
+                tracing_subscriber::EnvFilter::new(if quiet { "error" } else { "warn" })
+            }),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::env::var("EXP_CW")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-        )
+        .worker_threads(match &cli.command {
+            Command::Bench(b) => b.client_threads.max(1),
+            _ => 2,
+        })
         .thread_name("icom-client")
         .enable_all()
         .build()

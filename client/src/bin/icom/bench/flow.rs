@@ -32,7 +32,8 @@ pub(crate) struct TputArgs {
     /// Size of each event's data (encoded MessagePack), in bytes.
     #[arg(long, default_value_t = 200, value_name = "BYTES")]
     pub(crate) size: usize,
-    /// Sends in flight at once, each waiting for its ack.
+    /// Events in flight at once: sent, and not yet both acked and
+    /// delivered. Over a long path it must cover rate × round trip.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub(crate) window: usize,
     /// Also measure `limit` (the same sender straight into a sink) in this
@@ -57,7 +58,8 @@ pub(crate) struct FanoutArgs {
     /// Size of each event's data (encoded MessagePack), in bytes.
     #[arg(long, default_value_t = 200, value_name = "BYTES")]
     pub(crate) size: usize,
-    /// Broadcasts in flight at once, each waiting for its ack.
+    /// Broadcasts in flight at once: sent, and not yet acked and
+    /// delivered to every receiver.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub(crate) window: usize,
 }
@@ -94,7 +96,7 @@ pub(crate) async fn tput(env: &Env, args: &TputArgs) -> anyhow::Result<Report> {
     };
     let router = env.router(Needs { connections: 2 }).await?;
     if args.raw {
-        return raw_tput(env, router, args).await;
+        return super::raw::run(env, router, args).await;
     }
     let (_receiver, events) = env.connect(&router, "server_2", args.window).await?;
     let (sender, _) = env.connect(&router, "server_1", args.window).await?;
@@ -161,42 +163,6 @@ pub(crate) async fn tput(env: &Env, args: &TputArgs) -> anyhow::Result<Report> {
             );
         }
     }
-    env.stop(router).await;
-    Ok(report)
-}
-
-/// `tput --raw`: bare QUIC peers around the router.
-async fn raw_tput(
-    env: &Env,
-    router: super::router::Router,
-    args: &TputArgs,
-) -> anyhow::Result<Report> {
-    let _ = super::raw::tput(&router, args.events / 10, args.size, args.window).await?;
-    let before = router.usage();
-    let started = Instant::now();
-    let (sent, got) = super::raw::tput(&router, args.events, args.size, args.window).await?;
-    let elapsed = finish_time(&sent, std::slice::from_ref(&got)).saturating_duration_since(started);
-    let after = router.usage();
-    let mut report = Report::new("tput");
-    head(
-        &mut report,
-        "loopback, bare QUIC peers (--raw)",
-        args.events,
-        args.size,
-        args.window,
-    );
-    let delivered = got.count;
-    counts(&mut report, args.events, &sent, delivered, 1);
-    report.seconds("seconds", "elapsed (s)", elapsed);
-    report.rate(
-        "events_per_s",
-        "events/s (acked and delivered)",
-        delivered.min(sent.acked),
-        elapsed,
-    );
-    let mut latency = got.latency;
-    latency.add_to(&mut report, "delivery", "send→delivery");
-    router.add_usage(&mut report, before, after, elapsed, args.events, "event");
     env.stop(router).await;
     Ok(report)
 }
@@ -272,16 +238,22 @@ pub(crate) async fn fanout(env: &Env, args: &FanoutArgs) -> anyhow::Result<Repor
     Ok(report)
 }
 
-fn head(report: &mut Report, wan: &str, events: u64, size: usize, window: usize) {
+pub(crate) fn head(report: &mut Report, wan: &str, events: u64, size: usize, window: usize) {
     report.add("link", "link", wan);
     report.add("events", "events", events);
     report.add("size_bytes", "data size (bytes)", size as u64);
-    report.add("window", "window (sends in flight)", window as u64);
+    report.add("window", "window (events in flight)", window as u64);
 }
 
 /// Adds the counts, and checks that every event was acked and delivered
 /// `per_event` times.
-fn counts(report: &mut Report, events: u64, sent: &Sent, delivered: u64, per_event: u64) {
+pub(crate) fn counts(
+    report: &mut Report,
+    events: u64,
+    sent: &Sent,
+    delivered: u64,
+    per_event: u64,
+) {
     report.add("sent", "sent", events);
     report.add("acked", "acked ok", sent.acked);
     report.add("failed", "failed", sent.failed);
@@ -311,7 +283,7 @@ fn counts(report: &mut Report, events: u64, sent: &Sent, delivered: u64, per_eve
 }
 
 /// When the last ack or delivery came.
-fn finish_time(sent: &Sent, got: &[Received]) -> Instant {
+pub(crate) fn finish_time(sent: &Sent, got: &[Received]) -> Instant {
     got.iter()
         .filter_map(|r| r.last)
         .chain(sent.done)

@@ -11,7 +11,7 @@
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
@@ -21,8 +21,8 @@ use bytes::Bytes;
 use icom_certs::testing::TestPki;
 use icom_client::{Client, ClientConfig, Target};
 use icom_protocol::{
-    decode_control, encode_frame, frame_len, Ack, Control, Limits, Replayed, Send, Welcome,
-    FRAME_HEADER_LEN,
+    decode_control, encode_frame, frame_len, Ack, Control, Limits, Replayed, Send, StreamCredit,
+    Welcome, FRAME_HEADER_LEN,
 };
 use icom_server::{Config, ConfigFile};
 use tempfile::TempDir;
@@ -43,7 +43,7 @@ const SINK_THREADS: &str = "icom-sink";
 /// # Errors
 /// When the sink or the client cannot be started.
 pub(crate) async fn run(env: &Env, args: &TputArgs) -> anyhow::Result<Report> {
-    let sink = Sink::start().await?;
+    let sink = Sink::start(env.router_threads).await?;
     let (dial, link) = env.link_to(sink.addr).await?;
     let mut config = sink.client("server_1", dial)?;
     config.max_in_flight = args.window.max(1);
@@ -122,7 +122,7 @@ struct Sink {
 }
 
 impl Sink {
-    async fn start() -> anyhow::Result<Sink> {
+    async fn start(threads: usize) -> anyhow::Result<Sink> {
         let pki = TestPki::new();
         let dir = tempfile::tempdir()?;
         let files = pki.write_to(dir.path())?;
@@ -140,7 +140,8 @@ impl Sink {
             max_event_bytes: config.limits.max_event_bytes as u32,
             max_streams: config.limits.max_streams,
         };
-        let runtime = router_runtime(SINK_THREADS)?;
+        let initial_streams = config.limits.initial_streams;
+        let runtime = router_runtime(SINK_THREADS, threads)?;
         let received = Arc::new(AtomicU64::new(0));
         let (socket, _) = icom_server::tls::bind_udp(config.listen, &config.transport)?;
         let endpoint = runtime
@@ -161,7 +162,7 @@ impl Sink {
                 let count = count.clone();
                 tokio::spawn(async move {
                     if let Ok(conn) = incoming.await {
-                        serve(conn, count, limits).await;
+                        serve(conn, count, limits, initial_streams).await;
                     }
                 });
             }
@@ -200,7 +201,12 @@ impl Sink {
 }
 
 /// Serves one connection: `hello` → `welcome`, then an ack per event.
-async fn serve(conn: quinn::Connection, received: Arc<AtomicU64>, limits: Limits) {
+async fn serve(
+    conn: quinn::Connection,
+    received: Arc<AtomicU64>,
+    limits: Limits,
+    initial_streams: u32,
+) {
     let Ok((send, mut recv)) = conn.accept_bi().await else {
         return;
     };
@@ -230,13 +236,20 @@ async fn serve(conn: quinn::Connection, received: Arc<AtomicU64>, limits: Limits
     let _ = acks.send(Control::Replayed(Replayed { count: 0 }));
     tokio::spawn(write_control(send, rx));
     let max = limits.max_event_bytes as usize;
-    let stats_conn = conn.clone();
+    // Stream credit grows with use, as the router's does.
+    let mut credit = StreamCredit::new(initial_streams, limits.max_streams);
+    let open = Arc::new(AtomicU32::new(0));
     while let Ok(mut stream) = conn.accept_uni().await {
+        let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(n) = credit.accepted(now_open, Instant::now(), || conn.rtt()) {
+            conn.set_max_concurrent_uni_streams(n.into());
+        }
         // Most events are whole on arrival: read them here; a stream
         // still waiting for data finishes in a task of its own.
-        let (acks, received) = (acks.clone(), received.clone());
+        let (acks, received, open) = (acks.clone(), received.clone(), open.clone());
         let mut read = Box::pin(async move {
             let bytes = read_all(&mut stream, max).await;
+            open.fetch_sub(1, Ordering::Relaxed);
             take(&bytes, &acks, &received);
         });
         if poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx)))
@@ -245,9 +258,6 @@ async fn serve(conn: quinn::Connection, received: Arc<AtomicU64>, limits: Limits
         {
             tokio::spawn(read);
         }
-    }
-    if std::env::var_os("EXP_STATS").is_some() {
-        eprintln!("sink conn stats: {:#?}", stats_conn.stats());
     }
 }
 

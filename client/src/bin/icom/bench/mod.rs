@@ -54,6 +54,13 @@ pub(crate) struct BenchArgs {
     /// its CPU, memory and descriptors.
     #[arg(long, value_name = "PID")]
     router_pid: Option<u32>,
+    /// Worker threads of the in-process router (and of the `limit` sink)
+    /// [default: one per core, as icom-server starts].
+    #[arg(long, value_name = "N")]
+    router_threads: Option<usize>,
+    /// Worker threads of the bench clients' runtime.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub(crate) client_threads: usize,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -86,6 +93,7 @@ pub(crate) async fn run(
     remote: Option<(ClientConfig, bool)>,
     args: BenchArgs,
 ) -> anyhow::Result<bool> {
+    let router_threads = args.router_threads.unwrap_or_else(router::default_workers);
     let placement = match remote {
         Some((base, dev)) => Placement::Remote(Box::new(Remote {
             base,
@@ -93,10 +101,11 @@ pub(crate) async fn run(
             pid: args.router_pid,
         })),
         None if args.spawn => Placement::Spawn(server_bin(args.server_bin.as_ref())?),
-        None => Placement::InProcess,
+        None => Placement::InProcess(router_threads),
     };
     let mut env = Env {
         placement,
+        router_threads,
         server_bin: args.server_bin.clone(),
         wan: None,
         clients: std::sync::Mutex::default(),
@@ -138,6 +147,8 @@ fn server_bin(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
 /// What every scenario needs: where the router runs, and the link to it.
 pub(crate) struct Env {
     placement: Placement,
+    /// Worker threads of an in-process router or sink.
+    pub(crate) router_threads: usize,
     server_bin: Option<PathBuf>,
     wan: Option<Wan>,
     /// Every client [`Env::connect`] made, closed before the router stops.
@@ -233,7 +244,7 @@ impl Env {
                 anyhow::bail!("measuring a remote router's memory needs --router-pid")
             }
             Placement::Remote(_) | Placement::Spawn(_) => Ok(self.placement.clone()),
-            Placement::InProcess => Ok(Placement::Spawn(server_bin(self.server_bin.as_ref())?)),
+            Placement::InProcess(_) => Ok(Placement::Spawn(server_bin(self.server_bin.as_ref())?)),
         }
     }
 }

@@ -12,13 +12,50 @@ use bytes::Bytes;
 use icom_protocol::{Control, Deliver, Send, Target};
 use tokio::sync::Semaphore;
 
-use super::flow::{Received, Sent};
+use super::flow::{counts, finish_time, head, Received, Sent, TputArgs};
 use super::payload::{self, EVENT};
+use super::report::Report;
 use super::router::Router;
+use super::Env;
+
+/// Runs `tput --raw`: bare QUIC peers around the router.
+///
+/// # Errors
+/// When a peer cannot connect or write.
+pub(crate) async fn run(env: &Env, router: Router, args: &TputArgs) -> anyhow::Result<Report> {
+    let _ = tput(&router, args.events / 10, args.size, args.window).await?;
+    let before = router.usage();
+    let started = Instant::now();
+    let (sent, got) = tput(&router, args.events, args.size, args.window).await?;
+    let elapsed = finish_time(&sent, std::slice::from_ref(&got)).saturating_duration_since(started);
+    let after = router.usage();
+    let mut report = Report::new("tput");
+    head(
+        &mut report,
+        "loopback, bare QUIC peers (--raw)",
+        args.events,
+        args.size,
+        args.window,
+    );
+    let delivered = got.count;
+    counts(&mut report, args.events, &sent, delivered, 1);
+    report.seconds("seconds", "elapsed (s)", elapsed);
+    report.rate(
+        "events_per_s",
+        "events/s (acked and delivered)",
+        delivered.min(sent.acked),
+        elapsed,
+    );
+    let mut latency = got.latency;
+    latency.add_to(&mut report, "delivery", "send→delivery");
+    router.add_usage(&mut report, before, after, elapsed, args.events, "event");
+    env.stop(router).await;
+    Ok(report)
+}
 
 /// Sends `events` events of `size` bytes from `server_1` to `server_2`,
 /// at most `window` delivered-or-acked-pending at once.
-pub(crate) async fn tput(
+async fn tput(
     router: &Router,
     events: u64,
     size: usize,

@@ -29,15 +29,17 @@ use super::wan::Link;
 
 /// The name of the in-process router's threads (at most 15 bytes).
 pub(crate) const ROUTER_THREADS: &str = "icom-router";
-/// Worker threads of an in-process router or sink: as many as the
-/// `icom-server` binary starts on this machine class (one per core).
-pub(crate) const ROUTER_WORKERS: usize = 2;
+/// Worker threads of an in-process router or sink by default: as many as
+/// the `icom-server` binary starts (one per core).
+pub(crate) fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
 
 /// Where the router under test runs.
 #[derive(Debug, Clone)]
 pub(crate) enum Placement {
-    /// On a runtime of its own in this process.
-    InProcess,
+    /// On a runtime of its own in this process, with this many threads.
+    InProcess(usize),
     /// The `icom-server` binary at this path, as a child process.
     Spawn(PathBuf),
     /// Somewhere else: connect with these settings.
@@ -87,6 +89,7 @@ enum Kind {
     InProcess {
         cluster: Option<TestCluster>,
         runtime: Option<Runtime>,
+        threads: usize,
     },
     Child {
         child: tokio::process::Child,
@@ -107,8 +110,8 @@ impl Router {
             f.limits.max_connections = f.limits.max_connections.max(needs.connections + 64);
         };
         match placement {
-            Placement::InProcess => {
-                let runtime = router_runtime(ROUTER_THREADS)?;
+            Placement::InProcess(threads) => {
+                let runtime = router_runtime(ROUTER_THREADS, *threads)?;
                 let cluster = runtime
                     .spawn(TestCluster::start_with(tweak))
                     .await
@@ -119,6 +122,7 @@ impl Router {
                     kind: Kind::InProcess {
                         cluster: Some(cluster),
                         runtime: Some(runtime),
+                        threads: *threads,
                     },
                 })
             }
@@ -272,8 +276,8 @@ impl Router {
     /// How the router is measured, for the report.
     pub(crate) fn method(&self) -> String {
         match &self.kind {
-            Kind::InProcess { .. } => format!(
-                "router in-process on its own {ROUTER_WORKERS}-thread tokio runtime; router CPU = \
+            Kind::InProcess { threads, .. } => format!(
+                "router in-process on its own {threads}-thread tokio runtime; router CPU = \
                  utime+stime of the threads named '{ROUTER_THREADS}' (/proc/self/task/*/stat); \
                  peak RSS is the whole bench process (clients included)"
             ),
@@ -301,7 +305,9 @@ impl Router {
     pub(crate) async fn stop(mut self) {
         drop(self.link.take());
         match &mut self.kind {
-            Kind::InProcess { cluster, runtime } => {
+            Kind::InProcess {
+                cluster, runtime, ..
+            } => {
                 if let Some(mut c) = cluster.take() {
                     c.stop().await;
                 }
@@ -326,14 +332,9 @@ impl Router {
 
 /// A multi-thread runtime whose threads are all named `name`, kept alive
 /// for the whole run so that their CPU time stays countable.
-pub(crate) fn router_runtime(name: &str) -> anyhow::Result<Runtime> {
+pub(crate) fn router_runtime(name: &str, threads: usize) -> anyhow::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::env::var("EXP_RW")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(ROUTER_WORKERS),
-        )
+        .worker_threads(threads.max(1))
         .thread_name(name)
         .thread_keep_alive(Duration::from_secs(24 * 3600))
         .enable_all()

@@ -89,14 +89,21 @@ pub(crate) async fn run(env: &Env, args: &SoakArgs) -> anyhow::Result<Report> {
     )
     .await?;
     let tally = Arc::new(Tally::default());
+    // Traffic stops first; the inboxes keep answering until it has.
     let stop = CancellationToken::new();
+    let stop_inboxes = CancellationToken::new();
+    let mut inboxes = Vec::new();
     let mut tasks = Vec::new();
     let mut steady = Vec::new();
     for i in 0..args.servers {
         let (client, events) = env
             .connect(&router, &format!("server_{}", i + 1), 1024)
             .await?;
-        tasks.push(tokio::spawn(answer(events, tally.clone(), stop.clone())));
+        inboxes.push(tokio::spawn(answer(
+            events,
+            tally.clone(),
+            stop_inboxes.clone(),
+        )));
         steady.push(client);
     }
     for (i, client) in steady.iter().enumerate() {
@@ -141,6 +148,10 @@ pub(crate) async fn run(env: &Env, args: &SoakArgs) -> anyhow::Result<Report> {
     stop.cancel();
     let _ = churn.await;
     for t in tasks {
+        let _ = t.await;
+    }
+    stop_inboxes.cancel();
+    for t in inboxes {
         let _ = t.await;
     }
     let end = router.usage();

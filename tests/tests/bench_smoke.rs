@@ -1,0 +1,159 @@
+//! `icom bench`, every scenario once at a tiny size: the built `icom`
+//! binary with `--json`, its JSON line parsed, and the counts checked to
+//! add up (sent = acked = delivered, and so on). Never a verdict on time:
+//! speed is for `BENCHMARKS.md`, measured on a quiet machine.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Runs `icom bench --json <args>` and returns its JSON line, after
+/// checking that it exited 0 (every count added up).
+fn bench(args: &[&str]) -> Value {
+    let icom = icom_tests::workspace_bin("icom-client", "icom");
+    let out = Command::new(icom)
+        .arg("bench")
+        .arg("--json")
+        .arg("--server-bin")
+        .arg(server_bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("icom runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!("no JSON line from {args:?}\nstdout: {stdout}\nstderr: {stderr}")
+        });
+    let v: Value = serde_json::from_str(line).expect("the last line is JSON");
+    assert!(
+        out.status.success() && v["ok"] == true,
+        "{args:?}: exit {:?}, failures {}\nstderr: {stderr}",
+        out.status.code(),
+        v["failures"]
+    );
+    v
+}
+
+fn server_bin() -> PathBuf {
+    icom_tests::workspace_bin("icom-server", "icom-server")
+}
+
+fn n(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count '{key}' in {v}"))
+}
+
+#[test]
+fn tput_counts_every_event_acked_and_delivered() {
+    let v = bench(&["tput", "--events", "300", "--window", "32", "--vs-limit"]);
+    assert_eq!(v["scenario"], "tput");
+    assert_eq!(n(&v, "sent"), 300);
+    assert_eq!(n(&v, "acked"), 300);
+    assert_eq!(n(&v, "delivered"), 300);
+    assert_eq!(n(&v, "acked_deliveries"), 300);
+    assert_eq!(n(&v, "failed"), 0);
+    assert_eq!(n(&v, "limit_acked"), 300);
+    assert_eq!(n(&v, "limit_received"), 300);
+    assert!(v["router_cpu_s"].is_number(), "{v}");
+    assert!(v["delivery_p50_us"].is_number(), "{v}");
+    assert!(v["ratio_vs_limit"].is_number(), "{v}");
+}
+
+#[test]
+fn tput_with_bare_peers_counts_the_same() {
+    let v = bench(&["tput", "--events", "200", "--window", "16", "--raw"]);
+    assert_eq!(n(&v, "acked"), 200);
+    assert_eq!(n(&v, "delivered"), 200);
+}
+
+#[test]
+fn limit_counts_what_the_sink_received() {
+    let v = bench(&["limit", "--events", "300", "--window", "32"]);
+    assert_eq!(v["scenario"], "limit");
+    assert_eq!(n(&v, "acked"), 300);
+    assert_eq!(n(&v, "received"), 300);
+}
+
+#[test]
+fn fanout_delivers_every_broadcast_to_every_receiver() {
+    let v = bench(&[
+        "fanout",
+        "--events",
+        "40",
+        "--receivers",
+        "3",
+        "--window",
+        "8",
+    ]);
+    assert_eq!(n(&v, "sent"), 40);
+    assert_eq!(n(&v, "acked"), 40);
+    assert_eq!(n(&v, "acked_deliveries"), 120);
+    assert_eq!(n(&v, "delivered"), 120);
+}
+
+#[test]
+fn lat_answers_every_request() {
+    let v = bench(&["lat", "--rate", "200", "--requests", "20"]);
+    assert_eq!(n(&v, "requests"), 20);
+    assert_eq!(n(&v, "replied"), 20);
+    assert_eq!(n(&v, "answered"), 20);
+    assert_eq!(n(&v, "failed"), 0);
+    assert!(v["rtt_p99_us"].is_number(), "{v}");
+    assert!(v["one_way_p50_us"].is_number(), "{v}");
+}
+
+#[test]
+fn idle_connects_every_server_to_the_router_binary() {
+    let v = bench(&["idle", "--servers", "20", "--settle-secs", "1"]);
+    assert_eq!(n(&v, "servers"), 20);
+    assert_eq!(n(&v, "connected"), 20);
+    assert!(n(&v, "router_rss_kib") > 0, "{v}");
+    assert!(v["rss_per_connection_kib"].is_number(), "{v}");
+}
+
+#[test]
+fn wan_runs_through_the_impairment_proxy() {
+    let v = bench(&[
+        "wan",
+        "--rtt-ms",
+        "20",
+        "--loss",
+        "0.02",
+        "lat",
+        "--requests",
+        "20",
+    ]);
+    assert_eq!(n(&v, "replied"), 20);
+    assert!(n(&v, "proxy_packets") > 0, "{v}");
+    let v = bench(&[
+        "wan", "--rtt-ms", "10", "tput", "--events", "200", "--window", "32",
+    ]);
+    assert_eq!(n(&v, "delivered"), 200);
+}
+
+#[test]
+fn soak_samples_the_router_while_traffic_and_churn_run() {
+    let v = bench(&[
+        "soak",
+        "--seconds",
+        "3",
+        "--sample-secs",
+        "1",
+        "--servers",
+        "3",
+        "--rate",
+        "20",
+    ]);
+    assert!(n(&v, "samples") >= 2, "{v}");
+    assert!(n(&v, "ops") > 0, "{v}");
+    assert!(n(&v, "rss_kib_last") > 0, "{v}");
+    assert!(n(&v, "fds_last") > 0, "{v}");
+}
