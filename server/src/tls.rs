@@ -126,6 +126,7 @@ pub fn transport(t: &Transport, limits: &Limits) -> quinn::TransportConfig {
         .send_window(t.send_window)
         .keep_alive_interval(t.keep_alive)
         .send_fairness(t.send_fairness)
+        .enable_segmentation_offload(t.segmentation_offload)
         .datagram_receive_buffer_size(None);
     if t.ack_eliciting_threshold > 0 {
         let mut ack = quinn::AckFrequencyConfig::default();
