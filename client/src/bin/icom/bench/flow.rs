@@ -150,7 +150,7 @@ pub(crate) async fn tput(env: &Env, args: &TputArgs) -> anyhow::Result<Report> {
         latency.extend(r.latency);
     }
     latency.add_to(&mut report, "delivery", "send→delivery");
-    router.add_usage(&mut report, before, after, elapsed, args.events, "event");
+    router.add_usage(&mut report, before, after, elapsed, args.events, "events");
     if let Some(limit) = limit {
         let ours = report.get("events_per_s").and_then(|v| v.as_f64());
         let theirs = limit.get("events_per_s").and_then(|v| v.as_f64());
@@ -233,7 +233,7 @@ pub(crate) async fn fanout(env: &Env, args: &FanoutArgs) -> anyhow::Result<Repor
         latency.extend(r.latency);
     }
     latency.add_to(&mut report, "delivery", "send→delivery");
-    router.add_usage(&mut report, before, after, elapsed, delivered, "delivery");
+    router.add_usage(&mut report, before, after, elapsed, delivered, "deliveries");
     env.stop(router).await;
     Ok(report)
 }

@@ -115,7 +115,7 @@ pub(crate) async fn run(env: &Env, args: &LatArgs) -> anyhow::Result<Report> {
         after,
         elapsed,
         2 * args.requests,
-        "event",
+        "events",
     );
     report.check(
         rtt.len() as u64 == args.requests && failed == 0 && answered == args.requests,

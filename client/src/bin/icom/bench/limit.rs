@@ -84,7 +84,7 @@ pub(crate) async fn run(env: &Env, args: &TputArgs) -> anyhow::Result<Report> {
         let cpu = b.saturating_sub(a);
         report.seconds("sink_cpu_s", "sink CPU (s)", cpu);
         report.add(
-            "sink_cpu_s_per_million",
+            "sink_cpu_s_per_million_events",
             "sink CPU s / 1M events",
             super::report::round(cpu.as_secs_f64() * 1e6 / args.events.max(1) as f64, 3),
         );

@@ -48,7 +48,7 @@ pub(crate) async fn run(env: &Env, router: Router, args: &TputArgs) -> anyhow::R
     );
     let mut latency = got.latency;
     latency.add_to(&mut report, "delivery", "send→delivery");
-    router.add_usage(&mut report, before, after, elapsed, args.events, "event");
+    router.add_usage(&mut report, before, after, elapsed, args.events, "events");
     env.stop(router).await;
     Ok(report)
 }

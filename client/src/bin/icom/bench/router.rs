@@ -214,7 +214,8 @@ impl Router {
     }
 
     /// Adds the router's CPU between two readings, per million of `count`
-    /// `unit`s, its memory and how it was measured, to `report`.
+    /// `units` (a plural: "events", "deliveries"), its memory and how it
+    /// was measured, to `report`.
     pub(crate) fn add_usage(
         &self,
         report: &mut Report,
@@ -222,14 +223,14 @@ impl Router {
         after: Usage,
         elapsed: Duration,
         count: u64,
-        unit: &str,
+        units: &str,
     ) {
         if let (Some(a), Some(b)) = (before.cpu, after.cpu) {
             let cpu = b.saturating_sub(a);
             report.seconds("router_cpu_s", "router CPU (s)", cpu);
             report.add(
-                &format!("router_cpu_s_per_million_{unit}s"),
-                &format!("router CPU s / 1M {unit}s"),
+                &format!("router_cpu_s_per_million_{units}"),
+                &format!("router CPU s / 1M {units}"),
                 round(cpu.as_secs_f64() * 1e6 / count.max(1) as f64, 3),
             );
             report.add(
