@@ -533,6 +533,13 @@ key = "/abs/eu-1.key"
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("icom.toml.example");
         let c = load(&example, Path::new("/x")).unwrap();
         assert_eq!(c.limits, Limits::default());
+        let d = ClientConfig::default();
+        assert_eq!(c.client.queue, d.queue);
+        assert_eq!(c.client.reconnect, d.reconnect);
+        assert_eq!(
+            (c.client.connect_timeout_ms, c.client.ack_timeout_ms),
+            (d.connect_timeout_ms, d.ack_timeout_ms)
+        );
         assert_eq!(c.client.ca, example.parent().unwrap().join("keys/ca.pem"));
         assert_eq!(c.logs.max_bytes, 1 << 20);
     }

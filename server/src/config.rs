@@ -77,6 +77,8 @@ pub struct StoreFile {
     pub queue_bytes: u64,
     /// Seconds between sweeps of expired events.
     pub sweep_secs: u64,
+    /// The database's page cache, in bytes.
+    pub cache_bytes: u64,
 }
 
 impl Default for StoreFile {
@@ -87,6 +89,7 @@ impl Default for StoreFile {
             queue_events: 10_000,
             queue_bytes: 16 << 20,
             sweep_secs: 30,
+            cache_bytes: 16 << 20,
         }
     }
 }
@@ -487,6 +490,7 @@ impl TryFrom<ConfigFile> for Config {
                 max_persistent: st.max_persistent as usize,
                 queue_events: st.queue_events as usize,
                 queue_bytes: size(st.queue_bytes),
+                cache_bytes: size(st.cache_bytes),
             },
             sweep_every: Duration::from_secs(st.sweep_secs),
             policy,

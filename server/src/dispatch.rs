@@ -70,7 +70,10 @@ pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
         let store = shared.store.clone();
         let (target, from_owned, w, p) =
             (send.to.clone(), from.to_owned(), wire.clone(), pid.clone());
-        let stored = blocking(move || store.persist(&p, &target, &from_owned, expires_ms, w)).await;
+        let stored = blocking(shared, move || {
+            store.persist(&p, &target, &from_owned, expires_ms, w)
+        })
+        .await;
         if let Err(e) = stored {
             warn!(code = "congested", sender = from, "not stored: {e}");
             return Ack::failed(send.id, AckCode::Congested, e.to_string());
@@ -80,7 +83,7 @@ pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
     } else if expires_ms.is_some() && !resolved.offline.is_empty() {
         let store = shared.store.clone();
         let (offline, from_owned, w) = (resolved.offline.clone(), from.to_owned(), wire.clone());
-        let verdicts = blocking(move || {
+        let verdicts = blocking(shared, move || {
             let ids: Vec<&str> = offline.iter().map(String::as_str).collect();
             store.enqueue(&ids, &from_owned, expires_ms, &w)
         })
@@ -126,7 +129,7 @@ pub(crate) async fn forget(shared: &Shared, from: &str, id: u64, persist_id: Str
     }
     let store = shared.store.clone();
     let p = persist_id.clone();
-    match blocking(move || store.forget(&p)).await {
+    match blocking(shared, move || store.forget(&p)).await {
         Ok(true) => Ack {
             id,
             ok: true,
@@ -144,10 +147,20 @@ pub(crate) async fn forget(shared: &Shared, from: &str, id: u64, persist_id: Str
     }
 }
 
-/// Runs store work off the async threads.
+/// Store work running on blocking threads at once. The database takes one
+/// write transaction at a time, so more would only be threads waiting for
+/// its lock (each with a stack and its allocator's thread cache); the rest
+/// wait here, as tasks.
+pub(crate) const STORE_SLOTS: usize = 4;
+
+/// Runs store work off the async threads, at most [`STORE_SLOTS`] at once.
 pub(crate) async fn blocking<T: std::marker::Send + 'static>(
+    shared: &Shared,
     f: impl FnOnce() -> Result<T, StoreError> + std::marker::Send + 'static,
 ) -> Result<T, StoreError> {
+    let Ok(_slot) = shared.store_slots.acquire().await else {
+        return Err(StoreError::Io("the store is closed".into()));
+    };
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(StoreError::Io(format!("store task failed: {e}"))))

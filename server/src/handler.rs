@@ -372,7 +372,7 @@ async fn replay(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Option<u32> {
     let store = shared.store.clone();
     let groups = shared.config().groups.clone();
     let id = peer.server_id.to_string();
-    let due = tokio::task::spawn_blocking(move || store.due_for(&id, &groups, now_ms()))
+    let due = crate::dispatch::blocking(shared, move || Ok(store.due_for(&id, &groups, now_ms())))
         .await
         .ok()?;
     let count = due.len() as u32;
@@ -381,12 +381,13 @@ async fn replay(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Option<u32> {
         stream.write_chunk(item.wire).await.ok()?;
         let _ = stream.finish();
         if item.queued {
-            let store = shared.store.clone();
+            let (shared, store) = (shared.clone(), shared.store.clone());
             tokio::spawn(
                 async move {
                     if let Ok(None) = stream.stopped().await {
                         let seq = item.seq;
-                        let done = crate::dispatch::blocking(move || store.delivered(seq)).await;
+                        let done =
+                            crate::dispatch::blocking(&shared, move || store.delivered(seq)).await;
                         if let Err(e) = done {
                             warn!("could not delete a delivered queued event: {e}");
                         }

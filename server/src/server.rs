@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) table: Table,
     pub(crate) metrics: Metrics,
     pub(crate) store: Arc<Store>,
+    /// Store work running at once (see [`crate::dispatch::blocking`]).
+    pub(crate) store_slots: tokio::sync::Semaphore,
     config: RwLock<Arc<Config>>,
     crls: RwLock<Arc<Vec<webpki::CertRevocationList<'static>>>>,
     pub(crate) shutdown: CancellationToken,
@@ -142,6 +144,7 @@ impl Server {
             table: Table::default(),
             metrics: Metrics::new(),
             store,
+            store_slots: tokio::sync::Semaphore::new(crate::dispatch::STORE_SLOTS),
             config: RwLock::new(Arc::new(config)),
             crls: RwLock::new(Arc::new(material.crls)),
             shutdown: CancellationToken::new(),
@@ -369,7 +372,7 @@ async fn sweep(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
         let store = shared.store.clone();
         let now = crate::handler::now_ms();
-        match crate::dispatch::blocking(move || store.sweep(now)).await {
+        match crate::dispatch::blocking(&shared, move || store.sweep(now)).await {
             Ok(0) => {}
             Ok(n) => info!(expired = n, "swept expired stored events"),
             Err(e) => warn!("sweeping the store failed: {e}"),

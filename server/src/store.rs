@@ -33,6 +33,8 @@ pub struct StoreLimits {
     pub queue_events: usize,
     /// Bytes queued for one offline server.
     pub queue_bytes: usize,
+    /// The database's page cache, in bytes (redb's own default is 1 GiB).
+    pub cache_bytes: usize,
 }
 
 /// Why the store failed.
@@ -143,7 +145,10 @@ impl Store {
         };
         std::fs::create_dir_all(data_dir)
             .map_err(|e| open_err(format!("creating {}: {e}", data_dir.display())))?;
-        let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
+        let db = redb::Builder::new()
+            .set_cache_size(limits.cache_bytes)
+            .create(&path)
+            .map_err(|e| open_err(e.to_string()))?;
         let store = Store {
             db,
             path: path.clone(),
@@ -487,6 +492,7 @@ mod tests {
             max_persistent: 3,
             queue_events: 2,
             queue_bytes: 1000,
+            cache_bytes: 1 << 20,
         }
     }
 
