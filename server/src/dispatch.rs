@@ -3,7 +3,7 @@
 //! written before the ack), and the hand-off to each recipient's queue.
 
 use bytes::Bytes;
-use icom_protocol::{Ack, AckCode, Deliver, Persist, Send};
+use icom_protocol::{Ack, AckCode, Deliver, Persist, Send, Target};
 use tracing::{debug, warn};
 
 use crate::handler::now_ms;
@@ -65,8 +65,16 @@ pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
         }
         .encode(),
     );
+    // Named servers (`server`, `servers`) are owed the event even when they
+    // are offline: a persistent send is stored for them, a send with a ttl
+    // queues a copy for each, and any other send is `not_found` for them.
+    // The broad targets reach whoever is connected.
+    let named = matches!(send.to, Target::Server(_) | Target::Servers(_));
+    let persistent = persist_id.is_some();
     let mut tally = Tally::new(send.id);
     if let Some(pid) = persist_id {
+        // Stored before any live delivery: a server that connects meanwhile
+        // finds it in its replay.
         let store = shared.store.clone();
         let (target, from_owned, w, p) =
             (send.to.clone(), from.to_owned(), wire.clone(), pid.clone());
@@ -79,41 +87,60 @@ pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
             return Ack::failed(send.id, AckCode::Congested, e.to_string());
         }
         tally.ack.persist_id = Some(pid);
-        tally.ack.queued = resolved.offline.len() as u32;
-    } else if expires_ms.is_some() && !resolved.offline.is_empty() {
-        let store = shared.store.clone();
-        let (offline, from_owned, w) = (resolved.offline.clone(), from.to_owned(), wire.clone());
-        let verdicts = blocking(shared, move || {
-            let ids: Vec<&str> = offline.iter().map(String::as_str).collect();
-            store.enqueue(&ids, &from_owned, expires_ms, &w)
-        })
-        .await;
-        match verdicts {
-            Ok(v) => {
-                for verdict in v {
-                    match verdict {
-                        Ok(()) => tally.ack.queued += 1,
-                        Err(why) => tally.fail(AckCode::Congested, why),
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(code = "congested", sender = from, "not queued: {e}");
-                tally.fail(AckCode::Congested, e.to_string());
-            }
-        }
-    } else {
-        for id in &resolved.offline {
-            tally.fail(AckCode::NotFound, format!("server '{id}' is not connected"));
+    }
+    let mut absent = resolved.offline;
+    for peer in &resolved.peers {
+        if !tally.push(peer, &wire) && named {
+            absent.push(peer.server_id.to_string());
         }
     }
-    for peer in &resolved.peers {
-        tally.push(peer, &wire);
+    if persistent {
+        // They get it from the store when they connect.
+        tally.ack.queued = absent.len() as u32;
+    } else if expires_ms.is_some() && !absent.is_empty() {
+        queue_copies(shared, &mut tally, absent, from, expires_ms, &wire).await;
+    } else {
+        for id in &absent {
+            tally.fail(AckCode::NotFound, format!("server '{id}' is not connected"));
+        }
     }
     if let Some(e) = &tally.ack.error {
         debug!(id = send.id, code = %e.code, "{}", e.message);
     }
     tally.ack
+}
+
+/// Stores a copy of `wire` for each of `ids` (offline named recipients of a
+/// send with a ttl), counting them into the ack.
+async fn queue_copies(
+    shared: &Shared,
+    tally: &mut Tally,
+    ids: Vec<String>,
+    from: &str,
+    expires_ms: Option<u64>,
+    wire: &Bytes,
+) {
+    let store = shared.store.clone();
+    let (from_owned, w) = (from.to_owned(), wire.clone());
+    let verdicts = blocking(shared, move || {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        store.enqueue(&ids, &from_owned, expires_ms, &w)
+    })
+    .await;
+    match verdicts {
+        Ok(v) => {
+            for verdict in v {
+                match verdict {
+                    Ok(()) => tally.ack.queued += 1,
+                    Err(why) => tally.fail(AckCode::Congested, why),
+                }
+            }
+        }
+        Err(e) => {
+            warn!(code = "congested", sender = from, "not queued: {e}");
+            tally.fail(AckCode::Congested, e.to_string());
+        }
+    }
 }
 
 /// Answers a `forget`.

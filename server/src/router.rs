@@ -185,18 +185,19 @@ impl Tally {
         }
     }
 
-    pub(crate) fn push(&mut self, peer: &Peer, wire: &Bytes) {
+    /// Hands `wire` to `peer`'s outbound queue. Returns false when the peer
+    /// is gone (it left after the send was resolved): what that means for
+    /// the ack depends on the send, so the caller decides.
+    pub(crate) fn push(&mut self, peer: &Peer, wire: &Bytes) -> bool {
         match peer.outbound.push(wire.clone()) {
             Ok(()) => self.ack.delivered += 1,
             Err(PushError::Full) => self.fail(
                 AckCode::Congested,
                 format!("the outbound queue of server '{}' is full", peer.server_id),
             ),
-            Err(PushError::Closed) => self.fail(
-                AckCode::NotFound,
-                format!("server '{}' is not connected", peer.server_id),
-            ),
+            Err(PushError::Closed) => return false,
         }
+        true
     }
 
     pub(crate) fn fail(&mut self, code: AckCode, message: String) {
