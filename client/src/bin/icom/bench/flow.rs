@@ -128,28 +128,7 @@ pub(crate) async fn tput(env: &Env, args: &TputArgs) -> anyhow::Result<Report> {
     let elapsed = finish_time(&sent, &got).saturating_duration_since(started);
     let after = router.usage();
 
-    let mut report = Report::new("tput");
-    let delivered: u64 = got.iter().map(|r| r.count).sum();
-    head(
-        &mut report,
-        &env.wan_label(),
-        args.events,
-        args.size,
-        args.window,
-    );
-    counts(&mut report, args.events, &sent, delivered, 1);
-    report.seconds("seconds", "elapsed (s)", elapsed);
-    report.rate(
-        "events_per_s",
-        "events/s (acked and delivered)",
-        delivered.min(sent.acked),
-        elapsed,
-    );
-    let mut latency = Latencies::default();
-    for r in got {
-        latency.extend(r.latency);
-    }
-    latency.add_to(&mut report, "delivery", "send→delivery");
+    let mut report = tput_report(&env.wan_label(), args, &sent, got, elapsed);
     router.add_usage(&mut report, before, after, elapsed, args.events, "events");
     if let Some(limit) = limit {
         let ours = report.get("events_per_s").and_then(|v| v.as_f64());
@@ -165,6 +144,34 @@ pub(crate) async fn tput(env: &Env, args: &TputArgs) -> anyhow::Result<Report> {
     }
     env.stop(router).await;
     Ok(report)
+}
+
+/// The report of a `tput` run: its setup, its counts (checked), the rate
+/// of events both acked and delivered, and the delivery latency.
+pub(crate) fn tput_report(
+    link: &str,
+    args: &TputArgs,
+    sent: &Sent,
+    got: Vec<Received>,
+    elapsed: Duration,
+) -> Report {
+    let mut report = Report::new("tput");
+    let delivered: u64 = got.iter().map(|r| r.count).sum();
+    head(&mut report, link, args.events, args.size, args.window);
+    counts(&mut report, args.events, sent, delivered, 1);
+    report.seconds("seconds", "elapsed (s)", elapsed);
+    report.rate(
+        "events_per_s",
+        "events/s (acked and delivered)",
+        delivered.min(sent.acked),
+        elapsed,
+    );
+    let mut latency = Latencies::default();
+    for r in got {
+        latency.extend(r.latency);
+    }
+    latency.add_to(&mut report, "delivery", "send→delivery");
+    report
 }
 
 /// Runs `fanout`.
@@ -238,7 +245,7 @@ pub(crate) async fn fanout(env: &Env, args: &FanoutArgs) -> anyhow::Result<Repor
     Ok(report)
 }
 
-pub(crate) fn head(report: &mut Report, wan: &str, events: u64, size: usize, window: usize) {
+fn head(report: &mut Report, wan: &str, events: u64, size: usize, window: usize) {
     report.add("link", "link", wan);
     report.add("events", "events", events);
     report.add("size_bytes", "data size (bytes)", size as u64);

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use icom_protocol::{Control, Deliver, Send, Target};
 use tokio::sync::Semaphore;
 
-use super::flow::{counts, finish_time, head, Received, Sent, TputArgs};
+use super::flow::{finish_time, tput_report, Received, Sent, TputArgs};
 use super::payload::{self, EVENT};
 use super::report::Report;
 use super::router::Router;
@@ -29,25 +29,8 @@ pub(crate) async fn run(env: &Env, router: Router, args: &TputArgs) -> anyhow::R
     let (sent, got) = tput(&router, args.events, args.size, args.window).await?;
     let elapsed = finish_time(&sent, std::slice::from_ref(&got)).saturating_duration_since(started);
     let after = router.usage();
-    let mut report = Report::new("tput");
-    head(
-        &mut report,
-        "loopback, bare QUIC peers (--raw)",
-        args.events,
-        args.size,
-        args.window,
-    );
-    let delivered = got.count;
-    counts(&mut report, args.events, &sent, delivered, 1);
-    report.seconds("seconds", "elapsed (s)", elapsed);
-    report.rate(
-        "events_per_s",
-        "events/s (acked and delivered)",
-        delivered.min(sent.acked),
-        elapsed,
-    );
-    let mut latency = got.latency;
-    latency.add_to(&mut report, "delivery", "send→delivery");
+    let link = "loopback, bare QUIC peers (--raw)";
+    let mut report = tput_report(link, args, &sent, vec![got], elapsed);
     router.add_usage(&mut report, before, after, elapsed, args.events, "events");
     env.stop(router).await;
     Ok(report)
