@@ -93,7 +93,7 @@ impl Ca {
     ///
     /// # Errors
     /// [`CertError::ServerId`] if `server_id` breaks the CN rule of
-    /// PROTOCOL.md §1, and the validity and signing errors of [`Ca::new`].
+    /// docs/PROTOCOL.md §1, and the validity and signing errors of [`Ca::new`].
     pub fn issue_client(&self, server_id: &str, days: u32) -> Result<Issued, CertError> {
         validate_server_id(server_id).map_err(|cause| CertError::ServerId {
             id: server_id.to_owned(),

@@ -1,5 +1,5 @@
 //! ICOM certificates: the CA, the router's certificate, one client certificate
-//! per game server, and the CRL (PROTOCOL.md §1).
+//! per game server, and the CRL (docs/PROTOCOL.md §1).
 //!
 //! - [`Ca`] mints in memory: [`Ca::issue_router`], [`Ca::issue_client`],
 //!   [`Ca::crl`].

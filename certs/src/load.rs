@@ -113,7 +113,7 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
 }
 
 /// Every subject Common Name of a certificate, in order. The router requires
-/// exactly one (PROTOCOL.md §1); this returns them all so that it can tell
+/// exactly one (docs/PROTOCOL.md §1); this returns them all so that it can tell
 /// none from several.
 ///
 /// # Errors

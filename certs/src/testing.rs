@@ -1,6 +1,6 @@
 //! A throwaway PKI for the workspace's tests: one CA, a router certificate for
 //! `localhost`/127.0.0.1, client certificates, and every kind of certificate
-//! the router must refuse (PROTOCOL.md §1).
+//! the router must refuse (docs/PROTOCOL.md §1).
 //!
 //! Always compiled (not `cfg(test)`), because other crates' tests use it. Its
 //! methods panic instead of returning errors: minting with the fixed,
@@ -43,7 +43,7 @@ const DAYS: u32 = 30;
 /// trusting [`TestPki::ca`].
 ///
 /// A certificate with no EKU extension at all ([`TestPki::no_eku`]) is not
-/// here: PROTOCOL.md §1 accepts it. Identity errors that fail after the
+/// here: docs/PROTOCOL.md §1 accepts it. Identity errors that fail after the
 /// handshake ([`TestPki::bad_cn`], [`TestPki::two_cns`], [`TestPki::no_cn`])
 /// are not here either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +176,7 @@ impl TestPki {
     }
 
     /// A certificate for `id` with no EKU extension at all, which RFC 5280
-    /// (and PROTOCOL.md §1) reads as good for any use: the router accepts it.
+    /// (and docs/PROTOCOL.md §1) reads as good for any use: the router accepts it.
     pub fn no_eku(&self, id: &str) -> Issued {
         self.leaf(&self.ca, vec![id.to_owned()], Vec::new(), good_validity())
     }

@@ -105,7 +105,7 @@ pub(crate) fn event(arg: &Arg) -> Result<String, ArgError> {
 /// A target, as JSON (`toJSON` of a string, array or HashMap):
 /// - `"all"`, `"everyone"`: the keywords;
 /// - `{"server": "a"}`, `{"servers": [...]}`, `{"group": "eu"}`,
-///   `{"except": [...]}`: the maps of PROTOCOL.md;
+///   `{"except": [...]}`: the maps of docs/PROTOCOL.md;
 /// - any other string: that one server; an array of strings: those servers.
 ///
 /// The bare words `all`, `everyone` and a bare server id are read the same.

@@ -1,6 +1,6 @@
 //! Received events that SQF may still answer with `icom:reply`.
 //!
-//! Every received event is a possible request (PROTOCOL.md: a request is an
+//! Every received event is a possible request (docs/PROTOCOL.md: a request is an
 //! ordinary send). Its `"<id>@<from>"` handle (the `request` field of the
 //! `event` callback) names it, unambiguously, since ids are only unique per
 //! sender. The register keeps the last `capacity` events, without their

@@ -1,5 +1,5 @@
 //! Ack error codes, connection close codes and stream error codes
-//! (PROTOCOL.md §4), with their wire strings and numbers.
+//! (docs/PROTOCOL.md §4), with their wire strings and numbers.
 
 use std::fmt;
 
@@ -28,7 +28,7 @@ pub enum AckCode {
 }
 
 impl AckCode {
-    /// Every code this version knows, in the order of PROTOCOL.md §4.
+    /// Every code this version knows, in the order of docs/PROTOCOL.md §4.
     pub const ALL: [AckCode; 6] = [
         AckCode::NotFound,
         AckCode::Forbidden,

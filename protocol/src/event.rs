@@ -113,7 +113,7 @@ impl Send {
         id
     }
 
-    /// Checks the rules of PROTOCOL.md §3 and §4 that make a send `invalid`.
+    /// Checks the rules of docs/PROTOCOL.md §3 and §4 that make a send `invalid`.
     ///
     /// # Errors
     /// [`Invalid`] with a readable reason.

@@ -1,4 +1,4 @@
-//! Control messages (PROTOCOL.md §3): the frames of the control stream, in
+//! Control messages (docs/PROTOCOL.md §3): the frames of the control stream, in
 //! both directions, and the small shapes they share.
 
 use serde::{Deserialize, Serialize};

@@ -9,7 +9,7 @@ use thiserror::Error;
 use crate::glob::Glob;
 use crate::validate::{validate_server_id, NameError};
 
-/// Whom a `send` is for (PROTOCOL.md §3).
+/// Whom a `send` is for (docs/PROTOCOL.md §3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {

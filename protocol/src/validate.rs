@@ -1,5 +1,5 @@
 //! Validation of the names that cross the wire: server identities (certificate
-//! CNs), event names and persist ids (PROTOCOL.md §1 and §3).
+//! CNs), event names and persist ids (docs/PROTOCOL.md §1 and §3).
 
 use thiserror::Error;
 

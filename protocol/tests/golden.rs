@@ -1,4 +1,4 @@
-//! Golden tests: every example of PROTOCOL.md §8 encodes to bytes that decode
+//! Golden tests: every example of docs/PROTOCOL.md §8 encodes to bytes that decode
 //! to exactly the JSON shape shown there, and that shape, written as
 //! MessagePack by another encoder, decodes back to the same message.
 

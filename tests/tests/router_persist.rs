@@ -1,5 +1,5 @@
 //! Persistent events (the JIP queue), offline delivery with a TTL, and
-//! their bounds (PROTOCOL.md §5).
+//! their bounds (docs/PROTOCOL.md §5).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
