@@ -1,30 +1,21 @@
-//! One connection to the router: the handshake up to `welcome`, the
-//! control stream (frames both ways), event streams out, and the tables of
-//! operations that wait for an `ack`, a `pong` or a reply.
+//! One connection to the router: the handshake up to `welcome`, and the
+//! frames and streams over it (control frames both ways through
+//! [`FrameBuffer`], one stream per event out). What waits for an answer is
+//! the session's business (`crate::session`).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use icom_protocol::{
-    decode_control, encode_frame, split_frame, Ack, CloseCode, Control, Hello, Welcome,
-    PROTOCOL_VERSION,
+    encode_frame, CloseCode, Control, FrameBuffer, Hello, Welcome, PROTOCOL_VERSION,
 };
 use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt, WriteError};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use crate::config::ClientConfig;
 use crate::error::ConnectError;
-use crate::event::Event;
 use crate::loss::Loss;
-
-/// Locks a mutex; a panic elsewhere while it was held does not matter to
-/// the plain tables it guards.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// A connection that has been welcomed.
 #[derive(Debug)]
@@ -35,85 +26,7 @@ pub(crate) struct Live {
     pub(crate) welcome: Welcome,
     /// Shared with the write tasks, which outlive a cancelled caller.
     control: Arc<tokio::sync::Mutex<SendStream>>,
-    pending: Mutex<Pending>,
 }
-
-/// What waits for the router, by id.
-#[derive(Debug, Default)]
-pub(crate) struct Pending {
-    closed: bool,
-    acks: HashMap<u64, Entry<Ack>>,
-    pongs: HashMap<u64, Entry<()>>,
-    replies: HashMap<u64, Entry<Reply>>,
-}
-
-/// One waiting operation: where its answer goes, and the server it waits
-/// on, if any.
-#[derive(Debug)]
-pub(crate) struct Entry<T> {
-    /// `None` once answered.
-    to: Option<To<T>>,
-    peer: Option<Box<str>>,
-}
-
-/// Where an answer goes.
-#[derive(Debug)]
-pub(crate) enum To<T> {
-    /// To one waiting operation.
-    Once(oneshot::Sender<T>),
-    /// Onto a channel that many operations share (a
-    /// [`Publisher`](crate::Publisher)'s), with the id; an entry dropped
-    /// unanswered (the connection went away) sends `None` instead. The
-    /// permit is the operation's place in the in-flight window, held until
-    /// it is answered.
-    Stream {
-        id: u64,
-        tx: mpsc::UnboundedSender<(u64, Option<T>)>,
-        permit: OwnedSemaphorePermit,
-    },
-}
-
-impl<T> Entry<T> {
-    /// Hands `value` on; gives it back if nobody takes it.
-    fn send(mut self, value: T) -> Result<(), T> {
-        match self.to.take() {
-            Some(To::Once(tx)) => tx.send(value),
-            Some(To::Stream { id, tx, permit }) => {
-                drop(permit);
-                match tx.send((id, Some(value))) {
-                    Ok(()) => Ok(()),
-                    Err(e) => e.0 .1.map_or(Ok(()), Err),
-                }
-            }
-            None => Err(value),
-        }
-    }
-}
-
-impl<T> Drop for Entry<T> {
-    fn drop(&mut self) {
-        if let Some(To::Stream { id, tx, permit }) = self.to.take() {
-            drop(permit);
-            let _ = tx.send((id, None));
-        }
-    }
-}
-
-/// What a request gets.
-#[derive(Debug)]
-pub(crate) enum Reply {
-    /// The reply.
-    Event(Event),
-    /// The server asked disconnected before it replied.
-    PeerLeft,
-}
-
-/// Picks one table of [`Pending`].
-type Table<T> = fn(&mut Pending) -> &mut HashMap<u64, Entry<T>>;
-
-pub(crate) const ACKS: Table<Ack> = |p| &mut p.acks;
-pub(crate) const PONGS: Table<()> = |p| &mut p.pongs;
-pub(crate) const REPLIES: Table<Reply> = |p| &mut p.replies;
 
 /// Why an event stream could not be written.
 #[derive(Debug)]
@@ -123,91 +36,7 @@ pub(crate) enum StreamError {
     NotSent,
 }
 
-/// How a waiter ended without its answer.
-#[derive(Debug)]
-pub(crate) enum WaitError {
-    Timeout,
-    Lost,
-}
-
 impl Live {
-    /// Registers a waiter for `id` in `table`, waiting on `peer` if given;
-    /// `None` if the connection is already gone.
-    pub(crate) fn register<T>(
-        self: &Arc<Self>,
-        table: Table<T>,
-        id: u64,
-        peer: Option<&str>,
-    ) -> Option<Waiter<T>> {
-        let (tx, rx) = oneshot::channel();
-        self.expect(table, id, peer, To::Once(tx)).ok()?;
-        Some(Waiter {
-            live: self.clone(),
-            table,
-            id,
-            rx,
-            settled: false,
-        })
-    }
-
-    /// Records that the answer for `id` in `table` goes `to`, waiting on
-    /// `peer` if given; gives `to` back if the connection is already gone.
-    pub(crate) fn expect<T>(
-        &self,
-        table: Table<T>,
-        id: u64,
-        peer: Option<&str>,
-        to: To<T>,
-    ) -> Result<(), To<T>> {
-        let mut pending = lock(&self.pending);
-        if pending.closed {
-            return Err(to);
-        }
-        let peer = peer.map(Box::from);
-        table(&mut pending).insert(id, Entry { to: Some(to), peer });
-        Ok(())
-    }
-
-    /// Takes back what waits for `id` in `table`, without telling it.
-    pub(crate) fn unexpect<T>(&self, table: Table<T>, id: u64) -> Option<To<T>> {
-        let entry = table(&mut lock(&self.pending)).remove(&id);
-        entry.and_then(|mut e| e.to.take())
-    }
-
-    /// Hands an answer to its waiter; gives it back if nobody waits.
-    pub(crate) fn answer<T>(&self, table: Table<T>, id: u64, value: T) -> Result<(), T> {
-        let entry = table(&mut lock(&self.pending)).remove(&id);
-        match entry {
-            Some(entry) => entry.send(value),
-            None => Err(value),
-        }
-    }
-
-    /// `server` disconnected: the requests it has not answered fail.
-    pub(crate) fn peer_left(&self, server: &str) {
-        let mut pending = lock(&self.pending);
-        let gone: Vec<u64> = pending
-            .replies
-            .iter()
-            .filter(|(_, e)| e.peer.as_deref() == Some(server))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
-            if let Some(entry) = pending.replies.remove(&id) {
-                let _ = entry.send(Reply::PeerLeft);
-            }
-        }
-    }
-
-    /// Fails every waiter: the connection is gone.
-    pub(crate) fn fail_pending(&self) {
-        let mut pending = lock(&self.pending);
-        pending.closed = true;
-        pending.acks.clear();
-        pending.pongs.clear();
-        pending.replies.clear();
-    }
-
     /// Writes one event stream: open, the whole send, FIN.
     pub(crate) async fn write_event(&self, bytes: Bytes) -> Result<(), StreamError> {
         let mut stream = self
@@ -246,47 +75,11 @@ impl Live {
     }
 }
 
-/// An operation waiting for its answer; it leaves the table when dropped.
-#[derive(Debug)]
-pub(crate) struct Waiter<T> {
-    live: Arc<Live>,
-    table: Table<T>,
-    id: u64,
-    rx: oneshot::Receiver<T>,
-    settled: bool,
-}
-
-impl<T> Waiter<T> {
-    /// Waits for the answer, at most `timeout`.
-    pub(crate) async fn wait(mut self, timeout: Duration) -> Result<T, WaitError> {
-        let answer = tokio::time::timeout(timeout, &mut self.rx).await;
-        match answer {
-            Ok(Ok(v)) => {
-                self.settled = true;
-                Ok(v)
-            }
-            Ok(Err(_)) => {
-                self.settled = true;
-                Err(WaitError::Lost)
-            }
-            Err(_) => Err(WaitError::Timeout),
-        }
-    }
-}
-
-impl<T> Drop for Waiter<T> {
-    fn drop(&mut self) {
-        if !self.settled {
-            (self.table)(&mut lock(&self.live.pending)).remove(&self.id);
-        }
-    }
-}
-
 /// Reads control frames off the control stream.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
     recv: RecvStream,
-    buf: BytesMut,
+    frames: FrameBuffer,
 }
 
 /// Why the control stream ended.
@@ -302,25 +95,20 @@ impl FrameReader {
     pub(crate) fn new(recv: RecvStream) -> FrameReader {
         FrameReader {
             recv,
-            buf: BytesMut::with_capacity(8 * 1024),
+            frames: FrameBuffer::new(),
         }
     }
 
     /// The next control message of a known name (unknown ones are skipped).
     pub(crate) async fn next(&mut self) -> Result<Control, FrameError> {
         loop {
-            let split = split_frame(&self.buf).map_err(|e| FrameError::Protocol(e.to_string()))?;
-            if let Some((body, used)) = split {
-                let msg = decode_control(body);
-                self.buf.advance(used);
-                match msg {
-                    Ok(Some(msg)) => return Ok(msg),
-                    Ok(None) => continue,
-                    Err(e) => return Err(FrameError::Protocol(e.to_string())),
-                }
+            match self.frames.next_message() {
+                Ok(Some(msg)) => return Ok(msg),
+                Ok(None) => {}
+                Err(e) => return Err(FrameError::Protocol(e.to_string())),
             }
             match self.recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(Some(chunk)) => self.frames.extend(&chunk.bytes),
                 Ok(None) => {
                     return Err(FrameError::Closed(
                         "the router ended the control stream".into(),
@@ -399,7 +187,6 @@ pub(crate) async fn establish(
         conn,
         welcome,
         control: Arc::new(tokio::sync::Mutex::new(send)),
-        pending: Mutex::new(Pending::default()),
     });
     Ok((live, reader))
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use icom_protocol::{CloseCode, Control};
 use tokio::sync::oneshot;
 
-use crate::client::Core;
-use crate::connection::{FrameError, FrameReader, Live, ACKS, PONGS};
+use crate::connection::{FrameError, FrameReader, Live};
+use crate::core::Core;
 
 /// Reads control frames until the connection ends. `replayed` gets the
 /// count of the router's `replayed`.
@@ -22,19 +22,16 @@ pub(crate) async fn run(
         match reader.next().await {
             Ok(Control::Ack(ack)) => {
                 let id = ack.id;
-                if live.answer(ACKS, id, ack).is_err() {
+                if core.answer(id, ack).is_err() {
                     tracing::debug!(id, "ack for nothing that waits (timed out, or id 0)");
                 }
             }
             Ok(Control::Pong(pong)) => {
-                let _ = live.answer(PONGS, pong.nonce, ());
+                let _ = core.answer(pong.nonce, ());
             }
             Ok(Control::Presence(p)) => {
                 tracing::debug!(server_id = %p.server_id, online = p.online, "presence");
-                if !p.online {
-                    live.peer_left(&p.server_id);
-                }
-                core.presence(p);
+                core.presence(&p);
             }
             Ok(Control::Replayed(r)) => {
                 if let Some(tx) = replayed.take() {

@@ -1,51 +1,68 @@
 //! Received events, and the stream that hands them to the application.
 
 use std::fmt;
-use std::sync::Weak;
+use std::future::Future;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use icom_protocol::{Ack, Deliver, Target};
+use icom_protocol::{Ack, Deliver};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use crate::client::Core;
 use crate::data::{DataError, ToData};
 use crate::error::{SendError, Unavailable};
-use crate::outbound::SendOptions;
 
-/// An event the router delivered.
+/// An event the router delivered: the protocol's [`Deliver`] (its fields
+/// read through this type: `event.from`, `event.data`, ...), and the way
+/// back to reply to it.
 #[derive(Clone)]
 pub struct Event {
-    /// The sender's identity, stamped by the router from its certificate.
-    pub from: String,
-    /// The sender's id for the event.
-    pub id: u64,
-    /// The event's name.
-    pub event: String,
-    /// The payload: one MessagePack value, as the sender encoded it.
-    pub data: Bytes,
-    /// Set on every delivery of a persistent event.
-    pub persist_id: Option<String>,
-    /// Set when the event replies to a request with this id.
-    pub reply_to: Option<u64>,
-    /// When the router accepted the send, Unix ms by the router's clock.
-    pub sent_ms: u64,
-    core: Weak<Core>,
+    deliver: Deliver,
+    replier: Weak<dyn Replier>,
+}
+
+/// What sends a reply for an [`Event`]: the client it came through, held
+/// weakly, so that an event kept after its client closed does not keep
+/// the client alive.
+pub(crate) trait Replier: std::marker::Send + Sync {
+    /// Sends `data` back to `to`'s sender, as the reply to it.
+    fn reply<'a>(
+        self: Arc<Self>,
+        to: &'a Deliver,
+        data: Bytes,
+    ) -> Pin<Box<dyn Future<Output = Result<Ack, SendError>> + std::marker::Send + 'a>>;
+}
+
+impl Deref for Event {
+    type Target = Deliver;
+
+    fn deref(&self) -> &Deliver {
+        &self.deliver
+    }
 }
 
 impl Event {
-    pub(crate) fn new(d: Deliver, core: Weak<Core>) -> Event {
-        Event {
-            from: d.from,
-            id: d.id,
-            event: d.event,
-            data: d.data,
-            persist_id: d.persist_id,
-            reply_to: d.reply_to,
-            sent_ms: d.sent_ms,
-            core,
-        }
+    pub(crate) fn new(deliver: Deliver, replier: Weak<dyn Replier>) -> Event {
+        Event { deliver, replier }
+    }
+
+    /// The delivery as the router sent it.
+    pub fn deliver(&self) -> &Deliver {
+        &self.deliver
+    }
+
+    /// The delivery, without the way back.
+    pub fn into_deliver(self) -> Deliver {
+        self.deliver
+    }
+
+    /// Lets go of the payload, to keep the event (to reply to it later)
+    /// without holding its bytes.
+    pub fn drop_data(&mut self) {
+        self.deliver.data = Bytes::new();
     }
 
     /// The payload as JSON.
@@ -90,17 +107,10 @@ impl Event {
     /// [`SendError`] as for [`Client::send`](crate::Client::send);
     /// [`Unavailable::Closed`] once the client is gone.
     pub async fn reply(&self, data: impl ToData) -> Result<Ack, SendError> {
-        let Some(core) = self.core.upgrade() else {
+        let Some(replier) = self.replier.upgrade() else {
             return Err(Unavailable::Closed.into());
         };
-        core.send(
-            Target::Server(self.from.clone()),
-            &self.event,
-            data.to_data()?,
-            &SendOptions::default(),
-            Some(self.id),
-        )
-        .await
+        replier.reply(&self.deliver, data.to_data()?).await
     }
 }
 
@@ -152,6 +162,21 @@ impl Events {
     }
 }
 
+/// Replies to nothing: for events made in tests.
+#[cfg(test)]
+struct NoReplies;
+
+#[cfg(test)]
+impl Replier for NoReplies {
+    fn reply<'a>(
+        self: Arc<Self>,
+        _: &'a Deliver,
+        _: Bytes,
+    ) -> Pin<Box<dyn Future<Output = Result<Ack, SendError>> + std::marker::Send + 'a>> {
+        Box::pin(async { Err(Unavailable::Closed.into()) })
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn test_event(from: &str, id: u64, sent_ms: u64) -> Event {
     Event::new(
@@ -164,6 +189,6 @@ pub(crate) fn test_event(from: &str, id: u64, sent_ms: u64) -> Event {
             reply_to: None,
             sent_ms,
         },
-        Weak::new(),
+        Weak::<NoReplies>::new(),
     )
 }

@@ -9,7 +9,7 @@
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::Instant;
 
@@ -18,10 +18,10 @@ use icom_protocol::{Deliver, StreamCode, StreamCredit, DELIVER_OVERHEAD};
 use quinn::{ReadError, RecvStream, VarInt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::Core;
 use crate::config::ms;
-use crate::connection::{lock, Live, Reply, REPLIES};
-use crate::event::Event;
+use crate::connection::Live;
+use crate::core::{Core, Reply};
+use crate::event::{Event, Replier};
 use crate::replay::ReplayBuffer;
 
 type Read = Result<Bytes, ReadFailure>;
@@ -179,7 +179,8 @@ impl Inbound {
                 return;
             }
         };
-        let event = self.accept(Event::new(deliver, Arc::downgrade(&self.core)));
+        let replier: Weak<dyn Replier> = Arc::downgrade(&self.core) as Weak<Core>;
+        let event = self.accept(Event::new(deliver, replier));
         match self.replay.as_mut() {
             Some(replay) => replay.received(event),
             None => {
@@ -196,7 +197,7 @@ impl Inbound {
     /// dropped; what is left goes on to the application.
     fn accept(&self, event: Event) -> Option<Event> {
         let event = match event.reply_to {
-            Some(request) => match self.live.answer(REPLIES, request, Reply::Event(event)) {
+            Some(request) => match self.core.answer(request, Reply::Event(event)) {
                 Ok(()) => return None,
                 Err(Reply::Event(event)) => event,
                 Err(Reply::PeerLeft) => return None,
@@ -206,7 +207,7 @@ impl Inbound {
         // Only persistent events, and what the router replays from its
         // stores, can come again; live ones are at most once.
         if event.persist_id.is_some() || self.replay.is_some() {
-            let first = lock(&self.core.dedup).first_time(&event.from, event.id);
+            let first = self.core.first_time(&event.from, event.id);
             if !first {
                 tracing::debug!(from = %event.from, id = event.id, "dropped a redelivered event");
                 return None;

@@ -1,6 +1,6 @@
 //! The ICOM client: one QUIC + mutual-TLS connection to the ICOM router, kept
 //! up by itself, that sends events, receives them, and correlates requests
-//! with their replies. `PROTOCOL.md` is the contract it speaks, through
+//! with their replies. `docs/PROTOCOL.md` is the contract it speaks, through
 //! [`icom_protocol`].
 //!
 //! ```no_run
@@ -41,17 +41,18 @@ mod client;
 mod config;
 mod connection;
 mod control;
+mod core;
 mod data;
 mod dedup;
 mod error;
 mod event;
 mod gate;
-mod ids;
 mod inbound;
 mod loss;
 mod outbound;
 mod publish;
 mod replay;
+mod session;
 mod state;
 mod supervisor;
 mod tls;

@@ -2,15 +2,19 @@
 //! per event, and wait for the router's ack (and, for a request, register
 //! the reply's waiter before the event leaves).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use icom_protocol::{validate_event_name, validate_persist_id, Ack, Persist, Send, Target};
+use icom_protocol::{
+    validate_event_name, validate_persist_id, Ack, Deliver, Persist, Send, Target,
+};
 
-use crate::client::{Core, ATTEMPTS};
-use crate::connection::{Reply, WaitError, Waiter, ACKS, REPLIES};
-use crate::error::{refusal, SendError, Unavailable};
-use tokio::sync::OwnedSemaphorePermit;
+use crate::core::{Core, Reply, WaitError, Waiter, ATTEMPTS};
+use crate::error::{refusal, SendError};
+use crate::event::Replier;
 
 /// Options of [`Client::send_to`](crate::Client::send_to).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,96 +51,102 @@ impl SendOptions {
     }
 }
 
-impl Core {
-    /// Sends an event and waits for its ack.
-    pub(crate) async fn send(
-        &self,
-        to: Target,
-        event: &str,
-        data: Bytes,
-        options: &SendOptions,
-        reply_to: Option<u64>,
-    ) -> Result<Ack, SendError> {
-        let (ack, _) = self
-            .transmit(to, event, data, options, reply_to, false)
-            .await?;
-        Ok(ack)
-    }
-
-    /// Sends an event, waits for its ack, and (if `want_reply`) returns a
-    /// waiter for the reply, registered before the event left.
-    pub(crate) async fn transmit(
-        &self,
-        to: Target,
-        event: &str,
-        data: Bytes,
-        options: &SendOptions,
-        reply_to: Option<u64>,
-        want_reply: bool,
-    ) -> Result<(Ack, Option<Waiter<Reply>>), SendError> {
-        check(event, options)?;
-        let timeout = self.ack_timeout;
-        let _permit = self.window().await?;
-        let id = self.ids.next();
-        // A request to one server fails at once if that server leaves.
-        let peer = match (&to, want_reply) {
-            (Target::Server(server), true) => Some(server.clone()),
-            _ => None,
-        };
-        let bytes = encode(id, to, event, data, options, reply_to)?;
-        for _ in 0..ATTEMPTS {
-            let live = self.gate.get().await?;
-            let max = live.welcome.limits.max_event_bytes;
-            if bytes.len() > max as usize {
-                return Err(SendError::TooLarge {
-                    size: bytes.len(),
-                    max,
-                });
-            }
-            let reply = if want_reply {
-                let Some(waiter) = live.register(REPLIES, id, peer.as_deref()) else {
-                    self.gone(&live);
-                    continue;
-                };
-                Some(waiter)
-            } else {
-                None
-            };
-            let Some(ack) = live.register(ACKS, id, None) else {
-                self.gone(&live);
-                continue;
-            };
-            match tokio::time::timeout(timeout, live.write_event(bytes.clone())).await {
-                Err(_) => return Err(SendError::AckTimeout(timeout)),
-                Ok(Err(_)) => {
-                    self.gone(&live);
-                    continue;
-                }
-                Ok(Ok(())) => {}
-            }
-            return match ack.wait(timeout).await {
-                Ok(ack) if ack.ok => Ok((ack, reply)),
-                Ok(ack) => {
-                    let (code, message, ack) = refusal(ack);
-                    Err(SendError::Refused { code, message, ack })
-                }
-                Err(WaitError::Lost) => Err(SendError::ConnectionLost),
-                Err(WaitError::Timeout) => Err(SendError::AckTimeout(timeout)),
-            };
-        }
-        Err(SendError::ConnectionLost)
-    }
+/// Sends an event and waits for its ack.
+pub(crate) async fn send(
+    core: &Arc<Core>,
+    to: Target,
+    event: &str,
+    data: Bytes,
+    options: &SendOptions,
+    reply_to: Option<u64>,
+) -> Result<Ack, SendError> {
+    let (ack, _) = transmit(core, to, event, data, options, reply_to, false).await?;
+    Ok(ack)
 }
 
-impl Core {
-    /// A place in the in-flight window (`max_in_flight`), waited for at
-    /// most the ack timeout.
-    pub(crate) async fn window(&self) -> Result<OwnedSemaphorePermit, SendError> {
-        let timeout = self.ack_timeout;
-        tokio::time::timeout(timeout, self.in_flight.clone().acquire_owned())
+/// Sends an event, waits for its ack, and (if `want_reply`) returns a
+/// waiter for the reply, registered before the event left.
+pub(crate) async fn transmit(
+    core: &Arc<Core>,
+    to: Target,
+    event: &str,
+    data: Bytes,
+    options: &SendOptions,
+    reply_to: Option<u64>,
+    want_reply: bool,
+) -> Result<(Ack, Option<Waiter<Reply>>), SendError> {
+    check(event, options)?;
+    let timeout = core.ack_timeout;
+    let _permit = core.window().await?;
+    let id = core.next_id();
+    // A request to one server fails at once if that server leaves.
+    let peer = match (&to, want_reply) {
+        (Target::Server(server), true) => Some(server.clone()),
+        _ => None,
+    };
+    let bytes = encode(id, to, event, data, options, reply_to)?;
+    for _ in 0..ATTEMPTS {
+        let live = core.gate.get().await?;
+        let max = live.welcome.limits.max_event_bytes;
+        if bytes.len() > max as usize {
+            return Err(SendError::TooLarge {
+                size: bytes.len(),
+                max,
+            });
+        }
+        let reply = if want_reply {
+            let Some(waiter) = core.register::<Reply>(id, &live, peer.as_deref()) else {
+                core.gone(&live);
+                continue;
+            };
+            Some(waiter)
+        } else {
+            None
+        };
+        let Some(ack) = core.register::<Ack>(id, &live, None) else {
+            core.gone(&live);
+            continue;
+        };
+        match tokio::time::timeout(timeout, live.write_event(bytes.clone())).await {
+            Err(_) => return Err(SendError::AckTimeout(timeout)),
+            Ok(Err(_)) => {
+                core.gone(&live);
+                continue;
+            }
+            Ok(Ok(())) => {}
+        }
+        return match ack.wait(timeout).await {
+            Ok(ack) if ack.ok => Ok((ack, reply)),
+            Ok(ack) => {
+                let (code, message, ack) = refusal(ack);
+                Err(SendError::Refused { code, message, ack })
+            }
+            Err(WaitError::Lost) => Err(SendError::ConnectionLost),
+            Err(WaitError::Timeout) => Err(SendError::AckTimeout(timeout)),
+        };
+    }
+    Err(SendError::ConnectionLost)
+}
+
+/// A received event's reply goes out as any send does.
+impl Replier for Core {
+    fn reply<'a>(
+        self: Arc<Self>,
+        to: &'a Deliver,
+        data: Bytes,
+    ) -> Pin<Box<dyn Future<Output = Result<Ack, SendError>> + std::marker::Send + 'a>> {
+        Box::pin(async move {
+            let target = Target::Server(to.from.clone());
+            send(
+                &self,
+                target,
+                &to.event,
+                data,
+                &SendOptions::default(),
+                Some(to.id),
+            )
             .await
-            .map_err(|_| SendError::AckTimeout(timeout))?
-            .map_err(|_| Unavailable::Closed.into())
+        })
     }
 }
 

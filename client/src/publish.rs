@@ -14,8 +14,7 @@ use std::sync::Arc;
 use icom_protocol::{Ack, Target};
 use tokio::sync::mpsc;
 
-use crate::client::{Core, ATTEMPTS};
-use crate::connection::{To, ACKS};
+use crate::core::{Core, Route, ATTEMPTS};
 use crate::data::ToData;
 use crate::error::{refusal, SendError};
 use crate::outbound::{check, encode, SendOptions};
@@ -71,7 +70,7 @@ impl Publisher {
         let data = data.to_data()?;
         check(event, options)?;
         let mut permit = core.window().await?;
-        let id = core.ids.next();
+        let id = core.next_id();
         let bytes = encode(id, to.clone(), event, data, options, None)?;
         let timeout = core.ack_timeout;
         for _ in 0..ATTEMPTS {
@@ -83,12 +82,12 @@ impl Publisher {
                     max,
                 });
             }
-            let to = To::Stream {
+            let to = Route::Stream {
                 id,
                 tx: self.tx.clone(),
                 permit,
             };
-            if let Err(to) = live.expect(ACKS, id, None, to) {
+            if let Err(to) = core.expect::<Ack>(id, &live, None, to) {
                 permit = take_permit(to)?;
                 core.gone(&live);
                 continue;
@@ -96,12 +95,12 @@ impl Publisher {
             match tokio::time::timeout(timeout, live.write_event(bytes.clone())).await {
                 Ok(Ok(())) => return Ok(id),
                 Err(_) => {
-                    let _ = live.unexpect(ACKS, id);
+                    let _ = core.unexpect::<Ack>(id);
                     return Err(SendError::AckTimeout(timeout));
                 }
                 Ok(Err(_)) => {
                     // Nothing reached the router: try the next connection.
-                    let Some(to) = live.unexpect(ACKS, id) else {
+                    let Some(to) = core.unexpect::<Ack>(id) else {
                         // The connection went, and told the outcomes.
                         return Ok(id);
                     };
@@ -115,10 +114,10 @@ impl Publisher {
 }
 
 /// The window place back from an answer route that was not used.
-fn take_permit(to: To<Ack>) -> Result<tokio::sync::OwnedSemaphorePermit, SendError> {
+fn take_permit(to: Route<Ack>) -> Result<tokio::sync::OwnedSemaphorePermit, SendError> {
     match to {
-        To::Stream { permit, .. } => Ok(permit),
-        To::Once(_) => Err(SendError::ConnectionLost),
+        Route::Stream { permit, .. } => Ok(permit),
+        Route::Once(_) | Route::Gone => Err(SendError::ConnectionLost),
     }
 }
 

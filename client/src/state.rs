@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use crate::connection::lock;
+use icom_protocol::lock;
 
 /// The state of the client's connection to the router.
 #[derive(Debug, Clone, PartialEq, Eq)]

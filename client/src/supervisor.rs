@@ -10,9 +10,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::client::Core;
 use crate::config::ms;
 use crate::connection::{FrameReader, Live};
+use crate::core::Core;
 use crate::event::Event;
 use crate::loss::Loss;
 use crate::state::State;
@@ -21,8 +21,7 @@ use crate::{control, inbound};
 /// Makes a welcomed connection the live one: operations go on, and the
 /// state says so.
 pub(crate) fn publish(core: &Core, live: &Arc<Live>) {
-    core.set_peers(&live.welcome.peers);
-    core.gate.up(live.clone());
+    core.up(live);
     tracing::info!(
         server_id = %live.welcome.server_id,
         session_id = %live.welcome.session_id,
@@ -99,7 +98,7 @@ pub(crate) async fn run(
             }
         }
     }
-    core.gate.close();
+    core.closed();
     core.state.set(State::Closed);
 }
 
@@ -128,8 +127,7 @@ async fn serve(
         }
         e = live.conn.closed() => Some(Loss::of(&e)),
     };
-    core.gate.down_if(|l| l.generation == live.generation);
-    live.fail_pending();
+    core.gone(&live);
     loss
 }
 

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
 use icom_client::{Client, Event, State};
 use serde_json::json;
 use tokio::sync::watch;
@@ -350,7 +349,7 @@ fn on_event(shared: &Shared, event: Event) {
     );
     let (id, from) = (event.id, event.from.clone());
     let mut light = event;
-    light.data = Bytes::new();
+    light.drop_data();
     shared.requests.remember(id, &from, light, Instant::now());
     shared.push(callback);
 }

@@ -1,8 +1,10 @@
 //! ICOM/1, the wire protocol between the ICOM router and its clients.
 //!
 //! Sans-IO: message types, their MessagePack encoding, control-frame and
-//! event-stream codecs, targets and their resolution, limits and error codes.
-//! No sockets, no runtime, no clock. `PROTOCOL.md` is the contract.
+//! event-stream codecs, the readers that turn stream chunks into frames
+//! and events ([`FrameBuffer`], [`EventBody`]), targets and their
+//! resolution, limits and error codes.
+//! No sockets, no runtime, no clock. `docs/PROTOCOL.md` is the contract.
 //!
 //! ```
 //! use icom_protocol::{decode_control, encode_frame, split_frame, Control, Ping};
@@ -17,10 +19,13 @@
 mod codec;
 mod codes;
 mod credit;
+mod error;
 mod event;
 mod glob;
 mod message;
 mod msgpack;
+mod stream;
+mod sync;
 mod target;
 mod validate;
 
@@ -39,6 +44,8 @@ pub use message::{
     Welcome, PROTOCOL_VERSION,
 };
 pub use msgpack::MAX_DEPTH;
+pub use stream::{EventBody, FrameBuffer, TooLong};
+pub use sync::{lock, read, write};
 pub use target::{Groups, Recipients, Target, TargetError};
 pub use validate::{
     validate_event_name, validate_persist_id, validate_server_id, NameError, MAX_EVENT_NAME_LEN,

@@ -5,7 +5,7 @@
 //! that remain before it is used, and nesting is tracked on a small,
 //! capped stack.
 
-use crate::codec::DecodeError;
+use crate::error::DecodeError;
 
 /// Deepest nesting of arrays and maps accepted inside a message.
 pub const MAX_DEPTH: usize = 64;

@@ -6,11 +6,10 @@ use bytes::Bytes;
 use icom_protocol::{Ack, AckCode, Deliver, Persist, Send, Target};
 use tracing::{debug, warn};
 
-use crate::handler::now_ms;
+use crate::clock::now_ms;
 use crate::policy::{Request, Verdict};
 use crate::router::Tally;
-use crate::server::Shared;
-use crate::store::StoreError;
+use crate::shared::Shared;
 
 /// Routes one decoded send from `from` and returns its ack.
 pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
@@ -78,10 +77,9 @@ pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
         let store = shared.store.clone();
         let (target, from_owned, w, p) =
             (send.to.clone(), from.to_owned(), wire.clone(), pid.clone());
-        let stored = blocking(shared, move || {
-            store.persist(&p, &target, &from_owned, expires_ms, w)
-        })
-        .await;
+        let stored = shared
+            .blocking(move || store.persist(&p, &target, &from_owned, expires_ms, w))
+            .await;
         if let Err(e) = stored {
             warn!(code = "congested", sender = from, "not stored: {e}");
             return Ack::failed(send.id, AckCode::Congested, e.to_string());
@@ -122,11 +120,12 @@ async fn queue_copies(
 ) {
     let store = shared.store.clone();
     let (from_owned, w) = (from.to_owned(), wire.clone());
-    let verdicts = blocking(shared, move || {
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        store.enqueue(&ids, &from_owned, expires_ms, &w)
-    })
-    .await;
+    let verdicts = shared
+        .blocking(move || {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            store.enqueue(&ids, &from_owned, expires_ms, &w)
+        })
+        .await;
     match verdicts {
         Ok(v) => {
             for verdict in v {
@@ -156,7 +155,7 @@ pub(crate) async fn forget(shared: &Shared, from: &str, id: u64, persist_id: Str
     }
     let store = shared.store.clone();
     let p = persist_id.clone();
-    match blocking(shared, move || store.forget(&p)).await {
+    match shared.blocking(move || store.forget(&p)).await {
         Ok(true) => Ack {
             id,
             ok: true,
@@ -172,23 +171,4 @@ pub(crate) async fn forget(shared: &Shared, from: &str, id: u64, persist_id: Str
         ),
         Err(e) => Ack::failed(id, AckCode::Congested, e.to_string()),
     }
-}
-
-/// Store work running on blocking threads at once. The database takes one
-/// write transaction at a time, so more would only be threads waiting for
-/// its lock (each with a stack and its allocator's thread cache); the rest
-/// wait here, as tasks.
-pub(crate) const STORE_SLOTS: usize = 4;
-
-/// Runs store work off the async threads, at most [`STORE_SLOTS`] at once.
-pub(crate) async fn blocking<T: std::marker::Send + 'static>(
-    shared: &Shared,
-    f: impl FnOnce() -> Result<T, StoreError> + std::marker::Send + 'static,
-) -> Result<T, StoreError> {
-    let Ok(_slot) = shared.store_slots.acquire().await else {
-        return Err(StoreError::Io("the store is closed".into()));
-    };
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Io(format!("store task failed: {e}"))))
 }

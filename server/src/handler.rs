@@ -1,25 +1,30 @@
-//! One peer's connection, from handshake to cleanup: identity from the
-//! certificate, `hello` → `welcome`, the control stream in both directions,
-//! one task per incoming event stream, and the writer of outgoing
-//! deliveries.
+//! One peer, from handshake to cleanup: identity from the certificate,
+//! `hello` → `welcome`, replay, the control messages a client may send,
+//! each event stream routed and acked, and the writer of outgoing
+//! deliveries. The frames themselves are read and written by
+//! [`crate::connection`].
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use icom_protocol::{
-    decode_control, frame_len, Ack, AckCode, CloseCode, Control, Limits as WireLimits, Pong,
-    Replayed, Send, StreamCode, StreamCredit, Welcome, FRAME_HEADER_LEN, PROTOCOL_VERSION,
+    Ack, AckCode, CloseCode, Control, Limits as WireLimits, Pong, Replayed, Send, StreamCode,
+    StreamCredit, Welcome, PROTOCOL_VERSION,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::clock::now_ms;
+use crate::connection::{
+    close, read_event, write_control, write_event, ControlEnd, ControlReader, EventRead, Written,
+};
 use crate::outbound::Outbound;
 use crate::router::{frame, Peer};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::tls::{is_revoked, peer_identity};
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -165,21 +170,25 @@ impl std::fmt::Display for Ended {
 async fn await_hello(
     conn: &quinn::Connection,
     timeout: std::time::Duration,
-) -> Result<(SendStream, RecvStream), String> {
+) -> Result<(SendStream, ControlReader), String> {
     let work = async {
-        let (send, mut recv) = tokio::select! {
+        let (send, recv) = tokio::select! {
             bi = conn.accept_bi() => bi.map_err(|e| format!("no control stream: {e}"))?,
             uni = conn.accept_uni() => return Err(early_stream(uni)),
         };
+        let mut reader = ControlReader::new(recv);
         let first = tokio::select! {
-            f = read_frame(&mut recv) => f?,
+            f = reader.next() => f,
             uni = conn.accept_uni() => return Err(early_stream(uni)),
         };
         match first {
-            Some(Control::Hello(h)) if h.protocol == PROTOCOL_VERSION => Ok((send, recv)),
-            Some(Control::Hello(h)) => Err(format!("unsupported protocol version {}", h.protocol)),
-            Some(other) => Err(format!("the first frame is '{}', not hello", other.name())),
-            None => Err("the first frame is not hello".to_owned()),
+            // A message of an unknown name is still not hello.
+            Ok(_) if reader.skipped() > 0 => Err("the first frame is not hello".to_owned()),
+            Ok(Control::Hello(h)) if h.protocol == PROTOCOL_VERSION => Ok((send, reader)),
+            Ok(Control::Hello(h)) => Err(format!("unsupported protocol version {}", h.protocol)),
+            Ok(other) => Err(format!("the first frame is '{}', not hello", other.name())),
+            Err(ControlEnd::Finished) => Err("the control stream ended before hello".to_owned()),
+            Err(end) => Err(end.to_string()),
         }
     };
     tokio::time::timeout(timeout, work)
@@ -202,7 +211,7 @@ fn early_stream(uni: Result<RecvStream, quinn::ConnectionError>) -> String {
 /// an event stream polls nothing else. Each event stream is read and
 /// routed right here when it arrived whole, as most do; only one still
 /// waiting for data gets a task of its own.
-async fn serve(shared: &Arc<Shared>, peer: &Arc<Peer>, ctrl: RecvStream) -> Ended {
+async fn serve(shared: &Arc<Shared>, peer: &Arc<Peer>, ctrl: ControlReader) -> Ended {
     let mut control =
         tokio::spawn(read_control(shared.clone(), peer.clone(), ctrl).in_current_span());
     let closed = peer.conn.closed();
@@ -242,19 +251,23 @@ async fn serve(shared: &Arc<Shared>, peer: &Arc<Peer>, ctrl: RecvStream) -> Ende
 
 /// Reads and answers control frames until the stream ends or breaks the
 /// protocol.
-async fn read_control(shared: Arc<Shared>, peer: Arc<Peer>, mut ctrl: RecvStream) -> Ended {
+async fn read_control(shared: Arc<Shared>, peer: Arc<Peer>, mut ctrl: ControlReader) -> Ended {
     loop {
-        match read_frame(&mut ctrl).await {
-            Ok(Some(msg)) => {
+        let skipped = ctrl.skipped();
+        let msg = ctrl.next().await;
+        if ctrl.skipped() > skipped {
+            debug!("ignored a control message of an unknown name");
+        }
+        match msg {
+            Ok(msg) => {
                 if let Err(e) = on_control(&shared, &peer, msg).await {
                     return Ended::Protocol(e);
                 }
             }
-            Ok(None) => debug!("ignored a control message of an unknown name"),
-            Err(e) if e == FINISHED => return Ended::Finished,
-            Err(e) => match peer.conn.close_reason() {
+            Err(ControlEnd::Finished) => return Ended::Finished,
+            Err(end) => match peer.conn.close_reason() {
                 Some(reason) => return Ended::Lost(reason),
-                None => return Ended::Protocol(e),
+                None => return Ended::Protocol(end.to_string()),
             },
         }
     }
@@ -318,53 +331,6 @@ async fn on_control(shared: &Shared, peer: &Peer, msg: Control) -> Result<(), St
     Ok(())
 }
 
-const FINISHED: &str = "control stream finished";
-
-/// Reads one control frame. `Ok(None)` is a message of an unknown name.
-async fn read_frame(recv: &mut RecvStream) -> Result<Option<Control>, String> {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Err(FINISHED.to_owned()),
-        Err(e) => return Err(format!("reading a control frame: {e}")),
-    }
-    let len = frame_len(header).map_err(|e| e.to_string())?;
-    // Bounded by MAX_FRAME_LEN (1 MiB) just above.
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| format!("reading a control frame: {e}"))?;
-    decode_control(&body).map_err(|e| format!("bad control frame: {e}"))
-}
-
-/// Writes queued control frames, what is waiting as one chunk: QUIC keeps
-/// each written chunk until the peer acks it and looks chunks up one by
-/// one, so a long round trip with thousands of tiny chunks (an ack each)
-/// in flight would cost time in proportion to their count. Nothing is kept
-/// between writes: a connection that once got a large frame (a `welcome`
-/// listing a thousand peers) does not keep a buffer of that size.
-async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<Bytes>) {
-    let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, 1024).await > 0 {
-        let chunk = if batch.len() == 1 {
-            batch.pop().unwrap_or_default()
-        } else {
-            let mut buf = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
-            for frame in batch.drain(..) {
-                buf.extend_from_slice(&frame);
-            }
-            buf.freeze()
-        };
-        if send.write_chunk(chunk).await.is_err() {
-            return;
-        }
-        if batch.capacity() > 64 {
-            batch = Vec::new();
-        }
-    }
-    let _ = send.finish();
-}
-
 /// Opens a stream for every stored event due to this peer, in stored
 /// order. A queued copy is deleted once the peer's QUIC stack has
 /// acknowledged its whole stream. Returns how many were opened.
@@ -372,22 +338,22 @@ async fn replay(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Option<u32> {
     let store = shared.store.clone();
     let groups = shared.config().groups.clone();
     let id = peer.server_id.to_string();
-    let due = crate::dispatch::blocking(shared, move || Ok(store.due_for(&id, &groups, now_ms())))
+    let due = shared
+        .blocking(move || Ok(store.due_for(&id, &groups, now_ms())))
         .await
         .ok()?;
     let count = due.len() as u32;
     for item in due {
-        let mut stream = peer.conn.open_uni().await.ok()?;
-        stream.write_chunk(item.wire).await.ok()?;
-        let _ = stream.finish();
+        let Written::Whole(stream) = write_event(&peer.conn, item.wire).await? else {
+            return None;
+        };
         if item.queued {
             let (shared, store) = (shared.clone(), shared.store.clone());
             tokio::spawn(
                 async move {
                     if let Ok(None) = stream.stopped().await {
                         let seq = item.seq;
-                        let done =
-                            crate::dispatch::blocking(&shared, move || store.delivered(seq)).await;
+                        let done = shared.blocking(move || store.delivered(seq)).await;
                         if let Err(e) = done {
                             warn!("could not delete a delivered queued event: {e}");
                         }
@@ -409,11 +375,8 @@ async fn write_deliveries(peer: Arc<Peer>) {
     while peer.outbound.pop_all(&mut batch).await {
         for wire in batch.drain(..) {
             let len = wire.len();
-            let Ok(mut stream) = peer.conn.open_uni().await else {
+            if write_event(&peer.conn, wire).await.is_none() {
                 return;
-            };
-            if stream.write_chunk(wire).await.is_ok() {
-                let _ = stream.finish();
             }
             peer.outbound.written(len);
         }
@@ -424,14 +387,14 @@ async fn write_deliveries(peer: Arc<Peer>) {
 async fn on_event_stream(shared: Arc<Shared>, peer: Arc<Peer>, mut recv: RecvStream) {
     let max = shared.config().limits.max_event_bytes;
     let ack = match read_event(&mut recv, max).await {
-        Read::Event(bytes) => match Send::decode(&bytes) {
+        EventRead::Event(bytes) => match Send::decode(&bytes) {
             Ok(send) => crate::dispatch::dispatch(&shared, &peer.server_id, send).await,
             Err(e) => {
                 warn!(code = "malformed", id = ?e.id, "bad event stream: {e}");
                 Ack::failed(e.id.unwrap_or(0), AckCode::Malformed, e.to_string())
             }
         },
-        Read::TooLarge(prefix) => {
+        EventRead::TooLarge(prefix) => {
             let _ = recv.stop(StreamCode::TooLarge.code().into());
             let id = Send::peek_id(&prefix);
             warn!(code = "too_large", id = ?id, "event stream over {max} bytes");
@@ -441,7 +404,7 @@ async fn on_event_stream(shared: Arc<Shared>, peer: Arc<Peer>, mut recv: RecvStr
                 format!("the event exceeds max_event_bytes ({max})"),
             )
         }
-        Read::Failed(prefix, e) => {
+        EventRead::Failed(prefix, e) => {
             if peer.conn.close_reason().is_some() {
                 return;
             }
@@ -461,59 +424,4 @@ async fn on_event_stream(shared: Arc<Shared>, peer: Arc<Peer>, mut recv: RecvStr
     }
     shared.metrics.deliveries.inc_by(u64::from(ack.delivered));
     let _ = peer.control.send(frame(&Control::Ack(ack))).await;
-}
-
-enum Read {
-    Event(Bytes),
-    TooLarge(Vec<u8>),
-    Failed(Vec<u8>, quinn::ReadError),
-}
-
-/// Reads a whole event stream of at most `max` bytes. The common case, an
-/// event in one chunk, is kept without a copy.
-async fn read_event(recv: &mut RecvStream, max: usize) -> Read {
-    let mut first: Option<Bytes> = None;
-    let mut rest: Vec<u8> = Vec::new();
-    let mut len = 0usize;
-    loop {
-        match recv.read_chunk(max + 1 - len, true).await {
-            Ok(Some(chunk)) => {
-                len += chunk.bytes.len();
-                match first.take() {
-                    None if rest.is_empty() => first = Some(chunk.bytes),
-                    prev => {
-                        if let Some(p) = prev {
-                            rest.extend_from_slice(&p);
-                        }
-                        rest.extend_from_slice(&chunk.bytes);
-                    }
-                }
-                if len > max {
-                    let mut prefix = first.map(|b| b.to_vec()).unwrap_or_default();
-                    prefix.extend_from_slice(&rest);
-                    return Read::TooLarge(prefix);
-                }
-            }
-            Ok(None) => {
-                return Read::Event(first.unwrap_or_else(|| Bytes::from(rest)));
-            }
-            Err(e) => {
-                let mut prefix = first.map(|b| b.to_vec()).unwrap_or_default();
-                prefix.extend_from_slice(&rest);
-                return Read::Failed(prefix, e);
-            }
-        }
-    }
-}
-
-fn close(conn: &quinn::Connection, code: CloseCode) {
-    conn.close(code.code().into(), code.as_str().as_bytes());
-}
-
-/// The router's clock in Unix milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -6,7 +6,9 @@
 //! delivers every event on its own stream to each recipient.
 #![warn(missing_docs)]
 
+mod clock;
 pub mod config;
+mod connection;
 pub mod dev;
 mod dispatch;
 mod handler;
@@ -15,6 +17,7 @@ mod outbound;
 pub mod policy;
 mod router;
 mod server;
+mod shared;
 pub mod store;
 pub mod tls;
 

@@ -19,8 +19,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::server::Shared;
-
 /// A label naming why something was refused, or an ack code.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Reason {
@@ -168,25 +166,21 @@ impl Metrics {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// The text exposition, with the gauges read now.
-    pub(crate) fn render(&self, shared: &Shared) -> String {
-        let peers = shared.table.all();
-        let (mut events, mut bytes) = (0usize, 0usize);
-        for p in &peers {
-            let (e, b) = p.outbound.depth();
-            events += e;
-            bytes += b;
-        }
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The text exposition, with `gauges` as read just now.
+    pub(crate) fn render(&self, gauges: Gauges) -> String {
         let gauge = |g: &Gauge, v: usize| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
-        gauge(&self.connections, peers.len());
-        gauge(&self.outbound_events, events);
-        gauge(&self.outbound_bytes, bytes);
-        let (persistent, queued, stored) = shared.store.counts();
-        gauge(&self.stored_persistent, persistent);
-        gauge(&self.stored_queued, queued);
-        gauge(&self.store_bytes, stored);
+        gauge(&self.connections, gauges.connections);
+        gauge(&self.outbound_events, gauges.outbound_events);
+        gauge(&self.outbound_bytes, gauges.outbound_bytes);
+        gauge(&self.stored_persistent, gauges.stored_persistent);
+        gauge(&self.stored_queued, gauges.stored_queued);
+        gauge(&self.store_bytes, gauges.store_bytes);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -194,8 +188,31 @@ impl Metrics {
     }
 }
 
+/// The gauges' values, read when a scrape comes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Gauges {
+    pub(crate) connections: usize,
+    pub(crate) outbound_events: usize,
+    pub(crate) outbound_bytes: usize,
+    pub(crate) stored_persistent: usize,
+    pub(crate) stored_queued: usize,
+    pub(crate) store_bytes: usize,
+}
+
+/// What the metrics listener serves: the exposition and readiness.
+pub(crate) trait Source: Send + Sync + 'static {
+    /// The text exposition now.
+    fn render(&self) -> String;
+    /// Whether the router accepts connections.
+    fn ready(&self) -> bool;
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until shutdown.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    source: Arc<impl Source>,
+    shutdown: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "metrics and health on http://{addr}/metrics");
     }
@@ -211,11 +228,11 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: 
             },
             () = shutdown.cancelled() => return,
         };
-        let shared = shared.clone();
+        let source = source.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(answer(&req, &shared)) }
+                let source = source.clone();
+                async move { Ok::<_, Infallible>(answer(&req, &*source)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
@@ -224,17 +241,15 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: 
     }
 }
 
-fn answer(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+fn answer(req: &Request<hyper::body::Incoming>, source: &impl Source) -> Response<Full<Bytes>> {
     let (status, body, ctype) = match req.uri().path() {
         "/metrics" => (
             StatusCode::OK,
-            shared.metrics.render(shared),
+            source.render(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         "/healthz" => (StatusCode::OK, "ok\n".to_owned(), "text/plain"),
-        "/readyz" if shared.metrics.ready.load(Ordering::Relaxed) => {
-            (StatusCode::OK, "ready\n".to_owned(), "text/plain")
-        }
+        "/readyz" if source.ready() => (StatusCode::OK, "ready\n".to_owned(), "text/plain"),
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready\n".to_owned(),

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use icom_protocol::lock;
 use tokio::sync::Notify;
 
 /// A bounded FIFO of encoded deliveries for one connection.
@@ -104,12 +105,6 @@ impl Outbound {
         let s = lock(&self.state);
         (s.queue.len(), s.bytes)
     }
-}
-
-/// Locks a mutex, going on if a panicking thread poisoned it: the state is
-/// a queue and counters, valid after any completed push or pop.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use icom_protocol::{
-    encode_frame, Ack, AckCode, AckError, CloseCode, Control, Groups, Presence, Recipients,
+    encode_frame, read, write, Ack, AckCode, AckError, CloseCode, Control, Groups, Presence,
+    Recipients,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -121,11 +122,6 @@ impl Table {
         read(&self.peers).values().cloned().collect()
     }
 
-    /// How many identities are connected.
-    pub(crate) fn len(&self) -> usize {
-        read(&self.peers).len()
-    }
-
     /// Resolves a send's target to the connected peers it reaches and
     /// the named servers that are offline.
     ///
@@ -211,14 +207,4 @@ impl Tally {
 /// A control message as a frame for [`Peer::control`].
 pub(crate) fn frame(msg: &Control) -> Bytes {
     Bytes::from(encode_frame(msg))
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    // The map is only ever changed by single inserts and removes: it is
-    // consistent even if a holder panicked.
-    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

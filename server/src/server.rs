@@ -3,7 +3,7 @@
 //! restart, and shuts down explicitly.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -13,8 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::metrics::Metrics;
-use crate::router::Table;
+use crate::shared::Shared;
 use crate::store::Store;
 use crate::tls::{self, TlsError};
 use icom_protocol::CloseCode;
@@ -50,37 +49,6 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
-}
-
-/// State shared by the listener and every connection.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) table: Table,
-    pub(crate) metrics: Metrics,
-    pub(crate) store: Arc<Store>,
-    /// Store work running at once (see [`crate::dispatch::blocking`]).
-    pub(crate) store_slots: tokio::sync::Semaphore,
-    config: RwLock<Arc<Config>>,
-    crls: RwLock<Arc<Vec<webpki::CertRevocationList<'static>>>>,
-    pub(crate) shutdown: CancellationToken,
-}
-
-impl Shared {
-    /// The current configuration.
-    pub(crate) fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The current revocation lists.
-    pub(crate) fn crls(&self) -> Arc<Vec<webpki::CertRevocationList<'static>>> {
-        self.crls
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
 }
 
 /// A bound router, ready to run.
@@ -140,15 +108,7 @@ impl Server {
         let endpoint = endpoint(material.server_config, config.listen, &config.transport)
             .map_err(bind_error)?;
         let local_addr = endpoint.local_addr().map_err(bind_error)?;
-        let shared = Arc::new(Shared {
-            table: Table::default(),
-            metrics: Metrics::new(),
-            store,
-            store_slots: tokio::sync::Semaphore::new(crate::dispatch::STORE_SLOTS),
-            config: RwLock::new(Arc::new(config)),
-            crls: RwLock::new(Arc::new(material.crls)),
-            shutdown: CancellationToken::new(),
-        });
+        let shared = Arc::new(Shared::new(config, Arc::new(material.crls), store));
         Ok(Server {
             endpoint,
             shared,
@@ -284,16 +244,7 @@ impl ReloadHandle {
         let material = tls::load(&config)?;
         self.endpoint
             .set_server_config(Some(material.server_config));
-        *self
-            .shared
-            .config
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
-        *self
-            .shared
-            .crls
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(material.crls);
+        self.shared.replace(config, Arc::new(material.crls));
         let crls = self.shared.crls();
         let mut revoked = Vec::new();
         for peer in self.shared.table.all() {
@@ -317,17 +268,11 @@ pub struct StatsHandle {
 impl StatsHandle {
     /// The counters now.
     pub fn stats(&self) -> Stats {
-        let peers = self.shared.table.all();
-        let (mut events, mut bytes) = (0, 0);
-        for p in &peers {
-            let (e, b) = p.outbound.depth();
-            events += e;
-            bytes += b;
-        }
+        let gauges = self.shared.gauges();
         Stats {
-            connections: self.shared.table.len(),
-            queued_events: events,
-            queued_bytes: bytes,
+            connections: gauges.connections,
+            queued_events: gauges.outbound_events,
+            queued_bytes: gauges.outbound_bytes,
         }
     }
 }
@@ -371,8 +316,8 @@ async fn sweep(shared: Arc<Shared>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
         }
         let store = shared.store.clone();
-        let now = crate::handler::now_ms();
-        match crate::dispatch::blocking(&shared, move || store.sweep(now)).await {
+        let now = crate::clock::now_ms();
+        match shared.blocking(move || store.sweep(now)).await {
             Ok(0) => {}
             Ok(n) => info!(expired = n, "swept expired stored events"),
             Err(e) => warn!("sweeping the store failed: {e}"),

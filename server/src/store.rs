@@ -11,12 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use icom_protocol::{Groups, Target};
+use icom_protocol::{lock, Groups, Target};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-
-use crate::outbound::lock;
 
 const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
 /// The database file's name inside the data dir.

@@ -1,0 +1,341 @@
+//! The client's bookkeeping as a state machine without I/O, as quinn-proto
+//! sits under quinn: event ids, the link (which connection, if any,
+//! operations may use), what waits for an `ack`, a `pong` or a reply,
+//! de-duplication by `(from, id)`, and who else is connected. Tokio tasks
+//! feed it what happened and carry out what it answers; it never waits,
+//! reads a clock or touches a socket, so every rule is tested here.
+//!
+//! It is generic over `W`, what an operation waits with: the client uses
+//! one-shot channels, the tests plain values.
+
+use std::collections::{BTreeSet, HashMap};
+
+use icom_protocol::Presence;
+
+use crate::dedup::Dedup;
+
+/// Which connection operations may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Link {
+    /// None now; one may come.
+    Down,
+    /// This connection (its generation), welcomed.
+    Up(u64),
+    /// The client is closed: none will come.
+    Closed,
+}
+
+/// What an answer from the router is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    /// An `ack` of a send or forget, by its id.
+    Ack,
+    /// A `pong`, by the ping's nonce.
+    Pong,
+    /// An event whose `reply_to` is a request's id.
+    Reply,
+}
+
+/// Why [`Session::expect`] refused to record a waiter.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Gone<W>(pub(crate) W);
+
+/// One waiting operation.
+#[derive(Debug)]
+struct Entry<W> {
+    /// The connection it went out on: it fails when that one goes.
+    generation: u64,
+    /// The server a request waits on: it fails when that one leaves.
+    peer: Option<Box<str>>,
+    waiter: W,
+}
+
+/// The state machine. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Session<W> {
+    next_id: u64,
+    generation: u64,
+    link: Link,
+    waiting: HashMap<(Kind, u64), Entry<W>>,
+    dedup: Dedup,
+    peers: BTreeSet<String>,
+}
+
+impl<W> Session<W> {
+    /// A session whose ids start at `first_id` (never 0: 1 if given 0),
+    /// remembering the last `dedup_window` `(from, id)` pairs.
+    pub(crate) fn new(first_id: u64, dedup_window: usize) -> Session<W> {
+        Session {
+            next_id: first_id.max(1),
+            generation: 0,
+            link: Link::Down,
+            waiting: HashMap::new(),
+            dedup: Dedup::new(dedup_window),
+            peers: BTreeSet::new(),
+        }
+    }
+
+    /// The next event id (docs/PROTOCOL.md §3): never 0, never reused,
+    /// rising.
+    pub(crate) fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        id
+    }
+
+    /// A number for the next connection attempt.
+    pub(crate) fn next_generation(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    /// Which connection operations may use now.
+    #[cfg(test)]
+    pub(crate) fn link(&self) -> Link {
+        self.link
+    }
+
+    /// Connection `generation` was welcomed, with these other servers
+    /// connected. Ignored once the session is closed.
+    pub(crate) fn connected(&mut self, generation: u64, peers: &[String]) {
+        if self.link == Link::Closed {
+            return;
+        }
+        self.link = Link::Up(generation);
+        self.peers = peers.iter().cloned().collect();
+    }
+
+    /// Connection `generation` is gone: operations stop using it (if it is
+    /// the one in use), and what waits on it is handed back, to be failed.
+    /// Says whether the link went down.
+    pub(crate) fn disconnected(&mut self, generation: u64) -> (bool, Vec<W>) {
+        let down = self.link == Link::Up(generation);
+        if down {
+            self.link = Link::Down;
+        }
+        let ids: Vec<(Kind, u64)> = self
+            .waiting
+            .iter()
+            .filter(|(_, e)| e.generation == generation)
+            .map(|(k, _)| *k)
+            .collect();
+        let failed = ids
+            .iter()
+            .filter_map(|k| self.waiting.remove(k))
+            .map(|e| e.waiter)
+            .collect();
+        (down, failed)
+    }
+
+    /// The client closes: no connection will be used again, and every
+    /// waiter is handed back, to be failed.
+    pub(crate) fn close(&mut self) -> Vec<W> {
+        self.link = Link::Closed;
+        self.waiting.drain().map(|(_, e)| e.waiter).collect()
+    }
+
+    /// Records that `waiter` waits for the answer of `kind` to `id` on
+    /// connection `generation` (and, for a request, on server `peer`).
+    ///
+    /// # Errors
+    /// [`Gone`], with the waiter, when that connection is no longer the
+    /// one in use: nothing can answer it there.
+    pub(crate) fn expect(
+        &mut self,
+        kind: Kind,
+        id: u64,
+        generation: u64,
+        peer: Option<&str>,
+        waiter: W,
+    ) -> Result<(), Gone<W>> {
+        if self.link != Link::Up(generation) {
+            return Err(Gone(waiter));
+        }
+        let entry = Entry {
+            generation,
+            peer: peer.map(Box::from),
+            waiter,
+        };
+        self.waiting.insert((kind, id), entry);
+        Ok(())
+    }
+
+    /// Takes back what waits for `id`, without an answer (the caller gave
+    /// up, or its event never left).
+    pub(crate) fn unexpect(&mut self, kind: Kind, id: u64) -> Option<W> {
+        self.waiting.remove(&(kind, id)).map(|e| e.waiter)
+    }
+
+    /// The answer of `kind` to `id` came: who waits for it, if anyone.
+    pub(crate) fn answered(&mut self, kind: Kind, id: u64) -> Option<W> {
+        self.unexpect(kind, id)
+    }
+
+    /// A `presence` came: the peer set follows it, and when a server left,
+    /// the requests waiting on it are handed back, to be failed.
+    pub(crate) fn presence(&mut self, p: &Presence) -> Vec<W> {
+        if p.online {
+            self.peers.insert(p.server_id.clone());
+            return Vec::new();
+        }
+        self.peers.remove(&p.server_id);
+        let ids: Vec<(Kind, u64)> = self
+            .waiting
+            .iter()
+            .filter(|(k, e)| k.0 == Kind::Reply && e.peer.as_deref() == Some(&*p.server_id))
+            .map(|(k, _)| *k)
+            .collect();
+        ids.iter()
+            .filter_map(|k| self.waiting.remove(k))
+            .map(|e| e.waiter)
+            .collect()
+    }
+
+    /// Records a delivery `(from, id)`; false when it came before (a
+    /// redelivery, to drop).
+    pub(crate) fn first_time(&mut self, from: &str, id: u64) -> bool {
+        self.dedup.first_time(from, id)
+    }
+
+    /// The other servers connected, as far as `welcome` and `presence`
+    /// told.
+    pub(crate) fn peers(&self) -> impl Iterator<Item = &String> {
+        self.peers.iter()
+    }
+
+    /// How many operations wait.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn presence(id: &str, online: bool) -> Presence {
+        Presence {
+            server_id: id.into(),
+            online,
+        }
+    }
+
+    fn up(s: &mut Session<&'static str>) -> u64 {
+        let g = s.next_generation();
+        s.connected(g, &["b".into(), "c".into()]);
+        g
+    }
+
+    #[test]
+    fn ids_rise_from_the_start_and_are_never_zero() {
+        let mut s: Session<()> = Session::new(0, 8);
+        assert_eq!(s.next_id(), 1);
+        assert_eq!(s.next_id(), 2);
+        let mut s: Session<()> = Session::new(1_700_000_000_000_000, 8);
+        let a = s.next_id();
+        assert!(s.next_id() > a);
+        let mut s: Session<()> = Session::new(u64::MAX, 8);
+        assert_eq!(s.next_id(), u64::MAX);
+        assert_eq!(s.next_id(), 1, "wrapping skips 0");
+    }
+
+    #[test]
+    fn waiters_are_recorded_only_on_the_connection_in_use() {
+        let mut s = Session::new(1, 8);
+        assert_eq!(s.link(), Link::Down);
+        assert_eq!(s.expect(Kind::Ack, 1, 1, None, "a"), Err(Gone("a")));
+        let g = up(&mut s);
+        assert_eq!(s.link(), Link::Up(g));
+        assert_eq!(s.expect(Kind::Ack, 1, g + 1, None, "a"), Err(Gone("a")));
+        s.expect(Kind::Ack, 1, g, None, "a").unwrap();
+        assert_eq!(s.answered(Kind::Ack, 1), Some("a"));
+        assert_eq!(s.answered(Kind::Ack, 1), None, "answered once");
+    }
+
+    #[test]
+    fn kinds_do_not_mix() {
+        let mut s = Session::new(1, 8);
+        let g = up(&mut s);
+        s.expect(Kind::Ack, 5, g, None, "ack").unwrap();
+        s.expect(Kind::Reply, 5, g, Some("b"), "reply").unwrap();
+        s.expect(Kind::Pong, 5, g, None, "pong").unwrap();
+        assert_eq!(s.answered(Kind::Pong, 5), Some("pong"));
+        assert_eq!(s.answered(Kind::Reply, 5), Some("reply"));
+        assert_eq!(s.answered(Kind::Ack, 5), Some("ack"));
+    }
+
+    #[test]
+    fn a_lost_connection_fails_its_waiters_and_only_its_own() {
+        let mut s = Session::new(1, 8);
+        let old = up(&mut s);
+        s.expect(Kind::Ack, 1, old, None, "old ack").unwrap();
+        s.expect(Kind::Reply, 1, old, Some("b"), "old reply")
+            .unwrap();
+        let new = up(&mut s);
+        s.expect(Kind::Ack, 2, new, None, "new ack").unwrap();
+        // The old connection's end is noticed after the new one came up:
+        // the link stays on the new one.
+        let (down, mut failed) = s.disconnected(old);
+        failed.sort_unstable();
+        assert!(!down);
+        assert_eq!(failed, vec!["old ack", "old reply"]);
+        assert_eq!(s.link(), Link::Up(new));
+        let (down, failed) = s.disconnected(new);
+        assert!(down);
+        assert_eq!(failed, vec!["new ack"]);
+        assert_eq!(s.link(), Link::Down);
+        assert_eq!(s.waiting(), 0);
+    }
+
+    #[test]
+    fn a_closed_session_stays_closed() {
+        let mut s = Session::new(1, 8);
+        let g = up(&mut s);
+        s.expect(Kind::Pong, 9, g, None, "ping").unwrap();
+        assert_eq!(s.close(), vec!["ping"]);
+        assert_eq!(s.link(), Link::Closed);
+        s.connected(g + 1, &[]);
+        assert_eq!(s.link(), Link::Closed);
+        assert_eq!(s.expect(Kind::Ack, 1, g + 1, None, "x"), Err(Gone("x")));
+    }
+
+    #[test]
+    fn presence_keeps_the_peers_and_fails_requests_to_a_server_that_left() {
+        let mut s = Session::new(1, 8);
+        let g = up(&mut s);
+        assert_eq!(s.peers().collect::<Vec<_>>(), ["b", "c"]);
+        s.expect(Kind::Reply, 1, g, Some("b"), "to b").unwrap();
+        s.expect(Kind::Reply, 2, g, Some("c"), "to c").unwrap();
+        s.expect(Kind::Ack, 3, g, None, "ack").unwrap();
+        assert!(s.presence(&presence("d", true)).is_empty());
+        assert_eq!(s.presence(&presence("b", false)), vec!["to b"]);
+        assert_eq!(s.peers().collect::<Vec<_>>(), ["c", "d"]);
+        assert_eq!(s.waiting(), 2);
+        // A welcome replaces the peer set whole.
+        s.connected(g, &["x".into()]);
+        assert_eq!(s.peers().collect::<Vec<_>>(), ["x"]);
+    }
+
+    #[test]
+    fn deliveries_are_de_duplicated_by_sender_and_id() {
+        let mut s: Session<()> = Session::new(1, 2);
+        assert!(s.first_time("a", 1));
+        assert!(!s.first_time("a", 1));
+        assert!(s.first_time("b", 1), "another sender, same id");
+        assert!(s.first_time("a", 2));
+        // The window holds two pairs: ("a", 1) has left it.
+        assert!(s.first_time("a", 1));
+    }
+
+    #[test]
+    fn a_caller_that_gives_up_takes_its_waiter_back() {
+        let mut s = Session::new(1, 8);
+        let g = up(&mut s);
+        s.expect(Kind::Ack, 4, g, None, "w").unwrap();
+        assert_eq!(s.unexpect(Kind::Ack, 4), Some("w"));
+        assert_eq!(s.answered(Kind::Ack, 4), None);
+    }
+}

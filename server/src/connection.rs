@@ -1,0 +1,159 @@
+//! Frames and event streams over one QUIC connection, the router's side:
+//! control frames read through [`FrameBuffer`] and written in batches,
+//! event streams read whole (bounded) through [`EventBody`] and written one
+//! stream per event. What the frames mean is the handler's business.
+
+use bytes::{Bytes, BytesMut};
+use icom_protocol::{CloseCode, Control, EventBody, FrameBuffer};
+use quinn::{ReadError, RecvStream, SendStream};
+use tokio::sync::mpsc;
+
+/// How much one read of the control stream asks for.
+const CONTROL_READ: usize = 64 * 1024;
+
+/// The client's half of the control stream, as messages.
+#[derive(Debug)]
+pub(crate) struct ControlReader {
+    recv: RecvStream,
+    frames: FrameBuffer,
+}
+
+/// Why [`ControlReader::next`] gave no message.
+#[derive(Debug)]
+pub(crate) enum ControlEnd {
+    /// The client finished the stream between two frames.
+    Finished,
+    /// The client broke the framing or sent a message that does not decode.
+    Protocol(String),
+    /// The stream or the connection broke off.
+    Broken(ReadError),
+}
+
+impl std::fmt::Display for ControlEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlEnd::Finished => f.write_str("the control stream finished"),
+            ControlEnd::Protocol(e) => f.write_str(e),
+            ControlEnd::Broken(e) => write!(f, "reading a control frame: {e}"),
+        }
+    }
+}
+
+impl ControlReader {
+    pub(crate) fn new(recv: RecvStream) -> ControlReader {
+        ControlReader {
+            recv,
+            frames: FrameBuffer::new(),
+        }
+    }
+
+    /// The next message of a known name; unknown names are skipped.
+    pub(crate) async fn next(&mut self) -> Result<Control, ControlEnd> {
+        loop {
+            match self.frames.next_message() {
+                Ok(Some(msg)) => return Ok(msg),
+                Ok(None) => {}
+                Err(e) => return Err(ControlEnd::Protocol(format!("bad control frame: {e}"))),
+            }
+            match self.recv.read_chunk(CONTROL_READ, true).await {
+                Ok(Some(chunk)) => self.frames.extend(&chunk.bytes),
+                Ok(None) if self.frames.is_empty() => return Err(ControlEnd::Finished),
+                Ok(None) => {
+                    return Err(ControlEnd::Protocol(
+                        "the control stream ended inside a frame".into(),
+                    ))
+                }
+                Err(e) => return Err(ControlEnd::Broken(e)),
+            }
+        }
+    }
+
+    /// How many messages of unknown names were skipped so far.
+    pub(crate) fn skipped(&self) -> u64 {
+        self.frames.skipped()
+    }
+}
+
+/// Writes queued control frames, what is waiting as one chunk: QUIC keeps
+/// each written chunk until the peer acks it and looks chunks up one by
+/// one, so a long round trip with thousands of tiny chunks (an ack each)
+/// in flight would cost time in proportion to their count. Nothing is kept
+/// between writes: a connection that once got a large frame (a `welcome`
+/// listing a thousand peers) does not keep a buffer of that size.
+pub(crate) async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<Bytes>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        let chunk = if batch.len() == 1 {
+            batch.pop().unwrap_or_default()
+        } else {
+            let mut buf = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
+            for frame in batch.drain(..) {
+                buf.extend_from_slice(&frame);
+            }
+            buf.freeze()
+        };
+        if send.write_chunk(chunk).await.is_err() {
+            return;
+        }
+        if batch.capacity() > 64 {
+            batch = Vec::new();
+        }
+    }
+    let _ = send.finish();
+}
+
+/// One event stream, as read.
+#[derive(Debug)]
+pub(crate) enum EventRead {
+    /// The whole stream.
+    Event(Bytes),
+    /// More than the limit came; the bytes read so far.
+    TooLarge(Vec<u8>),
+    /// The stream broke off; the bytes read before.
+    Failed(Vec<u8>, ReadError),
+}
+
+/// Reads a whole event stream of at most `max` bytes. The common case, an
+/// event in one chunk, is kept without a copy. (`RecvStream::read_to_end`
+/// reads out of order, which makes QUIC copy the data twice.)
+pub(crate) async fn read_event(recv: &mut RecvStream, max: usize) -> EventRead {
+    let mut body = EventBody::new(max);
+    loop {
+        match recv.read_chunk(body.room(), true).await {
+            Ok(Some(chunk)) => {
+                if body.push(chunk.bytes).is_err() {
+                    return EventRead::TooLarge(body.into_prefix());
+                }
+            }
+            Ok(None) => return EventRead::Event(body.finish()),
+            Err(e) => return EventRead::Failed(body.into_prefix(), e),
+        }
+    }
+}
+
+/// How [`write_event`] went.
+#[derive(Debug)]
+pub(crate) enum Written {
+    /// Written and finished: the caller may wait until the peer has
+    /// acknowledged it all.
+    Whole(SendStream),
+    /// The stream was opened but the write failed (the peer stopped it, or
+    /// the connection broke meanwhile).
+    Cut,
+}
+
+/// Opens a stream, writes `wire` and finishes it. `None` when no stream
+/// can be opened: the connection is gone.
+pub(crate) async fn write_event(conn: &quinn::Connection, wire: Bytes) -> Option<Written> {
+    let mut stream = conn.open_uni().await.ok()?;
+    if stream.write_chunk(wire).await.is_err() {
+        return Some(Written::Cut);
+    }
+    let _ = stream.finish();
+    Some(Written::Whole(stream))
+}
+
+/// Closes the connection with `code`, its name as the reason.
+pub(crate) fn close(conn: &quinn::Connection, code: CloseCode) {
+    conn.close(code.code().into(), code.as_str().as_bytes());
+}
