@@ -33,6 +33,9 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The endpoint's reset key could not be loaded or made.
+    #[error("reset key: {0}")]
+    ResetKey(#[from] crate::reset::ResetKeyError),
     /// The metrics listener could not be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -105,8 +108,14 @@ impl Server {
             addr: config.listen,
             source,
         };
-        let endpoint = endpoint(material.server_config, config.listen, &config.transport)
-            .map_err(bind_error)?;
+        let endpoint_config = crate::reset::endpoint_config(&config.data_dir)?;
+        let endpoint = endpoint(
+            endpoint_config,
+            material.server_config,
+            config.listen,
+            &config.transport,
+        )
+        .map_err(bind_error)?;
         let local_addr = endpoint.local_addr().map_err(bind_error)?;
         let shared = Arc::new(Shared::new(config, Arc::new(material.crls), store));
         Ok(Server {
@@ -284,6 +293,7 @@ impl StatsHandle {
 /// would otherwise overflow it while the endpoint task catches up, and
 /// every dropped datagram costs a retransmission and a slower sender.
 fn endpoint(
+    endpoint_config: quinn::EndpointConfig,
     config: quinn::ServerConfig,
     addr: SocketAddr,
     transport: &crate::config::Transport,
@@ -299,12 +309,7 @@ fn endpoint(
     }
     let runtime =
         quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket,
-        runtime,
-    )
+    quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)
 }
 
 /// Deletes expired stored events every `sweep_every`.
