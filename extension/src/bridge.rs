@@ -296,16 +296,9 @@ impl<'a> Reader<'a> {
             0xca => push_float(out, f64::from(f32::from_bits(self.be(4)? as u32))),
             0xcb => push_float(out, f64::from_bits(self.be(8)?)),
             0xa0..=0xbf => self.string(out, usize::from(m & 0x1f))?,
-            0xd9 => {
-                let n = self.len(1)?;
-                self.string(out, n)?;
-            }
-            0xda => {
-                let n = self.len(2)?;
-                self.string(out, n)?;
-            }
-            0xdb => {
-                let n = self.len(4)?;
+            // str8, str16, str32: a 1-, 2- or 4-byte length.
+            0xd9..=0xdb => {
+                let n = self.len(1 << (m - 0xd9))?;
                 self.string(out, n)?;
             }
             0xc4..=0xc6 => {
@@ -331,21 +324,15 @@ impl<'a> Reader<'a> {
                 out.push_str("null");
             }
             0x90..=0x9f => self.array(out, usize::from(m & 0x0f), depth, max)?,
-            0xdc => {
-                let n = self.len(2)?;
-                self.array(out, n, depth, max)?;
-            }
-            0xdd => {
-                let n = self.len(4)?;
+            // array16, array32: a 2- or 4-byte length.
+            0xdc..=0xdd => {
+                let n = self.len(2 << (m - 0xdc))?;
                 self.array(out, n, depth, max)?;
             }
             0x80..=0x8f => self.map(out, usize::from(m & 0x0f), depth, max)?,
-            0xde => {
-                let n = self.len(2)?;
-                self.map(out, n, depth, max)?;
-            }
-            0xdf => {
-                let n = self.len(4)?;
+            // map16, map32: a 2- or 4-byte length.
+            0xde..=0xdf => {
+                let n = self.len(2 << (m - 0xde))?;
                 self.map(out, n, depth, max)?;
             }
             0xc1 => return Err(BridgeError::MsgPack("the reserved marker 0xc1")),
@@ -478,6 +465,33 @@ mod tests {
             let expected: Value = serde_json::from_str(text).unwrap();
             let got: Value = serde_json::from_str(&round_trip(text)).unwrap();
             assert_eq!(got, expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn every_length_width_round_trips() {
+        // Strings, arrays and maps with 8-, 16- and 32-bit lengths (str8,
+        // str16, str32, array16, array32, map16, map32).
+        let bounds = Bounds {
+            max_depth: 32,
+            max_bytes: 16 << 20,
+        };
+        let items = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>();
+        let pairs = |n: usize| (0..n).map(|i| format!("\"k{i}\":{i}")).collect::<Vec<_>>();
+        let mut texts = Vec::new();
+        for n in [200, 300, 70_000] {
+            texts.push(format!("\"{}\"", "x".repeat(n)));
+        }
+        for n in [20, 70_000] {
+            texts.push(format!("[{}]", items(n).join(",")));
+            texts.push(format!("{{{}}}", pairs(n).join(",")));
+        }
+        for text in texts {
+            let bytes = json_to_msgpack(&text, bounds).unwrap();
+            let back = msgpack_to_json(&bytes, bounds).unwrap();
+            let expected: Value = serde_json::from_str(&text).unwrap();
+            let got: Value = serde_json::from_str(&back).unwrap();
+            assert_eq!(got, expected, "{} bytes of JSON", text.len());
         }
     }
 

@@ -4,6 +4,7 @@
 //! once; whatever needs the network runs as a task on the runtime and
 //! answers through a callback.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -251,14 +252,9 @@ impl Icom {
     ) -> Result<String, String> {
         let rt = self.runtime()?;
         let rx = self.link.client()?;
-        let permit = self.permit()?;
-        let ticket = self.ticket();
-        let shared = self.shared.clone();
-        rt.spawn(async move {
-            let _permit = permit;
-            exchange::send(shared, rx, ticket, target, event, data, options).await;
-        });
-        Ok(ticket.to_string())
+        self.spawn(rt, |shared, ticket| {
+            exchange::send(shared, rx, ticket, target, event, data, options)
+        })
     }
 
     /// `request`: the answer is the `reply` callback.
@@ -274,14 +270,9 @@ impl Icom {
     ) -> Result<String, String> {
         let rt = self.runtime()?;
         let rx = self.link.client()?;
-        let permit = self.permit()?;
-        let ticket = self.ticket();
-        let shared = self.shared.clone();
-        rt.spawn(async move {
-            let _permit = permit;
-            exchange::request(shared, rx, ticket, server, event, data, timeout).await;
-        });
-        Ok(ticket.to_string())
+        self.spawn(rt, |shared, ticket| {
+            exchange::request(shared, rx, ticket, server, event, data, timeout)
+        })
     }
 
     /// `reply` to the received event `id` from `from`.
@@ -301,14 +292,9 @@ impl Icom {
                     self.shared.requests.age().as_secs()
                 )
             })?;
-        let permit = self.permit()?;
-        let ticket = self.ticket();
-        let shared = self.shared.clone();
-        rt.spawn(async move {
-            let _permit = permit;
-            exchange::reply(shared, ticket, request, data).await;
-        });
-        Ok(ticket.to_string())
+        self.spawn(rt, |shared, ticket| {
+            exchange::reply(shared, ticket, request, data)
+        })
     }
 
     /// `forget` a persistent event.
@@ -318,14 +304,9 @@ impl Icom {
     pub(crate) fn forget(&self, persist_id: String) -> Result<String, String> {
         let rt = self.runtime()?;
         let rx = self.link.client()?;
-        let permit = self.permit()?;
-        let ticket = self.ticket();
-        let shared = self.shared.clone();
-        rt.spawn(async move {
-            let _permit = permit;
-            exchange::forget(shared, rx, ticket, persist_id).await;
-        });
-        Ok(ticket.to_string())
+        self.spawn(rt, |shared, ticket| {
+            exchange::forget(shared, rx, ticket, persist_id)
+        })
     }
 
     /// `fetch` one page of a large payload.
@@ -413,6 +394,30 @@ impl Icom {
             tracing::warn!(target: "icom::commands", command, "refused: {error}");
         });
         error
+    }
+
+    /// Runs a command's network work on `rt`, holding a command permit
+    /// until it ends, and returns the ticket its answer comes back under.
+    /// `work` is given the shared state and that ticket.
+    ///
+    /// # Errors
+    /// Too many commands wait already.
+    fn spawn<F>(
+        &self,
+        rt: &Runtime,
+        work: impl FnOnce(Arc<Shared>, u64) -> F,
+    ) -> Result<String, String>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let permit = self.permit()?;
+        let ticket = self.ticket();
+        let work = work(self.shared.clone(), ticket);
+        rt.spawn(async move {
+            let _permit = permit;
+            work.await;
+        });
+        Ok(ticket.to_string())
     }
 
     fn runtime(&self) -> Result<&Runtime, String> {

@@ -4,43 +4,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use icom_certs::testing::TestPki;
-use icom_protocol::CloseCode;
-use icom_tests::{free_udp_port, RawClient, RouterProcess};
+use bytes::Bytes;
+use icom_protocol::{CloseCode, Persist, Send, Target};
+use icom_tests::{free_udp_port, send, RawClient, RouterFiles, RouterProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_icom-server");
 
-fn write_config(dir: &Path, pki: &TestPki, port: u16, extra: &str) -> std::path::PathBuf {
-    pki.write_to(dir).unwrap();
-    let path = dir.join("icom-server.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\n{extra}\n[tls]\nca = \"ca.pem\"\ncert = \"router.pem\"\nkey = \"router.key\"\ncrl = \"crl.pem\"\n"
-        ),
-    )
-    .unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_clients_with_shutdown_and_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new();
-    let port = free_udp_port();
-    let config = write_config(dir.path(), &pki, port, "");
-    let mut router = RouterProcess::spawn(Command::new(BIN).arg("--config").arg(&config));
-    router.wait_log("listening");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut c = RawClient::connect(addr, &pki, &pki.client("a"))
-        .await
-        .unwrap();
-    c.hello().await.unwrap();
+    let files = RouterFiles::new("");
+    let mut router = RouterProcess::start(&mut files.command(BIN));
+    let c = RawClient::welcomed(files.addr(), files.pki(), "a").await;
 
     router.signal("TERM");
     c.expect_closed(CloseCode::Shutdown).await;
@@ -50,22 +28,18 @@ async fn sigterm_closes_clients_with_shutdown_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_crl_and_closes_revoked_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new();
-    let port = free_udp_port();
-    let config = write_config(dir.path(), &pki, port, "");
-    let mut router = RouterProcess::spawn(Command::new(BIN).arg("--config").arg(&config));
-    router.wait_log("listening");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let files = RouterFiles::new("");
+    let (pki, addr) = (files.pki(), files.addr());
+    let mut router = RouterProcess::start(&mut files.command(BIN));
     let victim = pki.client("victim");
-    let mut c = RawClient::connect(addr, &pki, &victim).await.unwrap();
+    let mut c = RawClient::connect(addr, pki, &victim).await.unwrap();
     c.hello().await.unwrap();
-    std::fs::write(dir.path().join("crl.pem"), pki.crl_revoking(&[&victim])).unwrap();
+    std::fs::write(files.dir().join("crl.pem"), pki.crl_revoking(&[&victim])).unwrap();
     router.signal("HUP");
     c.expect_closed(CloseCode::Revoked).await;
     router.wait_log("reloaded");
     // And it cannot come back.
-    let back = RawClient::connect(addr, &pki, &victim).await;
+    let back = RawClient::connect(addr, pki, &victim).await;
     let refused = match back {
         Err(_) => true,
         Ok(mut c) => c.hello().await.is_err(),
@@ -75,33 +49,22 @@ async fn sighup_reloads_the_crl_and_closes_revoked_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_and_a_router_that_starts_with_a_crl() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new();
-    let port = free_udp_port();
-    let config = write_config(dir.path(), &pki, port, "");
+    let files = RouterFiles::new("");
+    let (pki, addr) = (files.pki(), files.addr());
     let banned = pki.client("banned");
-    std::fs::write(dir.path().join("crl.pem"), pki.crl_revoking(&[&banned])).unwrap();
-    let mut router = RouterProcess::spawn(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .args(["--log-format", "json"]),
-    );
+    std::fs::write(files.dir().join("crl.pem"), pki.crl_revoking(&[&banned])).unwrap();
+    let mut router = RouterProcess::spawn(files.command(BIN).args(["--log-format", "json"]));
     let line = router.wait_log("listening");
     let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
     assert_eq!(v["level"], "INFO");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let refused = match RawClient::connect(addr, &pki, &banned).await {
+    let refused = match RawClient::connect(addr, pki, &banned).await {
         Err(_) => true,
         Ok(mut c) => c.hello().await.is_err(),
     };
     assert!(refused, "a certificate on the CRL at start is refused");
-    let mut ok = RawClient::connect(addr, &pki, &pki.client("fine"))
-        .await
-        .unwrap();
-    ok.hello().await.unwrap();
+    let _ok = RawClient::welcomed(addr, pki, "fine").await;
     // A bad identity is logged at warn with who and why, as JSON.
-    let mut bad = RawClient::connect(addr, &pki, &pki.bad_cn("bad cn!"))
+    let mut bad = RawClient::connect(addr, pki, &pki.bad_cn("bad cn!"))
         .await
         .unwrap();
     let _ = bad.hello().await;
@@ -155,14 +118,16 @@ fn dev_mode_needs_no_config_and_reuses_its_certificates() {
 
 #[test]
 fn check_config_validates_without_starting() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new();
-    let good = write_config(dir.path(), &pki, free_udp_port(), "");
-    let out = Command::new(BIN)
-        .arg("--check-config")
-        .arg(&good)
-        .output()
-        .unwrap();
+    let check = |config: &Path| {
+        Command::new(BIN)
+            .arg("--check-config")
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+    let files = RouterFiles::new("");
+    let dir = files.dir();
+    let out = check(files.config());
     assert!(
         out.status.success(),
         "{}",
@@ -170,28 +135,20 @@ fn check_config_validates_without_starting() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
 
-    let bad = dir.path().join("bad.toml");
+    let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[limits]\nmax_streams = 10\n").unwrap();
-    let out = Command::new(BIN)
-        .arg("--check-config")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check(&bad);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_streams"), "{err}");
 
-    let missing_key = dir.path().join("nokey.toml");
+    let missing_key = dir.join("nokey.toml");
     std::fs::write(
         &missing_key,
         "[tls]\nca = \"ca.pem\"\ncert = \"router.pem\"\nkey = \"nope.key\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("--check-config")
-        .arg(&missing_key)
-        .output()
-        .unwrap();
+    let out = check(&missing_key);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nope.key"), "{err}");
@@ -199,29 +156,17 @@ fn check_config_validates_without_starting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_nothing_that_was_acked() {
-    use bytes::Bytes;
-    use icom_protocol::{Persist, Send, Target};
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new();
-    let port = free_udp_port();
-    let config = write_config(dir.path(), &pki, port, "");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut router = RouterProcess::spawn(Command::new(BIN).arg("--config").arg(&config));
-    router.wait_log("listening");
-    let mut a = RawClient::connect(addr, &pki, &pki.client("a"))
-        .await
-        .unwrap();
-    a.hello().await.unwrap();
+    let files = RouterFiles::new("");
+    let (pki, addr) = (files.pki(), files.addr());
+    let mut router = RouterProcess::start(&mut files.command(BIN));
+    let mut a = RawClient::welcomed(addr, pki, "a").await;
     let mut acked = Vec::new();
     for id in 1..=20u64 {
+        let data = Bytes::from(rmp_serde::to_vec(&id).unwrap());
         let s = Send {
-            id,
-            to: Target::Server("b".into()),
-            event: "e".into(),
-            data: Bytes::from(rmp_serde::to_vec(&id).unwrap()),
             persist: (id % 2 == 0).then(|| Persist::Id(format!("p{id}"))),
             ttl_ms: (id % 2 == 1).then_some(600_000),
-            reply_to: None,
+            ..send(id, Target::Server("b".into()), "e", data)
         };
         let ack = a.send(&s).await.unwrap();
         assert!(ack.ok && ack.queued == 1, "{ack:?}");
@@ -231,46 +176,28 @@ async fn sigkill_loses_nothing_that_was_acked() {
     router.wait_exit(Duration::from_secs(10));
     drop(a);
 
-    let mut router = RouterProcess::spawn(Command::new(BIN).arg("--config").arg(&config));
-    router.wait_log("listening");
-    let mut b = RawClient::connect(addr, &pki, &pki.client("b"))
-        .await
-        .unwrap();
-    b.hello().await.unwrap();
-    let count = b
-        .control_until(|m| match m {
-            icom_protocol::Control::Replayed(r) => Some(r.count),
-            _ => None,
-        })
-        .await
-        .unwrap();
-    assert_eq!(count, 20);
-    let mut got = Vec::new();
-    for _ in 0..count {
-        got.push(b.deliver().await.unwrap().id);
-    }
+    let _router = RouterProcess::start(&mut files.command(BIN));
+    let mut b = RawClient::welcomed(addr, pki, "b").await;
+    let replayed = b.replayed().await.unwrap();
+    assert_eq!(replayed.len(), 20);
+    let mut got: Vec<u64> = replayed.iter().map(|d| d.id).collect();
     got.sort_unstable();
     assert_eq!(got, acked);
 }
 
 #[test]
 fn a_corrupt_store_is_a_clear_error_and_exit() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new();
-    let config = write_config(dir.path(), &pki, free_udp_port(), "");
-    std::fs::create_dir_all(dir.path().join("data")).unwrap();
-    std::fs::write(dir.path().join("data/icom.redb"), vec![0x5a; 4096]).unwrap();
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let files = RouterFiles::new("");
+    let dir = files.dir();
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(dir.join("data/icom.redb"), vec![0x5a; 4096]).unwrap();
+    let out = files.command(BIN).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("icom.redb"), "{err}");
     // The file is left as it was, for the operator to inspect.
     assert_eq!(
-        std::fs::read(dir.path().join("data/icom.redb")).unwrap(),
+        std::fs::read(dir.join("data/icom.redb")).unwrap(),
         vec![0x5a; 4096]
     );
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use icom_certs::CertDir;
 use icom_protocol::CloseCode;
 use icom_server::{Config, ConfigFile, LogFormat};
-use icom_tests::{RawClient, RouterProcess};
+use icom_tests::{free_tcp_port, free_udp_port, RawClient, RouterProcess};
 use quinn::crypto::rustls::QuicClientConfig;
 
 const BIN: &str = env!("CARGO_BIN_EXE_icom-server");
@@ -459,11 +459,9 @@ struct Ports {
 
 impl Ports {
     fn free() -> Ports {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         Ports {
-            udp: udp.local_addr().unwrap().port(),
-            metrics: tcp.local_addr().unwrap().port(),
+            udp: free_udp_port(),
+            metrics: free_tcp_port(),
         }
     }
 

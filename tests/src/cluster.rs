@@ -178,12 +178,7 @@ impl TestCluster {
     /// Connects a raw peer with a good certificate for `id` and completes
     /// `hello` → `welcome`.
     pub async fn raw(&self, id: &str) -> RawClient {
-        let issued = self.pki.client(id);
-        let mut c = RawClient::connect(self.addr, &self.pki, &issued)
-            .await
-            .expect("connecting a raw client");
-        c.hello().await.expect("hello → welcome");
-        c
+        RawClient::welcomed(self.addr, &self.pki, id).await
     }
 
     /// Writes a CRL revoking `certs` where the router reads it.
@@ -209,30 +204,11 @@ impl TestCluster {
 
     /// GETs `path` from the metrics endpoint; returns (status, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.metrics_addr().expect("metrics are enabled");
-        let mut s = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connecting to metrics");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .expect("writing the request");
-        let mut text = String::new();
-        tokio::time::timeout(crate::WAIT, s.read_to_string(&mut text))
+        tokio::time::timeout(crate::WAIT, crate::http_get(addr, path))
             .await
             .expect("the metrics endpoint answers")
-            .expect("reading the response");
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .expect("an HTTP status line");
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
+            .expect("an HTTP response with a status line")
     }
 
     /// The running router's counters.

@@ -1,19 +1,27 @@
 //! Shared support for ICOM's end-to-end tests: a real router on
 //! 127.0.0.1:0 with a test PKI minted in memory ([`TestCluster`]), and a raw
 //! ICOM/1 peer that speaks the protocol frame by frame ([`RawClient`]), for
-//! the tests that must send what a well-behaved client never would.
+//! the tests that must send what a well-behaved client never would. The
+//! real `icom-server` binary runs as a child process ([`RouterProcess`],
+//! from [`RouterFiles`]); the pieces several suites share live here too: a
+//! plain [`send`], the check that an event [`routes`], [`eventually`], and
+//! the metrics endpoint ([`with_metrics`], [`http_get`], [`metric`]).
 #![warn(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bins;
 mod cluster;
+mod events;
+mod metrics;
 mod process;
 mod proxy;
 mod raw;
 
 pub use bins::workspace_bin;
 pub use cluster::{ClientFiles, TestCluster};
-pub use process::{free_udp_port, RouterProcess};
+pub use events::{routes, send};
+pub use metrics::{http_get, metric, with_metrics};
+pub use process::{free_tcp_port, free_udp_port, rss_kib, RouterFiles, RouterProcess};
 pub use proxy::{DirectionStats, Impairment, ImpairmentProxy, ProxyStats};
 pub use proxy::{NAT_CAPACITY, NAT_IDLE};
 pub use raw::{client_crypto, RawClient, RawError};
@@ -21,6 +29,21 @@ pub use raw::{client_crypto, RawClient, RawError};
 /// A generous bound for anything a test waits on: it never decides a
 /// verdict on time, it only stops a broken test from hanging.
 pub const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Polls `cond` until it holds or [`WAIT`] passes; says which. For state
+/// that has no notification (counters), never to decide on speed.
+pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
 
 /// Installs a tracing subscriber for the test binary (once), honouring
 /// `RUST_LOG`; quiet by default.

@@ -1,10 +1,18 @@
-//! The real `icom-server` binary as a child process: start it, read its log
-//! lines, signal it, and wait (bounded) for it to exit.
+//! The real `icom-server` binary as a child process: the files it runs
+//! from ([`RouterFiles`]), free ports for it, and the process itself
+//! ([`RouterProcess`]): start it, read its log lines, look at it in
+//! `/proc`, signal it, and wait (bounded) for it to exit.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
+
+use icom_certs::testing::TestPki;
+use tempfile::TempDir;
 
 /// A running router process; killed when dropped.
 pub struct RouterProcess {
@@ -22,6 +30,97 @@ pub fn free_udp_port() -> u16 {
         .and_then(|s| s.local_addr())
         .expect("binding a UDP socket on 127.0.0.1")
         .port()
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound, read,
+/// released).
+///
+/// # Panics
+/// If no TCP listener can be bound.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a TCP listener on 127.0.0.1")
+        .port()
+}
+
+/// What `icom-server --config` runs from, in a temporary directory: a
+/// fresh test PKI (`ca.pem`, `router.pem`, `router.key`, `crl.pem`, …) and
+/// `icom-server.toml`, listening on a free UDP port of 127.0.0.1 with its
+/// store in `data/`.
+pub struct RouterFiles {
+    dir: TempDir,
+    pki: TestPki,
+    port: u16,
+    config: PathBuf,
+}
+
+impl RouterFiles {
+    /// Writes the PKI and the config; `extra` is TOML put before the
+    /// `[tls]` table (top-level keys, or tables such as `[limits]`).
+    ///
+    /// # Panics
+    /// If the files cannot be written.
+    pub fn new(extra: &str) -> RouterFiles {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let pki = TestPki::new();
+        pki.write_to(dir.path()).expect("writing the test PKI");
+        let port = free_udp_port();
+        let config = dir.path().join("icom-server.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\n{extra}\n[tls]\nca = \"ca.pem\"\ncert = \"router.pem\"\nkey = \"router.key\"\ncrl = \"crl.pem\"\n"
+            ),
+        )
+        .expect("writing the config file");
+        RouterFiles {
+            dir,
+            pki,
+            port,
+            config,
+        }
+    }
+
+    /// The temporary directory: the config's relative paths start here.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The test PKI the router's certificate and the CRL come from.
+    pub fn pki(&self) -> &TestPki {
+        &self.pki
+    }
+
+    /// The config file.
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
+    /// The address the config listens on.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The command `<bin> --config <config>`.
+    pub fn command(&self, bin: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config").arg(&self.config);
+        cmd
+    }
+}
+
+/// The resident set size of process `pid` in KiB, from
+/// `/proc/<pid>/status`; 0 if it cannot be read (the process is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 impl RouterProcess {
@@ -49,9 +148,36 @@ impl RouterProcess {
         }
     }
 
+    /// Starts `cmd` as [`RouterProcess::spawn`] does and waits for its
+    /// `listening` line.
+    ///
+    /// # Panics
+    /// As [`RouterProcess::spawn`] and [`RouterProcess::wait_log`].
+    pub fn start(cmd: &mut Command) -> RouterProcess {
+        let mut router = RouterProcess::spawn(cmd);
+        router.wait_log("listening");
+        router
+    }
+
     /// The process id.
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process is still running.
+    ///
+    /// # Panics
+    /// If its status cannot be read.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .try_wait()
+            .expect("reading the router's status")
+            .is_none()
+    }
+
+    /// Its resident set size in KiB (see [`rss_kib`]).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.child.id())
     }
 
     /// Takes the process's stdout (once).

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use icom_certs::testing::TestPki;
 use icom_certs::Issued;
 use icom_protocol::{
-    decode_control, encode_frame, frame_len, Ack, CloseCode, Control, Deliver, Hello, Send,
+    decode_control, encode_frame, frame_len, Ack, CloseCode, Control, Deliver, Hello, Ping, Send,
     Welcome, ALPN, FRAME_HEADER_LEN, PROTOCOL_VERSION,
 };
 use quinn::crypto::rustls::QuicClientConfig;
@@ -82,6 +82,19 @@ impl RawClient {
         cert: &Issued,
     ) -> Result<RawClient, RawError> {
         RawClient::connect_with(addr, client_crypto(pki, Some(cert))).await
+    }
+
+    /// Connects with a good certificate for `id` and completes `hello` →
+    /// `welcome`.
+    ///
+    /// # Panics
+    /// If either fails.
+    pub async fn welcomed(addr: SocketAddr, pki: &TestPki, id: &str) -> RawClient {
+        let mut c = RawClient::connect(addr, pki, &pki.client(id))
+            .await
+            .expect("connecting a raw client");
+        c.hello().await.expect("hello → welcome");
+        c
     }
 
     /// Connects with a ready TLS config.
@@ -211,6 +224,20 @@ impl RawClient {
             .map_err(|_| RawError::Timeout("a control frame"))?
     }
 
+    /// Sends `ping` with `nonce` and reads the `pong` that answers; the
+    /// other control messages go to the backlog. Returns the pong's nonce.
+    ///
+    /// # Errors
+    /// As [`RawClient::send_control`] and [`RawClient::control_until`].
+    pub async fn ping(&mut self, nonce: u64) -> Result<u64, RawError> {
+        self.send_control(&Control::Ping(Ping { nonce })).await?;
+        self.control_until(|m| match m {
+            Control::Pong(p) => Some(p.nonce),
+            _ => None,
+        })
+        .await
+    }
+
     /// Reads control messages until the ack of `id`; the others go to the
     /// backlog.
     ///
@@ -269,6 +296,25 @@ impl RawClient {
         self.ack(send.id).await
     }
 
+    /// Reads `replayed` and then the deliveries it announced, in the order
+    /// they came.
+    ///
+    /// # Errors
+    /// As [`RawClient::control_until`] and [`RawClient::deliver`].
+    pub async fn replayed(&mut self) -> Result<Vec<Deliver>, RawError> {
+        let count = self
+            .control_until(|m| match m {
+                Control::Replayed(r) => Some(r.count),
+                _ => None,
+            })
+            .await?;
+        let mut got = Vec::new();
+        for _ in 0..count {
+            got.push(self.deliver().await?);
+        }
+        Ok(got)
+    }
+
     /// Accepts the next event stream and decodes it as a `deliver`.
     ///
     /// # Errors
@@ -306,7 +352,12 @@ impl RawClient {
     /// Waits for the connection to close and returns the router's close
     /// code, or the error if it was not an application close.
     pub async fn closed(&self) -> Result<u64, quinn::ConnectionError> {
-        let e = tokio::time::timeout(WAIT, self.conn.closed())
+        self.closed_within(WAIT).await
+    }
+
+    /// As [`RawClient::closed`], waiting at most `within`.
+    async fn closed_within(&self, within: Duration) -> Result<u64, quinn::ConnectionError> {
+        let e = tokio::time::timeout(within, self.conn.closed())
             .await
             .unwrap_or(quinn::ConnectionError::TimedOut);
         match e {
@@ -320,7 +371,16 @@ impl RawClient {
     /// # Panics
     /// If it closes otherwise, or not within [`WAIT`].
     pub async fn expect_closed(&self, code: CloseCode) {
-        match self.closed().await {
+        self.expect_closed_within(code, WAIT).await;
+    }
+
+    /// Waits, at most `within`, for the router to close the connection
+    /// with `code`.
+    ///
+    /// # Panics
+    /// If it closes otherwise, or not within `within`.
+    pub async fn expect_closed_within(&self, code: CloseCode, within: Duration) {
+        match self.closed_within(within).await {
             Ok(c) => assert_eq!(
                 c,
                 u64::from(code.code()),

@@ -331,15 +331,12 @@ async fn a_paused_link_carries_nothing_until_resumed() {
 }
 
 fn event(id: u64, data: &Bytes) -> Send {
-    Send {
+    icom_tests::send(
         id,
-        to: Target::Server("b".into()),
-        event: "over_the_ocean".into(),
-        data: data.clone(),
-        persist: None,
-        ttl_ms: None,
-        reply_to: None,
-    }
+        Target::Server("b".into()),
+        "over_the_ocean",
+        data.clone(),
+    )
 }
 
 #[tokio::test]

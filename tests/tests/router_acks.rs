@@ -8,15 +8,7 @@ use icom_protocol::{AckCode, Persist, Send, Target, NIL};
 use icom_tests::{client_crypto, RawClient, TestCluster};
 
 fn send(id: u64, to: Target) -> Send {
-    Send {
-        id,
-        to,
-        event: "e".into(),
-        data: Bytes::from_static(NIL),
-        persist: None,
-        ttl_ms: None,
-        reply_to: None,
-    }
+    icom_tests::send(id, to, "e", Bytes::from_static(NIL))
 }
 
 fn code(ack: &icom_protocol::Ack) -> AckCode {

@@ -12,15 +12,7 @@ use icom_protocol::{CloseCode, Control, Hello, Ping, Send, Target, NIL};
 use icom_tests::{client_crypto, RawClient, RawError, TestCluster};
 
 fn send(id: u64, to: &str) -> Send {
-    Send {
-        id,
-        to: Target::Server(to.into()),
-        event: "e".into(),
-        data: Bytes::from_static(NIL),
-        persist: None,
-        ttl_ms: None,
-        reply_to: None,
-    }
+    icom_tests::send(id, Target::Server(to.into()), "e", Bytes::from_static(NIL))
 }
 
 /// Connects with `crypto` and says hello; returns how it ended.
@@ -190,13 +182,7 @@ async fn protocol_violations_close_with_protocol() {
     let mut frame = (unknown.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&unknown);
     c.write_control_bytes(&frame).await.unwrap();
-    c.send_control(&Control::Ping(Ping { nonce: 5 }))
-        .await
-        .unwrap();
-    let pong = c
-        .control_until(|m| matches!(m, Control::Pong(_)).then_some(()))
-        .await;
-    assert!(pong.is_ok());
+    assert!(c.ping(5).await.is_ok());
 }
 
 #[tokio::test]
@@ -216,14 +202,7 @@ async fn a_newer_connection_replaces_the_older() {
         assert_eq!(new.deliver().await.unwrap().id, id);
     }
     // The identity never left: no presence change reached the watcher.
-    watcher
-        .send_control(&Control::Ping(Ping { nonce: 9 }))
-        .await
-        .unwrap();
-    watcher
-        .control_until(|m| matches!(m, Control::Pong(_)).then_some(()))
-        .await
-        .unwrap();
+    watcher.ping(9).await.unwrap();
     assert!(
         !watcher
             .backlog

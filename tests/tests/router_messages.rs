@@ -3,19 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
-use icom_protocol::{Control, Ping, Presence, Send, Target, NIL};
+use icom_protocol::{Control, Presence, Send, Target, NIL};
 use icom_tests::TestCluster;
 
 fn send(id: u64, to: Target, event: &str, data: &[u8]) -> Send {
-    Send {
-        id,
-        to,
-        event: event.into(),
-        data: Bytes::copy_from_slice(data),
-        persist: None,
-        ttl_ms: None,
-        reply_to: None,
-    }
+    icom_tests::send(id, to, event, Bytes::copy_from_slice(data))
 }
 
 fn json(v: serde_json::Value) -> Vec<u8> {
@@ -55,17 +47,7 @@ async fn hello_welcome_replayed_ping_presence() {
         })
     );
 
-    a.send_control(&Control::Ping(Ping { nonce: 42 }))
-        .await
-        .unwrap();
-    let pong = a
-        .control_until(|m| match m {
-            Control::Pong(p) => Some(p.nonce),
-            _ => None,
-        })
-        .await
-        .unwrap();
-    assert_eq!(pong, 42);
+    assert_eq!(a.ping(42).await.unwrap(), 42);
 
     // b leaves by finishing its control stream: a is told, b is not told
     // about itself.

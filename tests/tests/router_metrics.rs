@@ -3,24 +3,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
-use icom_protocol::{Send, Target, NIL};
-use icom_tests::TestCluster;
+use icom_protocol::{Target, NIL};
+use icom_tests::{metric, send, with_metrics, TestCluster};
 
-fn value(body: &str, metric: &str) -> f64 {
-    body.lines()
-        .find(|l| l.starts_with(metric) && l[metric.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {metric} in:\n{body}"))
+fn value(body: &str, name: &str) -> f64 {
+    metric(body, name).unwrap_or_else(|| panic!("no {name} in:\n{body}"))
 }
 
 #[tokio::test]
 async fn metrics_health_and_readiness() {
-    let mut cluster = TestCluster::start_with(|c| {
-        c.metrics.enabled = true;
-        c.metrics.listen = "127.0.0.1:0".parse().unwrap();
-    })
-    .await;
+    let mut cluster = TestCluster::start_with(with_metrics).await;
     assert_eq!(cluster.http_get("/healthz").await.0, 200);
     assert_eq!(cluster.http_get("/readyz").await.0, 200);
     assert_eq!(cluster.http_get("/nope").await.0, 404);
@@ -28,26 +20,15 @@ async fn metrics_health_and_readiness() {
     let mut a = cluster.raw("a").await;
     let _b = cluster.raw("b").await;
     for id in 1..=3 {
-        let s = Send {
-            id,
-            to: Target::Server("b".into()),
-            event: "e".into(),
-            data: Bytes::from_static(NIL),
-            persist: None,
-            ttl_ms: None,
-            reply_to: None,
-        };
+        let s = send(id, Target::Server("b".into()), "e", Bytes::from_static(NIL));
         assert!(a.send(&s).await.unwrap().ok);
     }
-    let bad = Send {
-        id: 9,
-        to: Target::Server("ghost".into()),
-        event: "e".into(),
-        data: Bytes::from_static(NIL),
-        persist: None,
-        ttl_ms: None,
-        reply_to: None,
-    };
+    let bad = send(
+        9,
+        Target::Server("ghost".into()),
+        "e",
+        Bytes::from_static(NIL),
+    );
     assert!(!a.send(&bad).await.unwrap().ok);
     let (status, body) = cluster.http_get("/metrics").await;
     assert_eq!(status, 200);

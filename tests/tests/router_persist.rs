@@ -10,15 +10,8 @@ use icom_protocol::{AckCode, Control, Forget, Persist, Send, Target};
 use icom_tests::{RawClient, TestCluster};
 
 fn send(id: u64, to: Target, event: &str) -> Send {
-    Send {
-        id,
-        to,
-        event: event.into(),
-        data: Bytes::from(rmp_serde::to_vec(&format!("payload {id}")).unwrap()),
-        persist: None,
-        ttl_ms: None,
-        reply_to: None,
-    }
+    let data = Bytes::from(rmp_serde::to_vec(&format!("payload {id}")).unwrap());
+    icom_tests::send(id, to, event, data)
 }
 
 fn persistent(id: u64, to: Target, pid: &str) -> Send {
@@ -31,17 +24,8 @@ fn persistent(id: u64, to: Target, pid: &str) -> Send {
 /// Reads `replayed` and the deliveries that came with it, sorted by the
 /// router's stored order (sent_ms, then id).
 async fn replay_of(c: &mut RawClient) -> (u32, Vec<icom_protocol::Deliver>) {
-    let count = c
-        .control_until(|m| match m {
-            Control::Replayed(r) => Some(r.count),
-            _ => None,
-        })
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    for _ in 0..count {
-        got.push(c.deliver().await.unwrap());
-    }
+    let mut got = c.replayed().await.unwrap();
+    let count = u32::try_from(got.len()).unwrap();
     got.sort_by_key(|d| (d.sent_ms, d.id));
     (count, got)
 }

@@ -10,15 +10,12 @@ use icom_server::policy::{Mode, RuleFile};
 use icom_tests::TestCluster;
 
 fn send(id: u64, to: &str, event: &str) -> Send {
-    Send {
+    icom_tests::send(
         id,
-        to: Target::Server(to.into()),
-        event: event.into(),
-        data: Bytes::from_static(NIL),
-        persist: None,
-        ttl_ms: None,
-        reply_to: None,
-    }
+        Target::Server(to.into()),
+        event,
+        Bytes::from_static(NIL),
+    )
 }
 
 #[tokio::test]

@@ -2,8 +2,6 @@
 //! cluster with quick reconnects, and bounded waits.
 #![allow(dead_code, unreachable_pub)]
 
-use std::time::Duration;
-
 use icom_client::{Client, ClientConfig, Event, Events, State, States};
 use icom_tests::{ClientFiles, TestCluster, WAIT};
 
@@ -74,12 +72,12 @@ pub fn disconnected(s: &State) -> bool {
 }
 
 /// Polls `f` until it is true, within the bound (for facts with no event).
-pub async fn eventually(mut f: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the condition within the bound");
+///
+/// # Panics
+/// If it is not true within the bound.
+pub async fn eventually(f: impl FnMut() -> bool) {
+    assert!(
+        icom_tests::eventually(f).await,
+        "the condition within the bound"
+    );
 }

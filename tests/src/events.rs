@@ -1,0 +1,46 @@
+//! Events for tests: a `send` built in one call, and the check that one
+//! event routes from a peer to another (the router is serving).
+
+use bytes::Bytes;
+use icom_protocol::{Send, Target, NIL};
+
+use crate::raw::RawClient;
+
+/// A plain `send`: not persisted, no ttl, not a reply. Set those fields
+/// with struct update syntax: `Send { ttl_ms: Some(5), ..send(…) }`.
+pub fn send(id: u64, to: Target, event: &str, data: Bytes) -> Send {
+    Send {
+        id,
+        to,
+        event: event.into(),
+        data,
+        persist: None,
+        ttl_ms: None,
+        reply_to: None,
+    }
+}
+
+/// Sends one event (id `id`, no data) from `from` to `to`, by the name in
+/// `to`'s welcome, and checks that it is acked ok and delivered.
+///
+/// # Panics
+/// If it is not; or if `to` has no welcome yet.
+pub async fn routes(from: &mut RawClient, to: &RawClient, id: u64) {
+    let name = to
+        .welcome
+        .as_ref()
+        .expect("the recipient was welcomed")
+        .server_id
+        .clone();
+    let ack = from
+        .send(&send(
+            id,
+            Target::Server(name),
+            "probe",
+            Bytes::from_static(NIL),
+        ))
+        .await
+        .expect("an ack");
+    assert!(ack.ok, "{ack:?}");
+    assert_eq!(to.deliver().await.expect("a delivery").id, id);
+}
