@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use icom_client::{Client, Event, State};
+use icom_protocol::lock;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -352,9 +353,4 @@ fn on_event(shared: &Shared, event: Event) {
     light.drop_data();
     shared.requests.remember(id, &from, light, Instant::now());
     shared.push(callback);
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The slot is replaced whole under the lock; a poisoned lock is usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -282,7 +282,7 @@ impl Outbox {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         // Every update under this lock keeps the queue consistent, so a
         // poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        icom_protocol::lock(&self.inner)
     }
 }
 

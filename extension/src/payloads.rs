@@ -214,7 +214,7 @@ impl Payloads {
         // A panic while holding this lock leaves consistent data (every
         // update is a single assignment after the checks), so a poisoned
         // lock is still usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        icom_protocol::lock(&self.inner)
     }
 }
 

@@ -70,7 +70,7 @@ impl<T: Clone> Requests<T> {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<T>> {
         // Updates keep both collections consistent; a poisoned lock is usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        icom_protocol::lock(&self.inner)
     }
 }
 

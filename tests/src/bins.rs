@@ -18,9 +18,7 @@ use std::sync::Mutex;
 /// If the build fails.
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
-    let mut built = BUILT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut built = icom_protocol::lock(&BUILT);
     let built = built.get_or_insert_with(HashMap::new);
     if let Some(p) = built.get(bin) {
         return p.clone();

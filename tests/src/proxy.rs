@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use icom_protocol::lock;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
@@ -634,10 +635,4 @@ fn transient(e: &std::io::Error) -> bool {
         e.kind(),
         std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionRefused
     )
-}
-
-/// Locks `m`; a poisoned lock (a panicking test thread) still holds
-/// consistent counters, so it is used as is.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
