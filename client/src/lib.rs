@@ -34,6 +34,8 @@
 //!   `(from, id)`; those replayed after a (re)connect come first, in order.
 //! - [`Client::publisher`] sends many events without waiting for each ack
 //!   in turn; their acks come back on one stream ([`Outcomes`]).
+//! - [`ConfigOverrides`] layers a command line's connection flags over the
+//!   config file and the `ICOM_*` environment.
 #![warn(missing_docs)]
 
 mod backoff;
@@ -50,6 +52,7 @@ mod gate;
 mod inbound;
 mod loss;
 mod outbound;
+mod overrides;
 mod publish;
 mod replay;
 mod session;
@@ -67,6 +70,7 @@ pub use error::{
 };
 pub use event::{Event, Events};
 pub use outbound::SendOptions;
+pub use overrides::ConfigOverrides;
 pub use publish::{Outcomes, Published, Publisher};
 pub use state::{State, States};
 

@@ -1,27 +1,30 @@
-//! `icom bench`, every scenario once at a tiny size: the built `icom`
-//! binary with `--json`, its JSON line parsed, and the counts checked to
-//! add up (sent = acked = delivered, and so on). Never a verdict on time:
-//! speed is for `BENCHMARKS.md`, measured on a quiet machine.
+//! `icom-bench`, every scenario once at a tiny size: the built binary with
+//! `--json`, its JSON line parsed, and the counts checked to add up (sent =
+//! acked = delivered, and so on). Never a verdict on time: speed is for
+//! `BENCHMARKS.md`, measured on a quiet machine. Once more against a router
+//! already running, named by the connection flags (`--router`, `--ca`,
+//! `--cert '{id}.pem'`, ...).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::process::Command;
 
+use icom_tests::TestCluster;
 use serde_json::Value;
 
-/// Runs `icom bench --json <args>` and returns its JSON line, after
+/// Runs `icom-bench --json <args>` and returns its JSON line, after
 /// checking that it exited 0 (every count added up).
-fn bench(args: &[&str]) -> Value {
-    let icom = icom_tests::workspace_bin("icom-client", "icom");
-    let out = Command::new(icom)
-        .arg("bench")
+fn bench<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> Value {
+    let bench = icom_tests::workspace_bin("icom-bench", "icom-bench");
+    let out = Command::new(bench)
         .arg("--json")
         .arg("--server-bin")
         .arg(server_bin())
         .args(args)
         .env_remove("RUST_LOG")
         .output()
-        .expect("icom runs");
+        .expect("icom-bench runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let line = stdout
@@ -156,4 +159,38 @@ fn soak_samples_the_router_while_traffic_and_churn_run() {
     assert!(n(&v, "ops") > 0, "{v}");
     assert!(n(&v, "rss_kib_last") > 0, "{v}");
     assert!(n(&v, "fds_last") > 0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_router_already_running_is_reached_with_the_connection_flags() {
+    let cluster = TestCluster::start().await;
+    let files = cluster.client_files("server_1");
+    cluster.client_files("server_2");
+    let id = |ext: &str| files.cert.with_file_name(format!("{{id}}.{ext}"));
+    let args: Vec<OsString> = vec![
+        "--router".into(),
+        files.addr.to_string().into(),
+        "--server-name".into(),
+        files.server_name.clone().into(),
+        "--ca".into(),
+        files.ca.clone().into(),
+        "--cert".into(),
+        id("pem").into(),
+        "--key".into(),
+        id("key").into(),
+        "tput".into(),
+        "--events".into(),
+        "100".into(),
+        "--window".into(),
+        "16".into(),
+    ];
+    let v = tokio::task::spawn_blocking(move || bench(&args))
+        .await
+        .unwrap();
+    assert_eq!(n(&v, "acked"), 100);
+    assert_eq!(n(&v, "delivered"), 100);
+    assert!(
+        v["method"].as_str().unwrap().starts_with("remote router"),
+        "{v}"
+    );
 }

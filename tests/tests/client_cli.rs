@@ -313,6 +313,11 @@ async fn usage_errors_exit_2_and_help_documents_exit_codes() {
     ] {
         assert!(help.contains(needle), "{needle} missing from:\n{help}");
     }
+    // The benchmarks are `icom-bench`, a crate of their own.
+    assert!(
+        !help.contains("bench"),
+        "icom --help mentions bench:\n{help}"
+    );
 }
 
 #[tokio::test]

@@ -1,8 +1,6 @@
 //! `icom`: the ICOM client for operators and scripts. Sends, broadcasts,
-//! listens, pings, requests and forgets, through the `icom-client` library;
-//! `icom bench` measures a router ([`bench`]).
-
-mod bench;
+//! listens, pings, requests and forgets, through the `icom-client` library.
+//! (The benchmarks are the `icom-bench` binary, in `bench/`.)
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,14 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use icom_client::{
-    Ack, Client, ClientConfig, ConfigError, ConnectError, Event, ForgetError, Persist, PingError,
-    RequestError, SendError, SendOptions, Target,
+    Ack, Client, ClientConfig, ConfigOverrides, ConnectError, Event, ForgetError, Persist,
+    PingError, RequestError, SendError, SendOptions, Target,
 };
-
-/// mimalloc, as in the router binary: `icom bench` runs routers and many
-/// clients in this process.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit status: success.
 const OK: u8 = 0;
@@ -50,7 +43,7 @@ Example, from cron: icom --config /etc/icom/ops.toml broadcast --event global_al
 #[command(
     name = "icom",
     version,
-    about = "ICOM client: send, broadcast, listen, ping, request, forget, bench"
+    about = "ICOM client: send, broadcast, listen, ping, request, forget"
 )]
 #[command(after_help = EXIT_CODES)]
 struct Cli {
@@ -155,9 +148,6 @@ enum Command {
         /// The persist id.
         persist_id: String,
     },
-    /// Measure a router: throughput, fan-out, latency, memory per idle
-    /// connection, the no-router ceiling, a long or lossy link, a soak.
-    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -185,18 +175,12 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                // The bench replaces and drops connections on purpose.
-                let quiet = matches!(cli.command, Command::Bench(_));
-                tracing_subscriber::EnvFilter::new(if quiet { "error" } else { "warn" })
-            }),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(match &cli.command {
-            Command::Bench(b) => b.client_threads.max(1),
-            _ => 2,
-        })
+        .worker_threads(2)
         .thread_name("icom-client")
         .enable_all()
         .build()
@@ -217,17 +201,6 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    if let Command::Bench(args) = cli.command {
-        // The bench starts its own router unless one is named.
-        let c = &cli.conn;
-        let remote = if c.router.is_some() || c.config.is_some() || c.dev {
-            Some((config(c)?, c.dev))
-        } else {
-            None
-        };
-        let ok = bench::run(remote, args).await?;
-        return Ok(if ok { OK } else { FAILED });
-    }
     let config = config(&cli.conn)?;
     let router = config.router.clone();
     let (client, events) = Client::connect(config)
@@ -265,7 +238,6 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             print_line(&EventLine::of(&reply))?;
             Ok(OK)
         }
-        Command::Bench(_) => Ok(OK),
         Command::Forget { persist_id } => match client.forget(&persist_id).await {
             Ok(ack) => print_ack(&ack).map(|()| OK),
             Err(e) => {
@@ -280,34 +252,20 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     result
 }
 
+/// The connection settings: the flags over the file, the environment and
+/// the defaults (or the dev layout).
 fn config(c: &Connection) -> anyhow::Result<ClientConfig> {
-    let base = if c.dev {
-        ClientConfig::dev(&c.identity)
-    } else {
-        ClientConfig::default()
-    };
-    let mut figment = ClientConfig::figment(&base, c.config.as_deref())?;
-    if let Some(v) = &c.router {
-        figment = figment.merge(("router", v));
+    let mut config = ConfigOverrides {
+        file: c.config.clone(),
+        dev: c.dev.then(|| c.identity.clone()),
+        router: c.router.clone(),
+        server_name: c.server_name.clone(),
+        ca: c.ca.clone(),
+        cert: c.cert.clone(),
+        key: c.key.clone(),
+        connect_timeout_ms: c.connect_timeout,
     }
-    if let Some(v) = &c.server_name {
-        figment = figment.merge(("server_name", v));
-    }
-    if let Some(v) = &c.ca {
-        figment = figment.merge(("ca", v));
-    }
-    if let Some(v) = &c.cert {
-        figment = figment.merge(("cert", v));
-    }
-    if let Some(v) = &c.key {
-        figment = figment.merge(("key", v));
-    }
-    if let Some(v) = c.connect_timeout {
-        figment = figment.merge(("connect_timeout_ms", v));
-    }
-    let mut config: ClientConfig = figment
-        .extract()
-        .map_err(|e| ConfigError::Load(Box::new(e)))?;
+    .load()?;
     config.agent = concat!("icom/", env!("CARGO_PKG_VERSION")).into();
     Ok(config)
 }

@@ -1,4 +1,4 @@
-//! `icom bench limit`: the ceiling. The same client, with the same
+//! `icom-bench limit`: the ceiling. The same client, with the same
 //! settings, sends one stream per event straight into a sink that speaks
 //! just enough ICOM/1 to take them: `hello` → `welcome`, then for each
 //! event stream, read it, decode its header and ack it on the control
@@ -29,11 +29,12 @@ use tempfile::TempDir;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
-use super::flow::{pump, Flow, TputArgs};
-use super::os;
-use super::report::Report;
-use super::router::router_runtime;
-use super::Env;
+use crate::cli::TputArgs;
+use crate::env::Env;
+use crate::os;
+use crate::pump::{pump, Flow};
+use crate::report::{self, Report};
+use crate::router::router_runtime;
 
 /// The name of the sink's threads.
 const SINK_THREADS: &str = "icom-sink";
@@ -86,7 +87,7 @@ pub(crate) async fn run(env: &Env, args: &TputArgs) -> anyhow::Result<Report> {
         report.add(
             "sink_cpu_s_per_million_events",
             "sink CPU s / 1M events",
-            super::report::round(cpu.as_secs_f64() * 1e6 / args.events.max(1) as f64, 3),
+            report::round(cpu.as_secs_f64() * 1e6 / args.events.max(1) as f64, 3),
         );
     }
     if let (Some(a), Some(b), Some(c), Some(d)) = (cpu_before, cpu_after, own_before, own_after) {

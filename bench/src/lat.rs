@@ -1,4 +1,4 @@
-//! `icom bench lat`: request/reply round trips at a fixed rate. One
+//! `icom-bench lat`: request/reply round trips at a fixed rate. One
 //! client asks, another replies to each request as it arrives; every
 //! request is started on its own schedule (open loop), so a slow one does
 //! not hold the next back. Reported: the round trip as the requester sees
@@ -8,35 +8,21 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Args;
 use icom_client::{Events, MsgPack};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::payload::{self, EVENT};
-use super::report::{Latencies, Report};
-use super::router::Needs;
-use super::Env;
+use crate::cli::LatArgs;
+use crate::env::Env;
+use crate::payload::{self, EVENT};
+use crate::report::{Latencies, Report};
+use crate::router::Needs;
 
 /// How long one request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests sent one after another before the timed ones.
 const WARMUP: u64 = 50;
-
-/// `icom bench lat`.
-#[derive(Debug, Clone, Args)]
-pub(crate) struct LatArgs {
-    /// Requests per second.
-    #[arg(long, default_value_t = 200, value_name = "N")]
-    pub(crate) rate: u32,
-    /// Requests to time (after a warm-up of 50).
-    #[arg(long, default_value_t = 2000, value_name = "N")]
-    pub(crate) requests: u64,
-    /// Size of each request's and reply's data, in bytes.
-    #[arg(long, default_value_t = 200, value_name = "BYTES")]
-    pub(crate) size: usize,
-}
 
 /// Runs `lat`.
 ///

@@ -1,4 +1,4 @@
-//! `icom bench tput --raw`: the router alone, between two peers that speak
+//! `icom-bench tput --raw`: the router alone, between two peers that speak
 //! ICOM/1 with bare QUIC (the test suite's `RawClient`): one task writes a
 //! stream per event, one reads the acks, one accepts the deliveries. With
 //! no client library around them, the peers cost as little as they can, so
@@ -12,11 +12,12 @@ use bytes::Bytes;
 use icom_protocol::{Control, Deliver, Send, Target};
 use tokio::sync::Semaphore;
 
-use super::flow::{finish_time, tput_report, Received, Sent, TputArgs};
-use super::payload::{self, EVENT};
-use super::report::Report;
-use super::router::Router;
-use super::Env;
+use crate::cli::TputArgs;
+use crate::env::Env;
+use crate::payload::{self, EVENT};
+use crate::pump::{finish_time, tput_report, Received, Sent};
+use crate::report::Report;
+use crate::router::Router;
 
 /// Runs `tput --raw`: bare QUIC peers around the router.
 ///

@@ -117,7 +117,7 @@ impl Report {
     /// The human table.
     pub(crate) fn table(&self) -> String {
         let width = self.rows.iter().map(|r| r.label.len()).max().unwrap_or(0);
-        let mut out = format!("icom bench {}\n", self.scenario);
+        let mut out = format!("icom-bench {}\n", self.scenario);
         for row in &self.rows {
             let value = match &row.value {
                 Value::String(s) => s.clone(),

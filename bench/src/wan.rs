@@ -1,20 +1,18 @@
-//! `icom bench wan`: another scenario through the impairment proxy, which
-//! stands in for a long or lossy link between every client and the router
-//! (half the round trip each way, the same loss both ways). The proxy runs
-//! on a runtime of its own (one thread, `icom-proxy`), so its CPU is
-//! reported apart from the router's.
+//! The link of `icom-bench wan`, which runs another scenario through the
+//! impairment proxy: it stands in for a long or lossy link between every
+//! client and the router (half the round trip each way, the same loss both
+//! ways). The proxy runs on a runtime of its own (one thread, `icom-proxy`),
+//! so its CPU is reported apart from the router's.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
 use icom_tests::{Impairment, ImpairmentProxy};
 use tokio::runtime::Runtime;
 
-use super::flow::{FanoutArgs, TputArgs};
-use super::lat::LatArgs;
-use super::os;
-use super::report::{round, Report};
+use crate::cli::WanArgs;
+use crate::os;
+use crate::report::{round, Report};
 
 /// The name of the proxy's thread.
 const PROXY_THREADS: &str = "icom-proxy";
@@ -22,36 +20,6 @@ const PROXY_THREADS: &str = "icom-proxy";
 /// What the proxy may hold each way: enough for the bandwidth-delay
 /// product of the fastest run, so that it never drops for lack of room.
 const PROXY_QUEUE_BYTES: usize = 256 << 20;
-
-/// `icom bench wan`.
-#[derive(Debug, Clone, Args)]
-pub(crate) struct WanArgs {
-    /// Round-trip time added between each client and the router, in ms.
-    #[arg(long, default_value_t = 80, value_name = "MS")]
-    pub(crate) rtt_ms: u64,
-    /// Packet loss each way, from 0 to 1 (0.02 is 2%).
-    #[arg(long, default_value_t = 0.0, value_name = "P")]
-    pub(crate) loss: f64,
-    /// The seed of the proxy's loss pattern.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub(crate) seed: u64,
-    /// The scenario to run through the link.
-    #[command(subcommand)]
-    pub(crate) scenario: WanScenario,
-}
-
-/// The scenarios `wan` can run.
-#[derive(Debug, Clone, Subcommand)]
-pub(crate) enum WanScenario {
-    /// `tput` through the link.
-    Tput(TputArgs),
-    /// `fanout` through the link.
-    Fanout(FanoutArgs),
-    /// `lat` through the link.
-    Lat(LatArgs),
-    /// `limit` through the link.
-    Limit(TputArgs),
-}
 
 /// A link's impairment.
 #[derive(Debug, Clone, Copy)]

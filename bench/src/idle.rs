@@ -1,4 +1,4 @@
-//! `icom bench idle`: K connected servers that send nothing, and what they
+//! `icom-bench idle`: K connected servers that send nothing, and what they
 //! cost the router: resident memory per connection (its `VmRSS` with them,
 //! less its `VmRSS` before them, over K), its peak, its descriptors, and
 //! the CPU their keep-alives take. The router must be a process of its own
@@ -9,28 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Args;
 use icom_client::{Client, Events};
 use tokio::sync::Semaphore;
 
-use super::report::{round, Report};
-use super::router::{Needs, Router};
-use super::{os, Env};
-
-/// `icom bench idle`.
-#[derive(Debug, Clone, Args)]
-pub(crate) struct IdleArgs {
-    /// Idle servers to connect.
-    #[arg(long, default_value_t = 1000, value_name = "K")]
-    pub(crate) servers: u32,
-    /// How long they sit connected before the router is measured, in s
-    /// (the CPU figure is over this time).
-    #[arg(long, default_value_t = 10, value_name = "S")]
-    pub(crate) settle_secs: u64,
-    /// Handshakes in flight at once while connecting.
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    pub(crate) concurrency: usize,
-}
+use crate::cli::IdleArgs;
+use crate::env::Env;
+use crate::os;
+use crate::report::{round, Report};
+use crate::router::{Needs, Router};
 
 /// Runs `idle`.
 ///

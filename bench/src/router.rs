@@ -23,9 +23,9 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::runtime::Runtime;
 
-use super::os::{self, Memory, Proc};
-use super::report::{round, Report};
-use super::wan::Link;
+use crate::os::{self, Memory, Proc};
+use crate::report::{round, Report};
+use crate::wan::Link;
 
 /// The name of the in-process router's threads (at most 15 bytes).
 pub(crate) const ROUTER_THREADS: &str = "icom-router";

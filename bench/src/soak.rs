@@ -1,4 +1,4 @@
-//! `icom bench soak`: mixed traffic through churn, for minutes or hours,
+//! `icom-bench soak`: mixed traffic through churn, for minutes or hours,
 //! while the router's memory and descriptors are sampled. Steady servers
 //! send direct events, broadcasts, requests (answered by each other),
 //! persistent events under a few reused ids (so they replace each other),
@@ -12,47 +12,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Args;
 use icom_client::{Client, Events, MsgPack, SendError, SendOptions, Target};
 use rand::Rng;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::payload;
-use super::report::Report;
-use super::router::{Needs, Router};
-use super::{os, Env};
+use crate::cli::SoakArgs;
+use crate::env::Env;
+use crate::os;
+use crate::payload;
+use crate::report::Report;
+use crate::router::{Needs, Router};
 
 /// Identities that come and go.
 const CHURNERS: u32 = 8;
 /// Persistent ids the steady servers reuse.
 const PERSIST_IDS: u32 = 16;
-
-/// `icom bench soak`.
-#[derive(Debug, Clone, Args)]
-pub(crate) struct SoakArgs {
-    /// How long to run, in minutes (default 10).
-    #[arg(long, value_name = "M", conflicts_with = "seconds")]
-    pub(crate) minutes: Option<u64>,
-    /// How long to run, in seconds (for a short check).
-    #[arg(long, value_name = "S")]
-    pub(crate) seconds: Option<u64>,
-    /// Seconds between samples of the router's memory and descriptors.
-    #[arg(long, default_value_t = 10, value_name = "S")]
-    pub(crate) sample_secs: u64,
-    /// Steady servers, each sending and answering.
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    pub(crate) servers: u32,
-    /// Operations per second of each steady server.
-    #[arg(long, default_value_t = 100, value_name = "N")]
-    pub(crate) rate: u32,
-    /// Milliseconds between churn steps (a connect, disconnect or replace).
-    #[arg(long, default_value_t = 250, value_name = "MS")]
-    pub(crate) churn_ms: u64,
-    /// Size of each event's data, in bytes.
-    #[arg(long, default_value_t = 200, value_name = "BYTES")]
-    pub(crate) size: usize,
-}
 
 /// Outcomes, by operation and result.
 #[derive(Debug, Default)]

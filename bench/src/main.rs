@@ -1,0 +1,123 @@
+//! `icom-bench`: how fast and how light a router is, in the spirit of
+//! `nats bench` and `redis-benchmark`. Each scenario starts its own router
+//! (in-process by default, see [`router`]) with a generated PKI, or targets
+//! `--router` with the usual connection flags, and prints a table and one
+//! JSON line (`--json`: the JSON line only). The exit status is 0 when
+//! every count adds up (sent = acked = delivered), 1 otherwise; no verdict
+//! is ever taken on time.
+//!
+//! - `tput`: one sender → one receiver, pipelined ([`flow`]);
+//! - `fanout`: one sender → a broadcast to K receivers ([`flow`]);
+//! - `lat`: request/reply round trips at a fixed rate;
+//! - `idle`: K idle servers, and the router's memory per connection;
+//! - `limit`: the sender straight into a sink, no router: the ceiling;
+//! - `wan`: any of tput, fanout, lat, limit through the impairment proxy;
+//! - `soak`: mixed traffic through churn, sampling memory and descriptors.
+//!
+//! The layers, lowest first: [`cli`] (the arguments), [`report`], [`os`],
+//! [`payload`]; [`wan`] (the proxy) and [`router`]; [`env`] (what a
+//! scenario runs in); [`pump`] (the pipelined sender); the scenarios. This
+//! file only parses the flags, starts the runtime and picks the scenario.
+
+mod cli;
+mod env;
+mod flow;
+mod idle;
+mod lat;
+mod limit;
+mod os;
+mod payload;
+mod pump;
+mod raw;
+mod report;
+mod router;
+mod soak;
+mod wan;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::cli::{Cli, Scenario, WanScenario};
+use crate::env::Env;
+use crate::router::{Placement, Remote};
+use crate::wan::Wan;
+
+/// mimalloc, as in the router binary: the bench runs routers and many
+/// clients in this process.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            // The bench replaces and drops connections on purpose.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.client_threads.max(1))
+        .thread_name("icom-client")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("icom-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("icom-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the scenario and prints its report; whether every count added up.
+///
+/// # Errors
+/// When a router, proxy or client cannot be started, or stdout written.
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let router_threads = cli.router_threads.unwrap_or_else(router::default_workers);
+    // The bench starts its own router unless one is named.
+    let placement = if cli.connection.names_a_router() {
+        Placement::Remote(Box::new(Remote {
+            base: cli.connection.overrides().load()?,
+            dev: cli.connection.dev(),
+            pid: cli.router_pid,
+        }))
+    } else if cli.spawn {
+        Placement::Spawn(env::server_bin(cli.server_bin.as_ref())?)
+    } else {
+        Placement::InProcess(router_threads)
+    };
+    let wan = match &cli.scenario {
+        Scenario::Wan(a) => Some(Wan::of(a)?),
+        _ => None,
+    };
+    let env = Env::new(placement, router_threads, cli.server_bin, wan);
+    let report = match &cli.scenario {
+        Scenario::Tput(a) => flow::tput(&env, a).await?,
+        Scenario::Fanout(a) => flow::fanout(&env, a).await?,
+        Scenario::Lat(a) => lat::run(&env, a).await?,
+        Scenario::Idle(a) => idle::run(&env, a).await?,
+        Scenario::Limit(a) => limit::run(&env, a).await?,
+        Scenario::Soak(a) => soak::run(&env, a).await?,
+        Scenario::Wan(a) => match &a.scenario {
+            WanScenario::Tput(t) => flow::tput(&env, t).await?,
+            WanScenario::Fanout(f) => flow::fanout(&env, f).await?,
+            WanScenario::Lat(l) => lat::run(&env, l).await?,
+            WanScenario::Limit(t) => limit::run(&env, t).await?,
+        },
+    };
+    report.print(cli.json).context("writing the report")?;
+    Ok(report.ok())
+}
