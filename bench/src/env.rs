@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use icom_client::{Client, Events};
+use icom_protocol::lock;
 
 use crate::router::{Needs, Placement, Router};
 use crate::wan::{Link, Wan};
@@ -99,21 +100,13 @@ impl Env {
         let (client, events) = Client::connect(config)
             .await
             .with_context(|| format!("connecting {id}"))?;
-        self.clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(client.clone());
+        lock(&self.clients).push(client.clone());
         Ok((client, events))
     }
 
     /// Closes the clients, then stops a router the bench started.
     pub(crate) async fn stop(&self, router: Router) {
-        let clients = std::mem::take(
-            &mut *self
-                .clients
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let clients = std::mem::take(&mut *lock(&self.clients));
         let closing: Vec<_> = clients
             .into_iter()
             .map(|c| tokio::spawn(async move { c.close().await }))

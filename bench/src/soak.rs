@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use icom_client::{Client, Events, MsgPack, SendError, SendOptions, Target};
+use icom_protocol::lock;
 use rand::Rng;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -350,8 +351,4 @@ async fn connect(
     let (client, events) = Client::connect(config.clone()).await.ok()?;
     let inbox = tokio::spawn(answer(events, tally.clone(), stop.clone()));
     Some((client, inbox))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
