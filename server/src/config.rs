@@ -21,6 +21,9 @@ pub use self::file::{
     ConfigFile, LimitsFile, LogFile, LogFormat, MetricsFile, StoreFile, TlsFiles, TransportFile,
 };
 
+/// The longest presence changes may gather, in ms.
+const MAX_PRESENCE_BATCH_MS: u64 = 10_000;
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -144,6 +147,8 @@ pub struct Limits {
     pub outbound_queue_bytes: usize,
     /// Control frames waiting for one client.
     pub control_queue: usize,
+    /// How long presence changes gather before they go out.
+    pub presence_batch: Duration,
     /// Time a client has to send `hello`.
     pub hello_timeout: Duration,
 }
@@ -192,6 +197,12 @@ impl TryFrom<ConfigFile> for Config {
             return bad(format!(
                 "limits.max_streams = {} must be at least {MIN_CLIENT_STREAMS}",
                 l.max_streams
+            ));
+        }
+        if l.presence_batch_ms > MAX_PRESENCE_BATCH_MS {
+            return bad(format!(
+                "limits.presence_batch_ms = {} must be at most {MAX_PRESENCE_BATCH_MS}",
+                l.presence_batch_ms
             ));
         }
         if l.initial_streams == 0 || l.initial_streams > l.max_streams {
@@ -268,6 +279,7 @@ impl TryFrom<ConfigFile> for Config {
                 outbound_queue_events: l.outbound_queue_events as usize,
                 outbound_queue_bytes: usize::try_from(l.outbound_queue_bytes).unwrap_or(usize::MAX),
                 control_queue: l.control_queue as usize,
+                presence_batch: Duration::from_millis(l.presence_batch_ms),
                 hello_timeout: Duration::from_secs(l.hello_timeout_secs),
             },
             transport: Transport {

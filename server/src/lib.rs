@@ -15,6 +15,7 @@ mod handler;
 mod metrics;
 mod outbound;
 pub mod policy;
+mod presence;
 pub mod reset;
 mod router;
 mod server;

@@ -45,6 +45,8 @@ pub(crate) struct Metrics {
     pub(crate) accepted: Counter,
     pub(crate) refused: Family<Reason, Counter>,
     pub(crate) events: Counter,
+    pub(crate) presence_batches: Counter,
+    pub(crate) presence_messages: Counter,
     pub(crate) deliveries: Counter,
     pub(crate) event_errors: Family<Code, Counter>,
     outbound_events: Gauge,
@@ -64,6 +66,8 @@ impl Metrics {
             accepted: Counter::default(),
             refused: Family::default(),
             events: Counter::default(),
+            presence_batches: Counter::default(),
+            presence_messages: Counter::default(),
             deliveries: Counter::default(),
             event_errors: Family::default(),
             outbound_events: Gauge::default(),
@@ -89,6 +93,16 @@ impl Metrics {
             "connections_refused",
             "Connections refused, by reason (limit, handshake, bad_identity, protocol, revoked)",
             m.refused.clone(),
+        );
+        registry.register(
+            "presence_batches",
+            "Presence batches sent (each one buffer per connected client)",
+            m.presence_batches.clone(),
+        );
+        registry.register(
+            "presence_messages",
+            "Presence messages queued to clients, summed over clients",
+            m.presence_messages.clone(),
         );
         registry.register(
             "events_routed",

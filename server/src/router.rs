@@ -2,15 +2,15 @@
 //! event reaches each recipient. The one module that knows where a server
 //! is; a future shared backplane replaces what is behind this boundary.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use icom_protocol::{
-    encode_frame, read, write, Ack, AckCode, AckError, CloseCode, Control, Groups, Presence,
+    encode_frame, lock, read, write, Ack, AckCode, AckError, CloseCode, Control, Groups, Presence,
     Recipients,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::{debug, warn};
 
 use crate::outbound::{Outbound, PushError};
@@ -55,38 +55,46 @@ impl Peer {
 #[derive(Debug, Default)]
 pub(crate) struct Table {
     peers: RwLock<HashMap<Arc<str>, Arc<Peer>>>,
+    /// Presence changes not sent yet: the last state of each identity that
+    /// came or went since the last batch (see [`crate::presence`]).
+    changes: Mutex<BTreeMap<Arc<str>, bool>>,
+    /// Wakes the presence task when `changes` gets its first entry.
+    changed: Notify,
 }
 
 impl Table {
     /// Registers a peer and, in the same step, queues its welcome, built by
-    /// `welcome` from every other connected identity: nothing (a presence
-    /// from a peer registering at the same moment) can reach the new peer
+    /// `welcome` from the identities the other clients have been told of
+    /// (the table as of the last presence batch, see [`Table::send_presence`]):
+    /// the new peer then gets exactly the batches that follow, and nothing
+    /// (a presence from a peer registering at the same moment) reaches it
     /// before its welcome. An older connection with the same identity is
-    /// replaced (closed with `REPLACED`, no presence change); otherwise
-    /// every other peer is told it came online. Presence is queued under
-    /// the table's lock, so the presence of one identity is never
-    /// reordered by a concurrent register and unregister.
+    /// replaced (closed with `REPLACED`, no presence change); otherwise the
+    /// identity is recorded as come online, for the next batch.
     pub(crate) fn register(&self, peer: Arc<Peer>, welcome: impl FnOnce(Vec<String>) -> Control) {
         let old = {
             let mut map = write(&self.peers);
             let old = map.insert(peer.server_id.clone(), peer.clone());
-            let others: Vec<&Arc<Peer>> = map
-                .values()
-                .filter(|p| p.server_id != peer.server_id)
+            let mut changes = lock(&self.changes);
+            // What the others have been told: connected now, less those
+            // not announced yet, plus those whose leaving is not.
+            let told: Vec<String> = map
+                .keys()
+                .filter(|id| !changes.contains_key(*id))
+                .chain(
+                    changes
+                        .iter()
+                        .filter(|(_, online)| !**online)
+                        .map(|(id, _)| id),
+                )
+                .filter(|id| **id != peer.server_id)
+                .map(|id| id.to_string())
                 .collect();
             // The peer's control queue is new and holds at least one frame
             // (`limits.control_queue` >= 1): the welcome is always queued.
-            peer.try_control(welcome(
-                others.iter().map(|p| p.server_id.to_string()).collect(),
-            ));
+            peer.try_control(welcome(told));
             if old.is_none() {
-                let online = frame(&Control::Presence(Presence {
-                    server_id: peer.server_id.to_string(),
-                    online: true,
-                }));
-                for p in others {
-                    p.try_frame(online.clone());
-                }
+                record(&mut changes, &self.changed, peer.server_id.clone(), true);
             }
             old
         };
@@ -97,24 +105,50 @@ impl Table {
         }
     }
 
-    /// Removes the identity if it is still held by `session`; tells the
-    /// others it left. A replaced connection's cleanup removes nothing.
+    /// Removes the identity if it is still held by `session`, and records
+    /// that it left, for the next presence batch. A replaced connection's
+    /// cleanup removes nothing.
     pub(crate) fn unregister(&self, server_id: &str, session: u64) -> bool {
         let mut map = write(&self.peers);
-        match map.get(server_id) {
-            Some(p) if p.session == session => {
-                map.remove(server_id);
-            }
+        let id = match map.get_key_value(server_id) {
+            Some((id, p)) if p.session == session => id.clone(),
             _ => return false,
-        }
-        let offline = frame(&Control::Presence(Presence {
-            server_id: server_id.to_owned(),
-            online: false,
-        }));
-        for p in map.values() {
-            p.try_frame(offline.clone());
-        }
+        };
+        map.remove(server_id);
+        record(&mut lock(&self.changes), &self.changed, id, false);
         true
+    }
+
+    /// Waits until a presence change is recorded.
+    pub(crate) async fn changed(&self) {
+        if lock(&self.changes).is_empty() {
+            self.changed.notified().await;
+        }
+    }
+
+    /// Takes the changes recorded since the last call, and sends them to
+    /// every connected peer as one batch: each peer gets one buffer of
+    /// `presence` frames, without the one about itself. Returns how many
+    /// `presence` messages were queued in all. The table stays locked
+    /// throughout, so that no peer registers between the batch and its
+    /// sending (its welcome would then count the batch in, and it would
+    /// get the batch too).
+    pub(crate) fn send_presence(&self) -> u64 {
+        let map = read(&self.peers);
+        let changes = std::mem::take(&mut *lock(&self.changes));
+        if changes.is_empty() {
+            return 0;
+        }
+        let batch = PresenceBatch::new(&changes);
+        let mut sent = 0;
+        for peer in map.values() {
+            let (frames, count) = batch.for_peer(&peer.server_id);
+            if count > 0 {
+                peer.try_frame(frames);
+                sent += count as u64;
+            }
+        }
+        sent
     }
 
     /// Every connected peer.
@@ -200,6 +234,59 @@ impl Tally {
         self.ack.ok = false;
         if self.ack.error.is_none() {
             self.ack.error = Some(AckError { code, message });
+        }
+    }
+}
+
+/// Records that `id` came or went. Connects and disconnects of one
+/// identity alternate (a replacement records nothing), so a change already
+/// waiting is the opposite one: the two cancel out, and the clients, told
+/// of neither, stay right.
+fn record(changes: &mut BTreeMap<Arc<str>, bool>, changed: &Notify, id: Arc<str>, online: bool) {
+    if changes.remove(&id).is_some() {
+        return;
+    }
+    changes.insert(id, online);
+    if changes.len() == 1 {
+        changed.notify_one();
+    }
+}
+
+/// Presence changes encoded once, as consecutive `presence` frames.
+struct PresenceBatch {
+    all: Bytes,
+    /// Where each identity's frame sits in `all`.
+    spans: HashMap<Arc<str>, std::ops::Range<usize>>,
+}
+
+impl PresenceBatch {
+    fn new(changes: &BTreeMap<Arc<str>, bool>) -> PresenceBatch {
+        let mut all = Vec::new();
+        let mut spans = HashMap::with_capacity(changes.len());
+        for (id, online) in changes {
+            let start = all.len();
+            all.extend(encode_frame(&Control::Presence(Presence {
+                server_id: id.to_string(),
+                online: *online,
+            })));
+            spans.insert(id.clone(), start..all.len());
+        }
+        PresenceBatch {
+            all: Bytes::from(all),
+            spans,
+        }
+    }
+
+    /// The frames for `peer` (all but its own), and how many.
+    fn for_peer(&self, peer: &str) -> (Bytes, usize) {
+        match self.spans.get(peer) {
+            None => (self.all.clone(), self.spans.len()),
+            Some(own) => {
+                let mut out = Vec::with_capacity(self.all.len() - own.len());
+                out.extend_from_slice(&self.all[..own.start]);
+                out.extend_from_slice(&self.all[own.end..]);
+                (Bytes::from(out), self.spans.len() - 1)
+            }
         }
     }
 }

@@ -166,6 +166,7 @@ impl Server {
         let limit = Arc::new(Semaphore::new(config.limits.max_connections));
         let tracker = TaskTracker::new();
         tracker.spawn(sweep(self.shared.clone(), shutdown.clone()));
+        tracker.spawn(crate::presence::run(self.shared.clone(), shutdown.clone()));
         let (persistent, queued, bytes) = self.shared.store.counts();
         info!(addr = %self.local_addr, persistent, queued, bytes, "listening");
         self.shared.metrics.set_ready(true);

@@ -27,11 +27,13 @@ async fn connect_returns_after_welcome_with_the_certificate_identity() {
     assert!(client.is_connected());
     let welcome = client.welcome().expect("a live connection");
     assert_eq!(welcome.server_id, "server_1");
-    assert_eq!(welcome.peers, ["server_2"]);
     assert!(
         matches!(client.state(), State::Connected { server_id, .. } if server_id == "server_1")
     );
-    assert_eq!(client.peers(), ["server_2"]);
+    // The welcome lists server_2 if its presence batch went out before
+    // server_1 connected; the batch brings it otherwise.
+    assert!(welcome.peers.is_empty() || welcome.peers == ["server_2"]);
+    client_support::eventually(|| client.peers() == ["server_2"]).await;
     other.close().await;
     client_support::eventually(|| client.peers().is_empty()).await;
     client.close().await;

@@ -121,6 +121,10 @@ pub struct LimitsFile {
     pub outbound_queue_bytes: u64,
     /// Control frames (acks, presence) waiting for one client.
     pub control_queue: u32,
+    /// How long presence changes gather before they go out together, in
+    /// ms (0: at once). Fewer, larger presence writes when many servers
+    /// come or go at once; a change reaches clients this much later.
+    pub presence_batch_ms: u64,
     /// Seconds a client has to send `hello` after the handshake.
     pub hello_timeout_secs: u64,
 }
@@ -221,6 +225,7 @@ impl Default for LimitsFile {
             outbound_queue_events: 8192,
             outbound_queue_bytes: 16 << 20,
             control_queue: 16384,
+            presence_batch_ms: 20,
             hello_timeout_secs: icom_protocol::HELLO_TIMEOUT_MS / 1000,
         }
     }
