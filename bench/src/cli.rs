@@ -135,6 +135,9 @@ pub(crate) enum Scenario {
     Lat(LatArgs),
     /// K idle connected servers: router memory per connection.
     Idle(IdleArgs),
+    /// K servers connecting at once: time until all are welcomed and
+    /// presence has settled, presence sent, router CPU and peak memory.
+    Join(JoinArgs),
     /// The same sender straight into a sink (no router): the ceiling.
     Limit(TputArgs),
     /// A scenario through the impairment proxy (round-trip time, loss).
@@ -212,6 +215,20 @@ pub(crate) struct IdleArgs {
     /// Handshakes in flight at once while connecting.
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub(crate) concurrency: usize,
+}
+
+/// `icom-bench join`.
+#[derive(Debug, Args)]
+pub(crate) struct JoinArgs {
+    /// Servers connecting at once.
+    #[arg(long, default_value_t = 2000, value_name = "K")]
+    pub(crate) servers: u32,
+    /// Handshakes in flight at once [default: all of them].
+    #[arg(long, default_value_t = usize::MAX, hide_default_value = true, value_name = "N")]
+    pub(crate) concurrency: usize,
+    /// The bound on joining and settling, in s (the run fails past it).
+    #[arg(long, default_value_t = 120, value_name = "S")]
+    pub(crate) timeout_secs: u64,
 }
 
 /// `icom-bench wan`.

@@ -35,7 +35,12 @@ pub(crate) async fn tput(env: &Env, args: &TputArgs) -> anyhow::Result<Report> {
     } else {
         None
     };
-    let router = env.router(Needs { connections: 2 }).await?;
+    let router = env
+        .router(Needs {
+            connections: 2,
+            ..Needs::default()
+        })
+        .await?;
     if args.raw {
         return raw::run(env, router, args).await;
     }
@@ -96,6 +101,7 @@ pub(crate) async fn fanout(env: &Env, args: &FanoutArgs) -> anyhow::Result<Repor
     let router = env
         .router(Needs {
             connections: args.receivers + 1,
+            ..Needs::default()
         })
         .await?;
     let mut clients = Vec::new();

@@ -29,6 +29,7 @@ pub(crate) async fn run(env: &Env, args: &IdleArgs) -> anyhow::Result<Report> {
         &placement,
         Needs {
             connections: args.servers,
+            ..Needs::default()
         },
     )
     .await?;

@@ -32,7 +32,12 @@ pub(crate) async fn run(env: &Env, args: &LatArgs) -> anyhow::Result<Report> {
     if args.rate == 0 {
         anyhow::bail!("--rate must be at least 1");
     }
-    let router = env.router(Needs { connections: 2 }).await?;
+    let router = env
+        .router(Needs {
+            connections: 2,
+            ..Needs::default()
+        })
+        .await?;
     let (_responder, events) = env.connect(&router, "server_2", 1024).await?;
     let (requester, _) = env.connect(&router, "server_1", 1024).await?;
     let stop = CancellationToken::new();

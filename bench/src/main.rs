@@ -10,6 +10,7 @@
 //! - `fanout`: one sender → a broadcast to K receivers ([`flow`]);
 //! - `lat`: request/reply round trips at a fixed rate;
 //! - `idle`: K idle servers, and the router's memory per connection;
+//! - `join`: K servers connecting at once, until presence has settled;
 //! - `limit`: the sender straight into a sink, no router: the ceiling;
 //! - `wan`: any of tput, fanout, lat, limit through the impairment proxy;
 //! - `soak`: mixed traffic through churn, sampling memory and descriptors.
@@ -23,6 +24,7 @@ mod cli;
 mod env;
 mod flow;
 mod idle;
+mod join;
 mod lat;
 mod limit;
 mod os;
@@ -109,6 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::Fanout(a) => flow::fanout(&env, a).await?,
         Scenario::Lat(a) => lat::run(&env, a).await?,
         Scenario::Idle(a) => idle::run(&env, a).await?,
+        Scenario::Join(a) => join::run(&env, a).await?,
         Scenario::Limit(a) => limit::run(&env, a).await?,
         Scenario::Soak(a) => soak::run(&env, a).await?,
         Scenario::Wan(a) => match &a.scenario {

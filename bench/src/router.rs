@@ -63,6 +63,8 @@ pub(crate) struct Remote {
 pub(crate) struct Needs {
     /// Clients that will be connected at once.
     pub(crate) connections: u32,
+    /// Where the router serves `/metrics`, if the scenario reads them.
+    pub(crate) metrics: Option<SocketAddr>,
 }
 
 /// A CPU, memory and descriptor reading of the router.
@@ -108,6 +110,10 @@ impl Router {
     pub(crate) async fn start(placement: &Placement, needs: Needs) -> anyhow::Result<Router> {
         let tweak = move |f: &mut ConfigFile| {
             f.limits.max_connections = f.limits.max_connections.max(needs.connections + 64);
+            if let Some(addr) = needs.metrics {
+                f.metrics.enabled = true;
+                f.metrics.listen = addr;
+            }
         };
         match placement {
             Placement::InProcess(threads) => {

@@ -61,6 +61,7 @@ pub(crate) async fn run(env: &Env, args: &SoakArgs) -> anyhow::Result<Report> {
         &placement,
         Needs {
             connections: args.servers + 2 * CHURNERS,
+            ..Needs::default()
         },
     )
     .await?;

@@ -123,6 +123,19 @@ fn idle_connects_every_server_to_the_router_binary() {
 }
 
 #[test]
+fn join_welcomes_everyone_and_presence_settles() {
+    let v = bench(&["join", "--servers", "30"]);
+    assert_eq!(n(&v, "servers"), 30);
+    assert_eq!(n(&v, "welcomed"), 30);
+    assert!(v["settle_seconds"].is_number(), "{v}");
+    // A server learns of each other one once: from its welcome or from one
+    // presence message, never both.
+    let messages = n(&v, "presence_messages");
+    assert!((1..=30 * 29).contains(&messages), "{v}");
+    assert!(n(&v, "presence_batches") >= 1, "{v}");
+}
+
+#[test]
 fn wan_runs_through_the_impairment_proxy() {
     let v = bench(&[
         "wan",
