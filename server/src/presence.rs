@@ -1,8 +1,8 @@
 //! Presence in batches: the table records who came and went, and this task
-//! sends what changed to every client every `limits.presence_batch_ms`
-//! (while something changed), one buffer per client. A mass join of N
-//! servers then costs each client a frame per batch, not one per join, and
-//! a server that came and went within one batch is not announced at all.
+//! sends the changes, in order, to every client every
+//! `limits.presence_batch_ms` (while something changed), as one buffer per
+//! client. A mass join of N servers then costs each client one write (and
+//! one wake-up of its writer) per batch, not one per join.
 //! docs/PROTOCOL.md §3.2 says what a client may rely on.
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! event reaches each recipient. The one module that knows where a server
 //! is; a future shared backplane replaces what is behind this boundary.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -55,9 +55,9 @@ impl Peer {
 #[derive(Debug, Default)]
 pub(crate) struct Table {
     peers: RwLock<HashMap<Arc<str>, Arc<Peer>>>,
-    /// Presence changes not sent yet: the last state of each identity that
-    /// came or went since the last batch (see [`crate::presence`]).
-    changes: Mutex<BTreeMap<Arc<str>, bool>>,
+    /// Presence changes not sent yet, in the order they happened (see
+    /// [`crate::presence`]).
+    changes: Mutex<Vec<(Arc<str>, bool)>>,
     /// Wakes the presence task when `changes` gets its first entry.
     changed: Notify,
 }
@@ -76,20 +76,28 @@ impl Table {
             let mut map = write(&self.peers);
             let old = map.insert(peer.server_id.clone(), peer.clone());
             let mut changes = lock(&self.changes);
-            // What the others have been told: connected now, less those
-            // not announced yet, plus those whose leaving is not.
-            let told: Vec<String> = map
+            // What the others have been told: an identity with an odd
+            // number of changes waiting is told the opposite of its state
+            // now (connects and disconnects of one identity alternate).
+            let mut waiting: HashMap<&str, bool> = HashMap::new();
+            for (id, _) in changes.iter() {
+                let odd = waiting.entry(&**id).or_insert(false);
+                *odd = !*odd;
+            }
+            let odd = |id: &str| waiting.get(id).copied().unwrap_or(false);
+            let mut told: Vec<String> = map
                 .keys()
-                .filter(|id| !changes.contains_key(*id))
-                .chain(
-                    changes
-                        .iter()
-                        .filter(|(_, online)| !**online)
-                        .map(|(id, _)| id),
-                )
-                .filter(|id| **id != peer.server_id)
+                .filter(|id| !odd(id))
                 .map(|id| id.to_string())
                 .collect();
+            // Gone, but not announced as gone yet.
+            told.extend(
+                waiting
+                    .iter()
+                    .filter(|(id, odd)| **odd && !map.contains_key(**id))
+                    .map(|(id, _)| (*id).to_owned()),
+            );
+            told.retain(|id| **id != *peer.server_id);
             // The peer's control queue is new and holds at least one frame
             // (`limits.control_queue` >= 1): the welcome is always queued.
             peer.try_control(welcome(told));
@@ -238,15 +246,9 @@ impl Tally {
     }
 }
 
-/// Records that `id` came or went. Connects and disconnects of one
-/// identity alternate (a replacement records nothing), so a change already
-/// waiting is the opposite one: the two cancel out, and the clients, told
-/// of neither, stay right.
-fn record(changes: &mut BTreeMap<Arc<str>, bool>, changed: &Notify, id: Arc<str>, online: bool) {
-    if changes.remove(&id).is_some() {
-        return;
-    }
-    changes.insert(id, online);
+/// Records that `id` came (`online`) or went, waking the presence task.
+fn record(changes: &mut Vec<(Arc<str>, bool)>, changed: &Notify, id: Arc<str>, online: bool) {
+    changes.push((id, online));
     if changes.len() == 1 {
         changed.notify_one();
     }
@@ -255,39 +257,44 @@ fn record(changes: &mut BTreeMap<Arc<str>, bool>, changed: &Notify, id: Arc<str>
 /// Presence changes encoded once, as consecutive `presence` frames.
 struct PresenceBatch {
     all: Bytes,
-    /// Where each identity's frame sits in `all`.
-    spans: HashMap<Arc<str>, std::ops::Range<usize>>,
+    /// How many frames `all` holds.
+    count: usize,
+    /// Where each identity's frames sit in `all`.
+    spans: HashMap<Arc<str>, Vec<std::ops::Range<usize>>>,
 }
 
 impl PresenceBatch {
-    fn new(changes: &BTreeMap<Arc<str>, bool>) -> PresenceBatch {
+    fn new(changes: &[(Arc<str>, bool)]) -> PresenceBatch {
         let mut all = Vec::new();
-        let mut spans = HashMap::with_capacity(changes.len());
+        let mut spans: HashMap<Arc<str>, Vec<std::ops::Range<usize>>> = HashMap::new();
         for (id, online) in changes {
             let start = all.len();
             all.extend(encode_frame(&Control::Presence(Presence {
                 server_id: id.to_string(),
                 online: *online,
             })));
-            spans.insert(id.clone(), start..all.len());
+            spans.entry(id.clone()).or_default().push(start..all.len());
         }
         PresenceBatch {
             all: Bytes::from(all),
+            count: changes.len(),
             spans,
         }
     }
 
-    /// The frames for `peer` (all but its own), and how many.
+    /// The frames for `peer` (all but those about itself), and how many.
     fn for_peer(&self, peer: &str) -> (Bytes, usize) {
-        match self.spans.get(peer) {
-            None => (self.all.clone(), self.spans.len()),
-            Some(own) => {
-                let mut out = Vec::with_capacity(self.all.len() - own.len());
-                out.extend_from_slice(&self.all[..own.start]);
-                out.extend_from_slice(&self.all[own.end..]);
-                (Bytes::from(out), self.spans.len() - 1)
-            }
+        let Some(own) = self.spans.get(peer) else {
+            return (self.all.clone(), self.count);
+        };
+        let mut out = Vec::with_capacity(self.all.len());
+        let mut from = 0;
+        for span in own {
+            out.extend_from_slice(&self.all[from..span.start]);
+            from = span.end;
         }
+        out.extend_from_slice(&self.all[from..]);
+        (Bytes::from(out), self.count - own.len())
     }
 }
 

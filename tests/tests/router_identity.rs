@@ -249,9 +249,7 @@ async fn replacement_races_leave_one_survivor_that_gets_everything() {
             assert_eq!(survivor.deliver().await.unwrap().id, id);
         }
         survivor.conn.close(0u32.into(), b"bye");
-        // Wait until the router has seen it go. (Presence cannot tell: a
-        // racer that came and went within one presence batch is never
-        // announced.)
+        // Wait until the router has seen it go.
         assert!(eventually(|| cluster.stats().connections == 1).await);
     }
 }

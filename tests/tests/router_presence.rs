@@ -1,8 +1,8 @@
 //! Presence in batches (docs/PROTOCOL.md §3.2): changes gather for
-//! `limits.presence_batch_ms` and reach every client together; a server
-//! that comes and goes within one batch is never announced; a welcome
-//! lists what the others have been told, so that every client's view,
-//! welcome plus presence, ends the same; and a mass join settles.
+//! `limits.presence_batch_ms` and reach every client together, in the order
+//! they happened; a welcome lists what the others have been told, so that
+//! every client's view, welcome plus presence, goes through the same
+//! states; and a mass join settles.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,7 +36,7 @@ async fn presence_within(c: &mut RawClient, within: Duration) -> Option<Control>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_in_one_window_go_out_together_and_a_flap_is_never_announced() {
+async fn changes_in_one_window_go_out_together_in_order() {
     // The longest window: everything below happens inside the first one.
     let cluster = TestCluster::start_with(|c| {
         c.limits.presence_batch_ms = 10_000;
@@ -56,20 +56,39 @@ async fn changes_in_one_window_go_out_together_and_a_flap_is_never_announced() {
     }
     assert_eq!(cluster.stats().connections, 3);
 
-    // One batch: each client hears of the others, never of b nor itself.
-    assert_eq!(next_presence(&mut a).await, presence("c", true));
-    assert_eq!(next_presence(&mut a).await, presence("d", true));
-    assert_eq!(next_presence(&mut c).await, presence("a", true));
-    assert_eq!(next_presence(&mut c).await, presence("d", true));
-    assert_eq!(next_presence(&mut d).await, presence("a", true));
-    assert_eq!(next_presence(&mut d).await, presence("c", true));
+    // One batch, every change in order, none about the client itself.
+    let heard = |of: &[(&str, bool)]| {
+        of.iter()
+            .map(|(id, on)| presence(id, *on))
+            .collect::<Vec<_>>()
+    };
+    for (client, expected) in [
+        (
+            &mut a,
+            heard(&[("b", true), ("c", true), ("b", false), ("d", true)]),
+        ),
+        (
+            &mut c,
+            heard(&[("a", true), ("b", true), ("b", false), ("d", true)]),
+        ),
+        (
+            &mut d,
+            heard(&[("a", true), ("b", true), ("c", true), ("b", false)]),
+        ),
+    ] {
+        let mut got = Vec::new();
+        for _ in 0..expected.len() {
+            got.push(next_presence(client).await);
+        }
+        assert_eq!(got, expected);
+    }
     let (_, body) = cluster.http_get("/metrics").await;
     assert_eq!(metric(&body, "icom_presence_batches_total"), Some(1.0));
-    assert_eq!(metric(&body, "icom_presence_messages_total"), Some(6.0));
+    assert_eq!(metric(&body, "icom_presence_messages_total"), Some(12.0));
     assert_eq!(
         presence_within(&mut a, Duration::from_millis(500)).await,
         None,
-        "b came and went inside the window"
+        "one batch, nothing after it"
     );
 
     // A server that joins now is welcomed with what the others were told.
