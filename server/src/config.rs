@@ -149,6 +149,8 @@ pub struct Limits {
     pub control_queue: usize,
     /// How long presence changes gather before they go out.
     pub presence_batch: Duration,
+    /// How long they gather at most, in a burst.
+    pub presence_batch_max: Duration,
     /// Time a client has to send `hello`.
     pub hello_timeout: Duration,
 }
@@ -199,11 +201,15 @@ impl TryFrom<ConfigFile> for Config {
                 l.max_streams
             ));
         }
-        if l.presence_batch_ms > MAX_PRESENCE_BATCH_MS {
-            return bad(format!(
-                "limits.presence_batch_ms = {} must be at most {MAX_PRESENCE_BATCH_MS}",
-                l.presence_batch_ms
-            ));
+        for (name, v) in [
+            ("limits.presence_batch_ms", l.presence_batch_ms),
+            ("limits.presence_batch_max_ms", l.presence_batch_max_ms),
+        ] {
+            if v > MAX_PRESENCE_BATCH_MS {
+                return bad(format!(
+                    "{name} = {v} must be at most {MAX_PRESENCE_BATCH_MS}"
+                ));
+            }
         }
         if l.initial_streams == 0 || l.initial_streams > l.max_streams {
             return bad(format!(
@@ -280,6 +286,7 @@ impl TryFrom<ConfigFile> for Config {
                 outbound_queue_bytes: usize::try_from(l.outbound_queue_bytes).unwrap_or(usize::MAX),
                 control_queue: l.control_queue as usize,
                 presence_batch: Duration::from_millis(l.presence_batch_ms),
+                presence_batch_max: Duration::from_millis(l.presence_batch_max_ms),
                 hello_timeout: Duration::from_secs(l.hello_timeout_secs),
             },
             transport: Transport {

@@ -136,16 +136,16 @@ impl Table {
 
     /// Takes the changes recorded since the last call, and sends them to
     /// every connected peer as one batch: each peer gets one buffer of
-    /// `presence` frames, without the one about itself. Returns how many
-    /// `presence` messages were queued in all. The table stays locked
-    /// throughout, so that no peer registers between the batch and its
-    /// sending (its welcome would then count the batch in, and it would
-    /// get the batch too).
-    pub(crate) fn send_presence(&self) -> u64 {
+    /// `presence` frames, without those about itself. Returns how many
+    /// changes the batch held, and how many `presence` messages were queued
+    /// in all. The table stays locked throughout, so that no peer registers
+    /// between the batch and its sending (its welcome would then count the
+    /// batch in, and it would get the batch too).
+    pub(crate) fn send_presence(&self) -> (usize, u64) {
         let map = read(&self.peers);
         let changes = std::mem::take(&mut *lock(&self.changes));
         if changes.is_empty() {
-            return 0;
+            return (0, 0);
         }
         let batch = PresenceBatch::new(&changes);
         let mut sent = 0;
@@ -156,7 +156,7 @@ impl Table {
                 sent += count as u64;
             }
         }
-        sent
+        (changes.len(), sent)
     }
 
     /// Every connected peer.

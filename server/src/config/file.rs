@@ -125,6 +125,10 @@ pub struct LimitsFile {
     /// ms (0: at once). Fewer, larger presence writes when many servers
     /// come or go at once; a change reaches clients this much later.
     pub presence_batch_ms: u64,
+    /// The longest presence changes gather while they come in bursts, in
+    /// ms: each batch that carries several changes doubles the wait of the
+    /// next, up to this.
+    pub presence_batch_max_ms: u64,
     /// Seconds a client has to send `hello` after the handshake.
     pub hello_timeout_secs: u64,
 }
@@ -226,6 +230,7 @@ impl Default for LimitsFile {
             outbound_queue_bytes: 16 << 20,
             control_queue: 16384,
             presence_batch_ms: 20,
+            presence_batch_max_ms: 1000,
             hello_timeout_secs: icom_protocol::HELLO_TIMEOUT_MS / 1000,
         }
     }
