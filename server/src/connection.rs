@@ -74,29 +74,47 @@ impl ControlReader {
     }
 }
 
-/// Writes queued control frames, what is waiting as one chunk: QUIC keeps
-/// each written chunk until the peer acks it and looks chunks up one by
-/// one, so a long round trip with thousands of tiny chunks (an ack each)
-/// in flight would cost time in proportion to their count. Nothing is kept
-/// between writes: a connection that once got a large frame (a `welcome`
-/// listing a thousand peers) does not keep a buffer of that size.
+/// Frames at least this long are written as they are, never copied: a
+/// presence batch is one buffer shared by every connection.
+const SHARED_FRAME: usize = 512;
+
+/// Writes queued control frames, what is waiting at once in few chunks:
+/// QUIC keeps each written chunk until the peer acks it and looks chunks
+/// up one by one, so a long round trip with thousands of tiny chunks (an
+/// ack each) in flight would cost time in proportion to their count. Small
+/// frames are copied together into one chunk; large ones (a presence batch,
+/// shared by every connection) go as they are, so that N connections do
+/// not hold N copies. Nothing is kept between writes: a connection that
+/// once got a large frame (a `welcome` listing a thousand peers) does not
+/// keep a buffer of that size.
 pub(crate) async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<Bytes>) {
     let mut batch = Vec::new();
+    let mut chunks = Vec::new();
     while rx.recv_many(&mut batch, 1024).await > 0 {
-        let chunk = if batch.len() == 1 {
-            batch.pop().unwrap_or_default()
-        } else {
-            let mut buf = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
-            for frame in batch.drain(..) {
-                buf.extend_from_slice(&frame);
+        let mut small = BytesMut::new();
+        if batch.len() == 1 {
+            chunks.append(&mut batch);
+        }
+        for frame in batch.drain(..) {
+            if frame.len() >= SHARED_FRAME {
+                if !small.is_empty() {
+                    chunks.push(small.split().freeze());
+                }
+                chunks.push(frame);
+            } else {
+                small.extend_from_slice(&frame);
             }
-            buf.freeze()
-        };
-        if send.write_chunk(chunk).await.is_err() {
+        }
+        if !small.is_empty() {
+            chunks.push(small.freeze());
+        }
+        if send.write_all_chunks(&mut chunks).await.is_err() {
             return;
         }
+        chunks.clear();
         if batch.capacity() > 64 {
             batch = Vec::new();
+            chunks = Vec::new();
         }
     }
     let _ = send.finish();

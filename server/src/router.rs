@@ -150,11 +150,11 @@ impl Table {
         let batch = PresenceBatch::new(&changes);
         let mut sent = 0;
         for peer in map.values() {
-            let (frames, count) = batch.for_peer(&peer.server_id);
-            if count > 0 {
-                peer.try_frame(frames);
-                sent += count as u64;
+            let (parts, count) = batch.for_peer(&peer.server_id);
+            for part in parts {
+                peer.try_frame(part);
             }
+            sent += count as u64;
         }
         (changes.len(), sent)
     }
@@ -282,19 +282,24 @@ impl PresenceBatch {
         }
     }
 
-    /// The frames for `peer` (all but those about itself), and how many.
-    fn for_peer(&self, peer: &str) -> (Bytes, usize) {
+    /// The frames for `peer` (all but those about itself), as slices of
+    /// the one shared buffer, and how many frames.
+    fn for_peer(&self, peer: &str) -> (Vec<Bytes>, usize) {
         let Some(own) = self.spans.get(peer) else {
-            return (self.all.clone(), self.count);
+            return (vec![self.all.clone()], self.count);
         };
-        let mut out = Vec::with_capacity(self.all.len());
+        let mut parts = Vec::with_capacity(own.len() + 1);
         let mut from = 0;
         for span in own {
-            out.extend_from_slice(&self.all[from..span.start]);
+            if span.start > from {
+                parts.push(self.all.slice(from..span.start));
+            }
             from = span.end;
         }
-        out.extend_from_slice(&self.all[from..]);
-        (Bytes::from(out), self.count - own.len())
+        if from < self.all.len() {
+            parts.push(self.all.slice(from..));
+        }
+        (parts, self.count - own.len())
     }
 }
 
