@@ -19,7 +19,7 @@ use crate::connection::{establish, resolve, FrameReader, Live};
 use crate::error::{ConfigError, ConnectError, SendError, Unavailable};
 use crate::event::Event;
 use crate::gate::Gate;
-use crate::session::{Gone, Kind, Session};
+use crate::session::{Gone, Ids, Kind, Session};
 use crate::state::{State, StateCell};
 
 /// How many times an operation tries again when its connection breaks
@@ -36,6 +36,8 @@ pub(crate) struct Core {
     /// Where operations wait for a connection.
     pub(crate) gate: Gate<Arc<Live>>,
     session: Mutex<Session<Waiting>>,
+    /// Taken without the session's lock (see [`Ids`]).
+    ids: Ids,
     in_flight: Arc<Semaphore>,
     pub(crate) ack_timeout: Duration,
     pub(crate) state: StateCell,
@@ -61,7 +63,8 @@ impl Core {
             quic,
             endpoint: Mutex::new(None),
             gate: Gate::new(&cfg.queue),
-            session: Mutex::new(Session::new(first_id(), cfg.inbound.dedup_window)),
+            session: Mutex::new(Session::new(cfg.inbound.dedup_window)),
+            ids: Ids::starting_at(first_id()),
             in_flight: Arc::new(Semaphore::new(
                 cfg.max_in_flight.min(Semaphore::MAX_PERMITS),
             )),
@@ -136,7 +139,7 @@ impl Core {
 
     /// The next event id.
     pub(crate) fn next_id(&self) -> u64 {
-        lock(&self.session).next_id()
+        self.ids.next()
     }
 
     /// A place in the in-flight window (`max_in_flight`), waited for at

@@ -91,22 +91,28 @@ pub(crate) async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<B
     let mut batch = Vec::new();
     let mut chunks = Vec::new();
     while rx.recv_many(&mut batch, 1024).await > 0 {
-        let mut small = BytesMut::new();
         if batch.len() == 1 {
             chunks.append(&mut batch);
-        }
-        for frame in batch.drain(..) {
-            if frame.len() >= SHARED_FRAME {
-                if !small.is_empty() {
-                    chunks.push(small.split().freeze());
+        } else {
+            let small_len = batch
+                .iter()
+                .filter(|f| f.len() < SHARED_FRAME)
+                .map(Bytes::len)
+                .sum();
+            let mut small = BytesMut::with_capacity(small_len);
+            for frame in batch.drain(..) {
+                if frame.len() >= SHARED_FRAME {
+                    if !small.is_empty() {
+                        chunks.push(small.split().freeze());
+                    }
+                    chunks.push(frame);
+                } else {
+                    small.extend_from_slice(&frame);
                 }
-                chunks.push(frame);
-            } else {
-                small.extend_from_slice(&frame);
             }
-        }
-        if !small.is_empty() {
-            chunks.push(small.freeze());
+            if !small.is_empty() {
+                chunks.push(small.freeze());
+            }
         }
         if send.write_all_chunks(&mut chunks).await.is_err() {
             return;
