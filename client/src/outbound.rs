@@ -12,6 +12,7 @@ use icom_protocol::{
     validate_event_name, validate_persist_id, Ack, Deliver, Persist, Send, Target,
 };
 
+use crate::connection::Live;
 use crate::core::{Core, Reply, WaitError, Waiter, ATTEMPTS};
 use crate::error::{refusal, SendError};
 use crate::event::Replier;
@@ -87,13 +88,7 @@ pub(crate) async fn transmit(
     let bytes = encode(id, to, event, data, options, reply_to)?;
     for _ in 0..ATTEMPTS {
         let live = core.gate.get().await?;
-        let max = live.welcome.limits.max_event_bytes;
-        if bytes.len() > max as usize {
-            return Err(SendError::TooLarge {
-                size: bytes.len(),
-                max,
-            });
-        }
+        fits(&bytes, &live)?;
         let reply = if want_reply {
             let Some(waiter) = core.register::<Reply>(id, &live, peer.as_deref()) else {
                 core.gone(&live);
@@ -155,6 +150,18 @@ pub(crate) fn check(event: &str, options: &SendOptions) -> Result<(), SendError>
     validate_event_name(event).map_err(|e| SendError::Invalid(e.to_string()))?;
     if let Some(Persist::Id(id)) = &options.persist {
         validate_persist_id(id).map_err(|e| SendError::Invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Checks an encoded send against the limit the router announced.
+pub(crate) fn fits(bytes: &Bytes, live: &Live) -> Result<(), SendError> {
+    let max = live.welcome.limits.max_event_bytes;
+    if bytes.len() > max as usize {
+        return Err(SendError::TooLarge {
+            size: bytes.len(),
+            max,
+        });
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::core::{Core, Route, ATTEMPTS};
 use crate::data::ToData;
 use crate::error::{refusal, SendError};
-use crate::outbound::{check, encode, SendOptions};
+use crate::outbound::{check, encode, fits, SendOptions};
 
 /// Sends events without waiting for their acks; see [`Client::publisher`](crate::Client::publisher).
 /// Cloning is cheap: every clone's acks go to the same [`Outcomes`].
@@ -75,13 +75,7 @@ impl Publisher {
         let timeout = core.ack_timeout;
         for _ in 0..ATTEMPTS {
             let live = core.gate.get().await?;
-            let max = live.welcome.limits.max_event_bytes;
-            if bytes.len() > max as usize {
-                return Err(SendError::TooLarge {
-                    size: bytes.len(),
-                    max,
-                });
-            }
+            fits(&bytes, &live)?;
             let to = Route::Stream {
                 id,
                 tx: self.tx.clone(),

@@ -1,0 +1,119 @@
+//! What `icom`'s subcommands do with a connected client: send and
+//! broadcast, listen, ping, and the JSON lines they print.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use icom_client::{Ack, Client, Event, Persist, SendOptions, Target};
+
+use crate::cli::EventArgs;
+use crate::exit::{OK, TIMEOUT};
+
+pub(crate) async fn send(client: &Client, target: Target, args: EventArgs) -> anyhow::Result<u8> {
+    let mut options = SendOptions::new();
+    options.persist = args.persist.map(|p| match p.as_str() {
+        "auto" => Persist::Auto,
+        _ => Persist::Id(p),
+    });
+    options.ttl = args.ttl.map(Duration::from_millis);
+    match client
+        .send_to(target, &args.event, &args.data, options)
+        .await
+    {
+        Ok(ack) => {
+            print_ack(&ack)?;
+            Ok(OK)
+        }
+        Err(e) => {
+            if let Some(ack) = e.ack() {
+                print_ack(ack)?;
+            }
+            Err(anyhow::Error::new(e).context(format!("send '{}'", args.event)))
+        }
+    }
+}
+
+pub(crate) async fn listen(
+    mut events: icom_client::Events,
+    count: Option<u64>,
+    timeout: Option<u64>,
+) -> anyhow::Result<u8> {
+    let deadline = timeout.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    let mut seen = 0u64;
+    while count.is_none_or(|n| seen < n) {
+        let next = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, events.next()).await.ok(),
+                None => Some(events.next().await),
+            }
+        };
+        let event = tokio::select! {
+            event = next => event,
+            _ = tokio::signal::ctrl_c() => return Ok(OK),
+        };
+        let Some(event) = event else {
+            // The deadline passed.
+            return Ok(if count.is_some() { TIMEOUT } else { OK });
+        };
+        let Some(event) = event else {
+            anyhow::bail!("the client closed");
+        };
+        print_line(&EventLine::of(&event))?;
+        seen += 1;
+    }
+    Ok(OK)
+}
+
+pub(crate) async fn ping(client: &Client, count: u32, interval: u64) -> anyhow::Result<u8> {
+    for seq in 1..=count {
+        let rtt = client.ping().await.context("ping")?;
+        println!("seq={seq} time={:.3} ms", rtt.as_secs_f64() * 1000.0);
+        if seq < count {
+            tokio::time::sleep(Duration::from_millis(interval)).await;
+        }
+    }
+    Ok(OK)
+}
+
+/// An event as `listen` and `request` print it, keys in this order.
+#[derive(serde::Serialize)]
+pub(crate) struct EventLine<'a> {
+    from: &'a str,
+    id: u64,
+    event: &'a str,
+    data: serde_json::Value,
+    persist_id: Option<&'a str>,
+    reply_to: Option<u64>,
+    sent_ms: u64,
+}
+
+impl EventLine<'_> {
+    pub(crate) fn of(e: &Event) -> EventLine<'_> {
+        let data = e.json().unwrap_or_else(|err| {
+            tracing::warn!(error = %err, from = %e.from, id = e.id, "data has no JSON form; printed as null");
+            serde_json::Value::Null
+        });
+        EventLine {
+            from: &e.from,
+            id: e.id,
+            event: &e.event,
+            data,
+            persist_id: e.persist_id.as_deref(),
+            reply_to: e.reply_to,
+            sent_ms: e.sent_ms,
+        }
+    }
+}
+
+pub(crate) fn print_ack(ack: &Ack) -> anyhow::Result<()> {
+    print_line(ack)
+}
+
+pub(crate) fn print_line(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
