@@ -236,6 +236,14 @@ impl TestCluster {
         self.stop().await;
         self.launch().await;
     }
+
+    /// Stops the router, leaves it down for `down` (a slow restart, an
+    /// upgrade), and starts it again on the same address and data dir.
+    pub async fn restart_after(&mut self, down: std::time::Duration) {
+        self.stop().await;
+        tokio::time::sleep(down).await;
+        self.launch().await;
+    }
 }
 
 impl Drop for TestCluster {

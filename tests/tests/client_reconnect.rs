@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use client_support::{
     config, connect, connect_with, connected, disconnected, next_event, wait_state,
 };
-use icom_client::{Client, QueueMode, SendError, State, Unavailable};
+use icom_client::{Client, QueueMode, ReconnectConfig, SendError, State, Unavailable};
 use icom_tests::{TestCluster, WAIT};
 
 #[tokio::test]
@@ -35,6 +35,31 @@ async fn the_client_reconnects_after_a_router_restart_and_events_flow_again() {
     assert_eq!(ack.delivered, 1);
     let e = next_event(&mut eb).await;
     assert_eq!((e.event.as_str(), e.decode::<i32>().unwrap()), ("after", 2));
+    a.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_back_soon_after_a_router_that_was_down_for_a_while() {
+    let mut cluster = TestCluster::start().await;
+    // The default reconnect settings (100 ms doubling up to 30 s), with a
+    // 5 s connect timeout: what brings the client back is the attempt in
+    // flight, whose Initial QUIC retransmits until the router answers.
+    let mut cfg = config(&cluster, "server_1");
+    cfg.reconnect = ReconnectConfig::default();
+    let (a, _ea) = connect_with(cfg).await;
+    let mut states = a.states();
+    // Down long enough for a doubling backoff to reach seconds.
+    cluster.restart_after(Duration::from_secs(4)).await;
+    let back = Instant::now();
+    let gone = wait_state(&mut states, |s| !connected(s)).await;
+    assert!(disconnected(&gone), "{gone:?}");
+    wait_state(&mut states, connected).await;
+    let took = back.elapsed();
+    // A retransmission or a short delay, then a handshake: generous bound.
+    assert!(
+        took < Duration::from_secs(3),
+        "back {took:?} after the router"
+    );
     a.ping().await.unwrap();
 }
 
