@@ -10,7 +10,7 @@
 #   /etc/icom/icom-server.toml   the configuration (deploy/docker/icom-server.toml)
 #   /etc/icom/certs/             ca.pem, crl.pem, router.pem, router.key (mount them here)
 #   /etc/icom/ca/                the CA directory of the compose `certs` service
-#   /var/lib/icom/               the router's database (VOLUME)
+#   /var/lib/icom/               the router's database and reset.key (VOLUME: keep it across restarts)
 #   /usr/local/bin/              icom-server, icom-certs, icom-mint-certs, icom-healthcheck
 #
 # server/tests/deploy.rs runs the ENTRYPOINT, CMD, ENV, HEALTHCHECK and
