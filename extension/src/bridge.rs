@@ -13,7 +13,11 @@
 //!   write, come back as null.
 //! - From other clients only: MessagePack binary becomes an array of byte
 //!   values, extension types become null, and a map key that is not a
-//!   string becomes its JSON text (`1` → `"1"`).
+//!   string becomes its JSON text (`1` → `"1"`). Such a key's text may be no
+//!   longer than [`Bounds::max_bytes`]: each level of keys nested in keys
+//!   escapes the text inside again, which would otherwise double it per
+//!   level (the json_bridge fuzz target found 30 such levels taking
+//!   minutes and gigabytes).
 //! - Nesting deeper than [`Bounds::max_depth`] and text or bytes larger
 //!   than [`Bounds::max_bytes`] are refused with a readable error.
 
@@ -99,7 +103,11 @@ pub(crate) fn msgpack_to_json(bytes: &[u8], bounds: Bounds) -> Result<String, Br
             max: bounds.max_bytes,
         });
     }
-    let mut reader = Reader { buf: bytes, pos: 0 };
+    let mut reader = Reader {
+        buf: bytes,
+        pos: 0,
+        max_key: bounds.max_bytes,
+    };
     let mut out = String::with_capacity(bytes.len() + bytes.len() / 4 + 8);
     reader.value(&mut out, 1, bounds.max_depth)?;
     if reader.pos != bytes.len() {
@@ -252,6 +260,8 @@ fn write_int(out: &mut Vec<u8>, v: i64) {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// The longest text a non-string map key may render to.
+    max_key: usize,
 }
 
 const TRUNCATED: BridgeError = BridgeError::MsgPack("truncated");
@@ -406,6 +416,12 @@ impl<'a> Reader<'a> {
         }
         let mut text = String::new();
         self.value(&mut text, depth + 1, max)?;
+        if text.len() > self.max_key {
+            return Err(BridgeError::TooLarge {
+                size: text.len(),
+                max: self.max_key,
+            });
+        }
         push_json_str(out, &text);
         Ok(())
     }
@@ -436,6 +452,33 @@ mod tests {
     fn round_trip(text: &str) -> String {
         let bytes = json_to_msgpack(text, Bounds::default()).unwrap();
         msgpack_to_json(&bytes, Bounds::default()).unwrap()
+    }
+
+    #[test]
+    fn keys_nested_in_keys_cannot_blow_up() {
+        // Found by the json_bridge fuzz target: maps whose only key is a
+        // map, 30 deep. Each level escapes the text of the one inside, so
+        // the text doubles per level; the bound on a key's text stops it.
+        // (20 levels here: without the bound, a text of some megabytes.)
+        let mut bytes = vec![0x81u8; 20];
+        bytes.push(0xa1);
+        bytes.push(b'"');
+        bytes.extend(std::iter::repeat_n(0xc0u8, 20));
+        let bounds = Bounds {
+            max_depth: 64,
+            max_bytes: 4096,
+        };
+        let err = msgpack_to_json(&bytes, bounds).unwrap_err();
+        assert!(
+            matches!(err, BridgeError::TooLarge { max: 4096, .. }),
+            "{err}"
+        );
+        // A few levels are fine, and exact.
+        let shallow = [0x81, 0x81, 0xa1, b'k', 0x01, 0x02];
+        assert_eq!(
+            msgpack_to_json(&shallow, bounds).unwrap(),
+            r#"{"{\"k\":1}":2}"#
+        );
     }
 
     #[test]
