@@ -143,9 +143,30 @@ async fn exhausted_file_descriptors_are_survived_and_recovered_from() {
             Err(e) => panic!("a QUIC client was not welcomed: {e}"),
         }
     }
-    let probe = RawClient::welcomed(addr, pki, "probe").await;
+    // Every client is in the table: a newcomer's view (its welcome, then
+    // the presence batches still on their way) holds them all.
+    let mut probe = RawClient::welcomed(addr, pki, "probe").await;
+    let mut known: BTreeSet<String> = probe
+        .welcome
+        .as_ref()
+        .unwrap()
+        .peers
+        .iter()
+        .cloned()
+        .collect();
+    while known.len() < QUIC_CLIENTS + 2 {
+        match probe
+            .next_control()
+            .await
+            .expect("presence within the bound")
+        {
+            Control::Presence(p) if p.online => known.insert(p.server_id),
+            Control::Presence(p) => known.remove(&p.server_id),
+            _ => false,
+        };
+    }
     assert_eq!(
-        probe.welcome.as_ref().unwrap().peers.len(),
+        known.len(),
         QUIC_CLIENTS + 2,
         "every client is in the table"
     );
