@@ -14,9 +14,9 @@
 //! - From other clients only: MessagePack binary becomes an array of byte
 //!   values, extension types become null, and a map key that is not a
 //!   string becomes its JSON text (`1` → `"1"`). Such a key's text may be no
-//!   longer than [`Bounds::max_bytes`]: each level of keys nested in keys
-//!   escapes the text inside again, which would otherwise double it per
-//!   level (the json_bridge fuzz target found 30 such levels taking
+//!   longer than [`MAX_KEY_TEXT`] (4 KiB): each level of keys nested in
+//!   keys escapes the text inside again, which would otherwise double it
+//!   per level (the json_bridge fuzz target found 30 such levels taking
 //!   minutes and gigabytes).
 //! - Nesting deeper than [`Bounds::max_depth`] and text or bytes larger
 //!   than [`Bounds::max_bytes`] are refused with a readable error.
@@ -25,6 +25,9 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 use thiserror::Error;
+
+/// The longest text a map key that is not a string may render to.
+pub(crate) const MAX_KEY_TEXT: usize = 4096;
 
 /// The bounds a conversion enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +109,7 @@ pub(crate) fn msgpack_to_json(bytes: &[u8], bounds: Bounds) -> Result<String, Br
     let mut reader = Reader {
         buf: bytes,
         pos: 0,
-        max_key: bounds.max_bytes,
+        max_key: MAX_KEY_TEXT.min(bounds.max_bytes),
     };
     let mut out = String::with_capacity(bytes.len() + bytes.len() / 4 + 8);
     reader.value(&mut out, 1, bounds.max_depth)?;
@@ -466,11 +469,17 @@ mod tests {
         bytes.extend(std::iter::repeat_n(0xc0u8, 20));
         let bounds = Bounds {
             max_depth: 64,
-            max_bytes: 4096,
+            ..Bounds::default()
         };
         let err = msgpack_to_json(&bytes, bounds).unwrap_err();
         assert!(
-            matches!(err, BridgeError::TooLarge { max: 4096, .. }),
+            matches!(
+                err,
+                BridgeError::TooLarge {
+                    max: MAX_KEY_TEXT,
+                    ..
+                }
+            ),
             "{err}"
         );
         // A few levels are fine, and exact.
