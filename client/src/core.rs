@@ -19,7 +19,7 @@ use crate::connection::{establish, resolve, FrameReader, Live};
 use crate::error::{ConfigError, ConnectError, SendError, Unavailable};
 use crate::event::Event;
 use crate::gate::Gate;
-use crate::session::{Gone, Ids, Kind, Session};
+use crate::session::{Ids, Kind, Link, Session};
 use crate::state::{State, StateCell};
 
 /// How many times an operation tries again when its connection breaks
@@ -180,9 +180,19 @@ impl Core {
         peer: Option<&str>,
         route: Route<T>,
     ) -> Result<(), Route<T>> {
-        let waiting = T::wrap(Route::into_slot(route));
-        let recorded = lock(&self.session).expect(T::KIND, id, live.generation, peer, waiting);
-        recorded.map_err(|Gone(w)| T::unwrap(w).and_then(Slot::take).unwrap_or(Route::Gone))
+        let mut session = lock(&self.session);
+        if session.link() != Link::Up(live.generation) {
+            return Err(route);
+        }
+        // The link was just checked under the same lock: this records it.
+        let _ = session.expect(
+            T::KIND,
+            id,
+            live.generation,
+            peer,
+            T::wrap(Slot(Some(route))),
+        );
+        Ok(())
     }
 
     /// Takes back the route of the answer to `id`, without telling it.
@@ -255,14 +265,6 @@ pub(crate) enum Route<T> {
         tx: mpsc::UnboundedSender<(u64, Option<T>)>,
         permit: OwnedSemaphorePermit,
     },
-    /// Already taken (only seen when a route could not be given back).
-    Gone,
-}
-
-impl<T> Route<T> {
-    fn into_slot(self) -> Slot<T> {
-        Slot(Some(self))
-    }
 }
 
 /// A route as the session keeps it: a stream route dropped unanswered
@@ -286,7 +288,7 @@ impl<T> Slot<T> {
                     Err(e) => e.0 .1.map_or(Ok(()), Err),
                 }
             }
-            Some(Route::Gone) | None => Err(value),
+            None => Err(value),
         }
     }
 }

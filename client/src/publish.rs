@@ -111,7 +111,7 @@ impl Publisher {
 fn take_permit(to: Route<Ack>) -> Result<tokio::sync::OwnedSemaphorePermit, SendError> {
     match to {
         Route::Stream { permit, .. } => Ok(permit),
-        Route::Once(_) | Route::Gone => Err(SendError::ConnectionLost),
+        Route::Once(_) => Err(SendError::ConnectionLost),
     }
 }
 

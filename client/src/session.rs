@@ -106,7 +106,6 @@ impl<W> Session<W> {
     }
 
     /// Which connection operations may use now.
-    #[cfg(test)]
     pub(crate) fn link(&self) -> Link {
         self.link
     }

@@ -55,11 +55,10 @@ async fn clients_are_back_soon_after_a_router_that_was_down_for_a_while() {
     assert!(disconnected(&gone), "{gone:?}");
     wait_state(&mut states, connected).await;
     let took = back.elapsed();
-    // A retransmission or a short delay, then a handshake: generous bound.
-    assert!(
-        took < Duration::from_secs(3),
-        "back {took:?} after the router"
-    );
+    // A retransmission or a short delay, then a handshake: about a second
+    // here. The bound is generous; what it rules out is waiting for the
+    // 30 s backoff cap or the idle timeout.
+    assert!(took < WAIT, "back {took:?} after the router");
     a.ping().await.unwrap();
 }
 
