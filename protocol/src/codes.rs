@@ -23,19 +23,29 @@ pub enum AckCode {
     /// An empty, too long or control-character name; an empty `servers`
     /// list; an unknown group; id 0; `ttl_ms` 0.
     Invalid,
+    /// In a cluster: a recipient, or part of a broadcast, is on another
+    /// router and this router cannot reach the cluster right now. What
+    /// could be delivered on this router was.
+    Unreachable,
+    /// The router cannot take this kind of send in its present mode: a
+    /// persistent or ttl send to a router in cluster mode, until the
+    /// cluster stores events. Nothing was stored or delivered.
+    Unsupported,
     /// A code this version does not know (sent by a newer router).
     Unknown,
 }
 
 impl AckCode {
     /// Every code this version knows, in the order of docs/PROTOCOL.md §4.
-    pub const ALL: [AckCode; 6] = [
+    pub const ALL: [AckCode; 8] = [
         AckCode::NotFound,
         AckCode::Forbidden,
         AckCode::TooLarge,
         AckCode::Malformed,
         AckCode::Congested,
         AckCode::Invalid,
+        AckCode::Unreachable,
+        AckCode::Unsupported,
     ];
 
     /// The wire string of the code.
@@ -47,6 +57,8 @@ impl AckCode {
             AckCode::Malformed => "malformed",
             AckCode::Congested => "congested",
             AckCode::Invalid => "invalid",
+            AckCode::Unreachable => "unreachable",
+            AckCode::Unsupported => "unsupported",
             AckCode::Unknown => "unknown",
         }
     }
