@@ -15,8 +15,10 @@ use thiserror::Error;
 use crate::policy::Policy;
 use crate::store::StoreLimits;
 
+mod cluster;
 mod file;
 
+pub use self::cluster::{Cluster, ClusterFile, NatsTls};
 pub use self::file::{
     ConfigFile, LimitsFile, LogFile, LogFormat, MetricsFile, StoreFile, TlsFiles, TransportFile,
 };
@@ -37,7 +39,7 @@ pub enum ConfigError {
 
 /// The top-level keys of the configuration file, which `ICOM_*`
 /// environment variables may set.
-pub const TOP_LEVEL_KEYS: [&str; 10] = [
+pub const TOP_LEVEL_KEYS: [&str; 11] = [
     "listen",
     "data_dir",
     "tls",
@@ -48,6 +50,7 @@ pub const TOP_LEVEL_KEYS: [&str; 10] = [
     "store",
     "policy",
     "metrics",
+    "cluster",
 ];
 
 impl ConfigFile {
@@ -98,6 +101,11 @@ impl ConfigFile {
         if let Some(c) = &mut self.tls.crl {
             fix(c);
         }
+        if let Some(c) = &mut self.cluster {
+            for p in [&mut c.ca, &mut c.cert, &mut c.key].into_iter().flatten() {
+                fix(p);
+            }
+        }
     }
 }
 
@@ -128,6 +136,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// The file the configuration came from, re-read on reload.
     pub source: Option<PathBuf>,
+    /// Other routers sharing the routing space over NATS, if any.
+    pub cluster: Option<Cluster>,
 }
 
 /// Validated `[limits]`.
@@ -186,6 +196,17 @@ impl TryFrom<ConfigFile> for Config {
     type Error = ConfigError;
 
     fn try_from(f: ConfigFile) -> Result<Config, ConfigError> {
+        Config::from_file(f, false)
+    }
+}
+
+impl Config {
+    /// Validates a configuration file; `dev` (the `--dev` flag) allows
+    /// plain NATS on loopback in `[cluster]`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn from_file(f: ConfigFile, dev: bool) -> Result<Config, ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let l = &f.limits;
         if l.max_event_bytes < 1024 || l.max_event_bytes as usize > 64 << 20 {
@@ -262,6 +283,10 @@ impl TryFrom<ConfigFile> for Config {
             groups.insert(name.clone(), patterns);
         }
         let policy = Policy::new(&f.policy, &groups).map_err(ConfigError::Invalid)?;
+        let cluster = match &f.cluster {
+            Some(c) => Some(c.validate(dev)?),
+            None => None,
+        };
         let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         Ok(Config {
             store: StoreLimits {
@@ -307,6 +332,7 @@ impl TryFrom<ConfigFile> for Config {
             groups,
             log_format: f.log.format,
             source: None,
+            cluster,
         })
     }
 }

@@ -69,3 +69,10 @@ pub fn instructions(dir: &Path, addr: SocketAddr) -> String {
         k1 = k1.display(),
     )
 }
+
+/// The cluster name of a `--dev` router joining a cluster (`--nats`)
+/// without `--cluster-name`: `dev-` and its listen port, so that routers
+/// started side by side, told apart by `--listen`, get different names.
+pub fn cluster_name(listen: SocketAddr) -> String {
+    format!("dev-{}", listen.port())
+}

@@ -10,12 +10,20 @@ use crate::clock::now_ms;
 use crate::policy::{Request, Verdict};
 use crate::router::Tally;
 use crate::shared::Shared;
+use crate::space::Reached;
 
 /// Routes one decoded send from `from` and returns its ack.
 pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
     let config = shared.config();
     if let Err(e) = send.validate(&config.groups) {
         return Ack::failed(send.id, AckCode::Invalid, e.to_string());
+    }
+    if (send.persist.is_some() || send.ttl_ms.is_some()) && !shared.space.stores() {
+        return Ack::failed(
+            send.id,
+            AckCode::Unsupported,
+            "persistent and ttl sends are not available in cluster mode yet",
+        );
     }
     let resolved = match shared.table.resolve(from, &send.to, &config.groups) {
         Ok(r) => r,
@@ -26,6 +34,12 @@ pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
             .peers
             .iter()
             .map(|p| &*p.server_id)
+            .chain(
+                resolved
+                    .remote
+                    .iter()
+                    .flat_map(|(_, ids)| ids.iter().map(|i| &**i)),
+            )
             .chain(resolved.offline.iter().map(String::as_str))
             .collect();
         let request = Request {
@@ -92,6 +106,39 @@ pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
             absent.push(peer.server_id.to_string());
         }
     }
+    if !resolved.remote.is_empty() {
+        for (id, reached) in shared.space.forward(resolved.remote, wire.clone()).await {
+            match reached {
+                Reached::Delivered => tally.ack.delivered += 1,
+                Reached::Congested => tally.fail(
+                    AckCode::Congested,
+                    format!("the outbound queue of server '{id}' is full"),
+                ),
+                Reached::NotFound if named => absent.push(id.to_string()),
+                Reached::NotFound => {}
+                Reached::Unreachable(why) => tally.fail(AckCode::Unreachable, why),
+            }
+        }
+    }
+    if !shared.space.reachable() {
+        // Other routers' servers are out of reach: a named one that is not
+        // here may be there, and a broadcast reached this router's alone.
+        if named && !absent.is_empty() {
+            for id in absent.drain(..) {
+                tally.fail(
+                    AckCode::Unreachable,
+                    format!(
+                        "server '{id}' is not connected here, and this router has lost the cluster"
+                    ),
+                );
+            }
+        } else if !named {
+            tally.fail(
+                AckCode::Unreachable,
+                "this router has lost the cluster: delivered to its own servers only".into(),
+            );
+        }
+    }
     if persistent {
         // They get it from the store when they connect.
         tally.ack.queued = absent.len() as u32;
@@ -145,6 +192,13 @@ async fn queue_copies(
 /// Answers a `forget`.
 pub(crate) async fn forget(shared: &Shared, from: &str, id: u64, persist_id: String) -> Ack {
     let config = shared.config();
+    if !shared.space.stores() {
+        return Ack::failed(
+            id,
+            AckCode::Unsupported,
+            "persistent events are not available in cluster mode yet",
+        );
+    }
     if !config.policy.may_persist(from, &config.groups) {
         warn!(code = "forbidden", sender = from, persist_id = %persist_id, "forget refused by policy");
         return Ack::failed(

@@ -74,6 +74,7 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
     };
     let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     let (control_tx, control_rx) = mpsc::channel(config.limits.control_queue);
+    let since = shared.table.claim_since(&server_id, now_ms());
     let peer = Arc::new(Peer {
         server_id: server_id.clone().into(),
         session,
@@ -84,6 +85,7 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
         ),
         control: control_tx.clone(),
         serial,
+        since,
     });
     // The welcome is the first frame: the table queues it as it registers
     // the peer, before any presence can be.
@@ -103,6 +105,9 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
         })
     });
     let writer = tokio::spawn(write_control(ctrl_send, control_rx).in_current_span());
+    // In a cluster: the identity is this router's everywhere (another
+    // router's connection of it closed) before its events are routed.
+    shared.space.joined(&peer).await;
     info!(session, "welcomed");
     shared.metrics.accepted.inc();
     // Stored events first, in stored order, then `replayed`, and only then
@@ -129,7 +134,9 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
         Ended::Lost(e) => debug!("connection ended: {e}"),
     }
     peer.outbound.close();
-    shared.table.unregister(&server_id, session);
+    if shared.table.unregister(&server_id, session) {
+        shared.space.left(&server_id, session);
+    }
     drop(control_tx);
     writer.abort();
     let _ = deliveries.await;

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod clock;
+mod cluster;
 pub mod config;
 mod connection;
 pub mod dev;
@@ -20,6 +21,7 @@ pub mod reset;
 mod router;
 mod server;
 mod shared;
+mod space;
 pub mod store;
 pub mod tls;
 
@@ -36,6 +38,6 @@ pub async fn run(
     config: Config,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), ServerError> {
-    Server::bind(config)?.run(shutdown).await;
+    Server::bind(config).await?.run(shutdown).await;
     Ok(())
 }

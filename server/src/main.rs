@@ -38,6 +38,14 @@ struct Flags {
     /// Log format: text or json.
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
+    /// Join a cluster over this NATS server (repeatable; sets
+    /// `cluster.urls`). With --dev, a plain nats:// URL on loopback is
+    /// enough, and the router is named after its listen port.
+    #[arg(long, value_name = "URL")]
+    nats: Vec<String>,
+    /// This router's name in the cluster (`cluster.name`).
+    #[arg(long, value_name = "NAME")]
+    cluster_name: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -69,18 +77,23 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let dev_dir = PathBuf::from(dev::DEV_DIR);
     let config = if flags.dev && flags.config.is_none() {
         let file = dev::prepare(&dev_dir).context("preparing ./icom-dev")?;
-        let file = merge_flags(
+        let mut file = merge_flags(
             ConfigFile::figment(None).merge(Serialized::defaults(file)),
             &flags,
         )
         .extract::<ConfigFile>()
         .context("reading the environment and flags")?;
-        Config::try_from(file)?
+        if let Some(c) = &mut file.cluster {
+            if c.name.is_empty() {
+                c.name = dev::cluster_name(file.listen);
+            }
+        }
+        Config::from_file(file, true)?
     } else {
         load(flags.config.as_deref(), &flags)?
     };
     install_tracing(config.log_format);
-    let server = Server::bind(config)?;
+    let server = Server::bind(config).await?;
     let addr = server.local_addr();
     if flags.dev && flags.config.is_none() {
         println!("{}", dev::instructions(&dev_dir, addr));
@@ -117,6 +130,12 @@ fn merge_flags(mut f: figment::Figment, flags: &Flags) -> figment::Figment {
     }
     if let Some(l) = &flags.log_format {
         f = f.merge(Serialized::default("log.format", l));
+    }
+    if !flags.nats.is_empty() {
+        f = f.merge(Serialized::default("cluster.urls", &flags.nats));
+    }
+    if let Some(n) = &flags.cluster_name {
+        f = f.merge(Serialized::default("cluster.name", n));
     }
     f
 }

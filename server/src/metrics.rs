@@ -55,7 +55,30 @@ pub(crate) struct Metrics {
     stored_queued: Gauge,
     store_bytes: Gauge,
     pub(crate) reloads: Family<Outcome, Counter>,
+    pub(crate) cluster: ClusterMetrics,
     ready: AtomicBool,
+}
+
+/// The metrics of cluster mode (0 when the router is alone). Clones share
+/// their values with the registered ones.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClusterMetrics {
+    /// 1 while connected to NATS.
+    pub(crate) link_up: Gauge,
+    /// Other routers heard from within `cluster.router_timeout_ms`.
+    pub(crate) routers: Gauge,
+    /// Servers connected to other routers.
+    pub(crate) remote_servers: Gauge,
+    /// Events handed to another router (one per router per event).
+    pub(crate) forwarded: Counter,
+    /// Events other routers handed to this one.
+    pub(crate) received: Counter,
+    /// Forwards that failed, by reason (timeout, link_down, error).
+    pub(crate) forward_failures: Family<Reason, Counter>,
+    /// The last measured NATS round trip, in seconds.
+    pub(crate) nats_rtt: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Identities this router gave up to another router's newer claim.
+    pub(crate) taken_over: Counter,
 }
 
 impl Metrics {
@@ -76,6 +99,7 @@ impl Metrics {
             stored_queued: Gauge::default(),
             store_bytes: Gauge::default(),
             reloads: Family::default(),
+            cluster: ClusterMetrics::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -148,6 +172,47 @@ impl Metrics {
             "reloads",
             "Reloads, by result (ok, error)",
             m.reloads.clone(),
+        );
+        let c = &m.cluster;
+        registry.register(
+            "cluster_link_up",
+            "1 while connected to NATS (cluster mode)",
+            c.link_up.clone(),
+        );
+        registry.register(
+            "cluster_routers",
+            "Other routers of the cluster heard from recently",
+            c.routers.clone(),
+        );
+        registry.register(
+            "cluster_remote_servers",
+            "Servers connected to other routers of the cluster",
+            c.remote_servers.clone(),
+        );
+        registry.register(
+            "cluster_forwarded_events",
+            "Events handed to another router (one per router per event)",
+            c.forwarded.clone(),
+        );
+        registry.register(
+            "cluster_received_events",
+            "Events other routers handed to this one",
+            c.received.clone(),
+        );
+        registry.register(
+            "cluster_forward_failures",
+            "Forwards to another router that failed, by reason (timeout, link_down, no_router, error)",
+            c.forward_failures.clone(),
+        );
+        registry.register(
+            "cluster_nats_rtt_seconds",
+            "The last measured round trip to NATS",
+            c.nats_rtt.clone(),
+        );
+        registry.register(
+            "cluster_takeovers",
+            "Identities given up to a newer connection on another router",
+            c.taken_over.clone(),
         );
         Metrics { registry, ..m }
     }

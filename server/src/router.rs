@@ -1,6 +1,7 @@
-//! The routing table: who is connected, under which session, and how an
-//! event reaches each recipient. The one module that knows where a server
-//! is; a future shared backplane replaces what is behind this boundary.
+//! The routing table: who is connected here, under which session, which
+//! servers other routers of a cluster hold (as [`crate::space`] tells it),
+//! and how an event reaches each recipient. The one module that knows
+//! where a server is.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,6 +30,10 @@ pub(crate) struct Peer {
     pub(crate) control: mpsc::Sender<Bytes>,
     /// The leaf certificate's serial, for revocation on reload.
     pub(crate) serial: Vec<u8>,
+    /// When this connection claimed its identity (ms; in a cluster, later
+    /// than any claim of the identity this router knew of): the newest
+    /// claim holds the identity.
+    pub(crate) since: u64,
 }
 
 impl Peer {
@@ -51,10 +56,42 @@ impl Peer {
     }
 }
 
+/// Where a server held by another router of the cluster is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Owner {
+    /// The router's name.
+    pub(crate) router: Arc<str>,
+    /// Its claim's time (see [`Peer::since`]).
+    pub(crate) since: u64,
+}
+
+/// The servers connected here, and those other routers hold.
+#[derive(Debug, Default)]
+struct Members {
+    local: HashMap<Arc<str>, Arc<Peer>>,
+    remote: HashMap<Arc<str>, Owner>,
+}
+
+impl Members {
+    /// Whether `id` is online anywhere, as far as this router knows.
+    fn online(&self, id: &str) -> bool {
+        self.local.contains_key(id) || self.remote.contains_key(id)
+    }
+
+    /// Every online identity, once each.
+    fn ids(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.local.keys().chain(
+            self.remote
+                .keys()
+                .filter(|id| !self.local.contains_key(&***id)),
+        )
+    }
+}
+
 /// The table of connected identities.
 #[derive(Debug, Default)]
 pub(crate) struct Table {
-    peers: RwLock<HashMap<Arc<str>, Arc<Peer>>>,
+    peers: RwLock<Members>,
     /// Presence changes not sent yet, in the order they happened (see
     /// [`crate::presence`]).
     changes: Mutex<Vec<(Arc<str>, bool)>>,
@@ -74,7 +111,8 @@ impl Table {
     pub(crate) fn register(&self, peer: Arc<Peer>, welcome: impl FnOnce(Vec<String>) -> Control) {
         let old = {
             let mut map = write(&self.peers);
-            let old = map.insert(peer.server_id.clone(), peer.clone());
+            let was_online = map.online(&peer.server_id);
+            let old = map.local.insert(peer.server_id.clone(), peer.clone());
             let mut changes = lock(&self.changes);
             // What the others have been told: an identity with an odd
             // number of changes waiting is told the opposite of its state
@@ -86,7 +124,7 @@ impl Table {
             }
             let odd = |id: &str| waiting.get(id).copied().unwrap_or(false);
             let mut told: Vec<String> = map
-                .keys()
+                .ids()
                 .filter(|id| !odd(id))
                 .map(|id| id.to_string())
                 .collect();
@@ -94,14 +132,14 @@ impl Table {
             told.extend(
                 waiting
                     .iter()
-                    .filter(|(id, odd)| **odd && !map.contains_key(**id))
+                    .filter(|(id, odd)| **odd && !map.online(id))
                     .map(|(id, _)| (*id).to_owned()),
             );
             told.retain(|id| **id != *peer.server_id);
             // The peer's control queue is new and holds at least one frame
             // (`limits.control_queue` >= 1): the welcome is always queued.
             peer.try_control(welcome(told));
-            if old.is_none() {
+            if !was_online {
                 record(&mut changes, &self.changed, peer.server_id.clone(), true);
             }
             old
@@ -114,17 +152,68 @@ impl Table {
     }
 
     /// Removes the identity if it is still held by `session`, and records
-    /// that it left, for the next presence batch. A replaced connection's
-    /// cleanup removes nothing.
+    /// that it left (unless another router holds it), for the next
+    /// presence batch. A replaced connection's cleanup removes nothing.
     pub(crate) fn unregister(&self, server_id: &str, session: u64) -> bool {
         let mut map = write(&self.peers);
-        let id = match map.get_key_value(server_id) {
+        let id = match map.local.get_key_value(server_id) {
             Some((id, p)) if p.session == session => id.clone(),
             _ => return false,
         };
-        map.remove(server_id);
-        record(&mut lock(&self.changes), &self.changed, id, false);
+        map.local.remove(server_id);
+        if !map.remote.contains_key(server_id) {
+            record(&mut lock(&self.changes), &self.changed, id, false);
+        }
         true
+    }
+
+    /// Records that another router holds `id` (`Some`), or none does,
+    /// announcing the change if `id` came online or went offline in all.
+    /// Returns the peer connected here under `id`, if any, for the caller
+    /// to settle which claim holds.
+    pub(crate) fn set_remote(&self, id: &Arc<str>, owner: Option<Owner>) -> Option<Arc<Peer>> {
+        let mut map = write(&self.peers);
+        let before = map.online(id);
+        match owner {
+            Some(o) => {
+                map.remote.insert(id.clone(), o);
+            }
+            None => {
+                map.remote.remove(id);
+            }
+        }
+        let after = map.online(id);
+        if before != after {
+            record(&mut lock(&self.changes), &self.changed, id.clone(), after);
+        }
+        map.local.get(id).cloned()
+    }
+
+    /// The router that holds `id`, if another does.
+    pub(crate) fn remote_owner(&self, id: &str) -> Option<Owner> {
+        read(&self.peers).remote.get(id).cloned()
+    }
+
+    /// The peer connected here under `id`.
+    pub(crate) fn local(&self, id: &str) -> Option<Arc<Peer>> {
+        read(&self.peers).local.get(id).cloned()
+    }
+
+    /// Every identity connected here, with its claim's time.
+    pub(crate) fn claims(&self) -> Vec<(String, u64)> {
+        read(&self.peers)
+            .local
+            .values()
+            .map(|p| (p.server_id.to_string(), p.since))
+            .collect()
+    }
+
+    /// The time for a new claim of `id`: now, or later than the claim of
+    /// the router that holds it, whichever is larger (a clock behind
+    /// another router's must not lose a takeover).
+    pub(crate) fn claim_since(&self, id: &str, now_ms: u64) -> u64 {
+        let remote = read(&self.peers).remote.get(id).map_or(0, |o| o.since + 1);
+        now_ms.max(remote)
     }
 
     /// Waits until a presence change is recorded.
@@ -144,6 +233,7 @@ impl Table {
     pub(crate) fn send_presence(&self) -> (usize, u64) {
         let map = read(&self.peers);
         let changes = std::mem::take(&mut *lock(&self.changes));
+        let map = &map.local;
         if changes.is_empty() {
             return (0, 0);
         }
@@ -159,13 +249,23 @@ impl Table {
         (changes.len(), sent)
     }
 
-    /// Every connected peer.
+    /// Every peer connected here.
     pub(crate) fn all(&self) -> Vec<Arc<Peer>> {
-        read(&self.peers).values().cloned().collect()
+        read(&self.peers).local.values().cloned().collect()
     }
 
-    /// Resolves a send's target to the connected peers it reaches and
-    /// the named servers that are offline.
+    /// How many servers other routers hold (and none here).
+    pub(crate) fn remote_count(&self) -> usize {
+        let map = read(&self.peers);
+        map.remote
+            .keys()
+            .filter(|id| !map.local.contains_key(&***id))
+            .count()
+    }
+
+    /// Resolves a send's target to the peers it reaches here, the servers
+    /// it reaches on other routers (by router), and the named servers that
+    /// are offline.
     ///
     /// # Errors
     /// The target's error (the send is `invalid`).
@@ -177,18 +277,20 @@ impl Table {
     ) -> Result<Resolved, icom_protocol::TargetError> {
         let map = read(&self.peers);
         let mut out = Resolved::default();
-        match to.resolve(from, map.keys().map(|k| &**k), groups)? {
-            Recipients::Named(ids) => {
-                for id in ids {
-                    match map.get(id) {
-                        Some(peer) => out.peers.push(peer.clone()),
-                        None => out.offline.push(id.to_owned()),
-                    }
+        let (ids, named) = match to.resolve(from, map.ids().map(|k| &**k), groups)? {
+            Recipients::Named(ids) => (ids, true),
+            Recipients::Connected(ids) => (ids, false),
+        };
+        for id in ids {
+            if let Some(peer) = map.local.get(id) {
+                out.peers.push(peer.clone());
+            } else if let Some((id, owner)) = map.remote.get_key_value(id) {
+                match out.remote.iter_mut().find(|(r, _)| *r == owner.router) {
+                    Some((_, ids)) => ids.push(id.clone()),
+                    None => out.remote.push((owner.router.clone(), vec![id.clone()])),
                 }
-            }
-            Recipients::Connected(ids) => {
-                out.peers
-                    .extend(ids.into_iter().filter_map(|id| map.get(id).cloned()));
+            } else if named {
+                out.offline.push(id.to_owned());
             }
         }
         Ok(out)
@@ -198,8 +300,10 @@ impl Table {
 /// Where one send goes.
 #[derive(Debug, Default)]
 pub(crate) struct Resolved {
-    /// Connected recipients.
+    /// Recipients connected here.
     pub(crate) peers: Vec<Arc<Peer>>,
+    /// Recipients on other routers, by router.
+    pub(crate) remote: Vec<(Arc<str>, Vec<Arc<str>>)>,
     /// Named recipients that are not connected.
     pub(crate) offline: Vec<String>,
 }

@@ -12,8 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::cluster::Nats;
 use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::router::Table;
 use crate::shared::Shared;
+use crate::space::{Alone, Space};
 use crate::store::Store;
 use crate::tls::{self, TlsError};
 use icom_protocol::CloseCode;
@@ -44,6 +48,9 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The cluster link could not be set up.
+    #[error("{0}")]
+    Cluster(String),
     /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -94,7 +101,7 @@ impl Server {
     ///
     /// # Errors
     /// [`ServerError`] for bad TLS files or an address in use.
-    pub fn bind(config: Config) -> Result<Server, ServerError> {
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let material = tls::load(&config)?;
         let store = Arc::new(Store::open(&config.data_dir, config.store)?);
         let metrics = match config.metrics {
@@ -117,7 +124,20 @@ impl Server {
         )
         .map_err(bind_error)?;
         let local_addr = endpoint.local_addr().map_err(bind_error)?;
-        let shared = Arc::new(Shared::new(config, Arc::new(material.crls), store));
+        let table = Arc::new(Table::default());
+        let metrics_set = Metrics::new();
+        let space: Arc<dyn Space> = match &config.cluster {
+            None => Arc::new(Alone),
+            Some(c) => Nats::connect(c.clone(), table.clone(), metrics_set.cluster.clone())
+                .await
+                .map_err(|e| ServerError::Cluster(e.to_string()))?,
+        };
+        let shared = Arc::new(Shared::new(
+            config,
+            Arc::new(material.crls),
+            store,
+            (table, space, metrics_set),
+        ));
         Ok(Server {
             endpoint,
             shared,
@@ -167,6 +187,8 @@ impl Server {
         let tracker = TaskTracker::new();
         tracker.spawn(sweep(self.shared.clone(), shutdown.clone()));
         tracker.spawn(crate::presence::run(self.shared.clone(), shutdown.clone()));
+        let space_done = CancellationToken::new();
+        let space = tokio::spawn(self.shared.space.clone().run(space_done.clone()));
         let (persistent, queued, bytes) = self.shared.store.counts();
         info!(addr = %self.local_addr, persistent, queued, bytes, "listening");
         self.shared.metrics.set_ready(true);
@@ -219,6 +241,9 @@ impl Server {
         if drained.is_err() {
             warn!("connections did not close within {SHUTDOWN_GRACE:?}");
         }
+        // The space last: the others hear that this router's servers left.
+        space_done.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), space).await;
         info!("stopped");
     }
 }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::metrics::{Gauges, Metrics};
 use crate::router::Table;
+use crate::space::Space;
 use crate::store::{Store, StoreError};
 
 /// Store work running on blocking threads at once. The database takes one
@@ -25,7 +26,9 @@ pub(crate) type Crls = Arc<Vec<webpki::CertRevocationList<'static>>>;
 /// State shared by the listener and every connection.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) table: Table,
+    pub(crate) table: Arc<Table>,
+    /// The routing space beyond this router (nothing, alone).
+    pub(crate) space: Arc<dyn Space>,
     pub(crate) metrics: Metrics,
     pub(crate) store: Arc<Store>,
     /// Store work running at once (see [`Shared::blocking`]).
@@ -36,10 +39,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, crls: Crls, store: Arc<Store>) -> Shared {
+    pub(crate) fn new(
+        config: Config,
+        crls: Crls,
+        store: Arc<Store>,
+        parts: (Arc<Table>, Arc<dyn Space>, Metrics),
+    ) -> Shared {
+        let (table, space, metrics) = parts;
         Shared {
-            table: Table::default(),
-            metrics: Metrics::new(),
+            table,
+            space,
+            metrics,
             store,
             store_slots: Semaphore::new(STORE_SLOTS),
             config: RwLock::new(Arc::new(config)),

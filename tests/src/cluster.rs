@@ -93,7 +93,7 @@ impl TestCluster {
         // moment after the stop: retry a bounded number of times.
         let mut tries = 0;
         let server = loop {
-            match Server::bind(config.clone()) {
+            match Server::bind(config.clone()).await {
                 Ok(s) => break s,
                 Err(icom_server::ServerError::Bind { .. }) if tries < 100 => {
                     tries += 1;

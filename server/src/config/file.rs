@@ -35,6 +35,9 @@ pub struct ConfigFile {
     pub policy: PolicyFile,
     /// The Prometheus and health endpoint.
     pub metrics: MetricsFile,
+    /// Other routers sharing the routing space over NATS (absent: this
+    /// router is alone).
+    pub cluster: Option<super::ClusterFile>,
 }
 
 /// `[metrics]`: Prometheus metrics, `/healthz` and `/readyz` over HTTP.
@@ -204,6 +207,7 @@ impl Default for ConfigFile {
             store: StoreFile::default(),
             policy: PolicyFile::default(),
             metrics: MetricsFile::default(),
+            cluster: None,
         }
     }
 }

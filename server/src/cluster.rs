@@ -1,0 +1,580 @@
+//! Cluster mode: this router and others share one routing space over
+//! NATS (`[cluster]`). Core NATS only, no state of its own on disk:
+//!
+//! - every router publishes on `<prefix>.view` which servers it holds: a
+//!   change at once (a delta), everything every `heartbeat_ms` (a beat);
+//!   a router silent for `router_timeout_ms` is gone, and so are its
+//!   servers ([`view`]);
+//! - an identity that connects here while another router holds it is
+//!   taken over: a request to that router (`<prefix>.rtr.<name>.takeover`)
+//!   closes the old connection with `REPLACED`; the newest claim holds
+//!   wherever claims cross;
+//! - an event for servers elsewhere goes once to each of their routers
+//!   (`<prefix>.rtr.<name>.deliver`, a NATS request), which puts it in the
+//!   recipients' outbound queues and answers per recipient.
+//!
+//! docs/PROTOCOL.md §12 says what clients see of it.
+
+mod view;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, ConnectOptions, Event, RequestErrorKind, ServerAddr};
+use bytes::Bytes;
+use icom_protocol::{lock, CloseCode};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use self::view::View;
+use self::wire::{Change, Member, Notice, Outcome, Takeover};
+use crate::clock::now_ms;
+use crate::config::Cluster;
+use crate::metrics::{ClusterMetrics, Reason};
+use crate::outbound::PushError;
+use crate::router::{Owner, Peer, Table};
+use crate::space::{Elsewhere, Pending, Reached, Space};
+
+/// Local changes waiting for the publisher, at most; past it a change is
+/// left to the next beat.
+const CHANGES_QUEUE: usize = 65_536;
+
+/// Why the cluster link could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cluster: {0}")]
+pub(crate) struct ClusterError(String);
+
+/// A change of the servers held here, for the publisher.
+#[derive(Debug)]
+enum Local {
+    Online {
+        id: Arc<str>,
+        since: u64,
+    },
+    Offline {
+        id: Arc<str>,
+        moved_to: Option<Owner>,
+    },
+}
+
+/// The routing space of a cluster on NATS.
+#[derive(Debug)]
+pub(crate) struct Nats {
+    cfg: Cluster,
+    client: Client,
+    table: Arc<Table>,
+    view: Mutex<View>,
+    epoch: u64,
+    up: Arc<AtomicBool>,
+    /// Wakes the publisher for a beat at once (after a reconnect).
+    beat_now: Arc<Notify>,
+    changes: mpsc::Sender<Local>,
+    changes_rx: Mutex<Option<mpsc::Receiver<Local>>>,
+    metrics: ClusterMetrics,
+}
+
+impl Nats {
+    /// Connects to NATS (waiting at most `connect_timeout` for a first
+    /// connection; the client keeps trying after that).
+    ///
+    /// # Errors
+    /// [`ClusterError`] for bad URLs or unreadable TLS files.
+    pub(crate) async fn connect(
+        cfg: Cluster,
+        table: Arc<Table>,
+        metrics: ClusterMetrics,
+    ) -> Result<Arc<Nats>, ClusterError> {
+        let addrs = cfg
+            .urls
+            .iter()
+            .map(|u| {
+                u.parse::<ServerAddr>()
+                    .map_err(|e| ClusterError(format!("cluster.urls: {u}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let up = Arc::new(AtomicBool::new(false));
+        let beat_now = Arc::new(Notify::new());
+        let (flag, wake, gauge) = (up.clone(), beat_now.clone(), metrics.link_up.clone());
+        let mut options = ConnectOptions::new()
+            .name(format!("icom-router {}", cfg.name))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .request_timeout(Some(cfg.request_timeout))
+            .connection_timeout(cfg.connect_timeout.max(Duration::from_secs(1)))
+            .ping_interval(cfg.heartbeat.max(Duration::from_secs(1)))
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((100 * attempts as u64).min(2000))
+            })
+            .event_callback(move |event| {
+                let (flag, wake, gauge) = (flag.clone(), wake.clone(), gauge.clone());
+                async move {
+                    match event {
+                        Event::Connected => {
+                            info!("cluster: connected to NATS");
+                            flag.store(true, Ordering::Release);
+                            gauge.set(1);
+                            wake.notify_one();
+                        }
+                        Event::Disconnected => {
+                            warn!("cluster: lost NATS; sends to other routers get `unreachable` until it is back");
+                            flag.store(false, Ordering::Release);
+                            gauge.set(0);
+                        }
+                        other => debug!("cluster: NATS {other}"),
+                    }
+                }
+            });
+        if let Some(tls) = &cfg.tls {
+            for p in [&tls.ca, &tls.cert, &tls.key] {
+                std::fs::metadata(p)
+                    .map_err(|e| ClusterError(format!("reading {}: {e}", p.display())))?;
+            }
+            options = options
+                .require_tls(true)
+                .add_root_certificates(tls.ca.clone())
+                .add_client_certificate(tls.cert.clone(), tls.key.clone());
+        }
+        let client = options
+            .connect(addrs)
+            .await
+            .map_err(|e| ClusterError(format!("connecting to NATS: {e}")))?;
+        let started = Instant::now();
+        while !up.load(Ordering::Acquire) && started.elapsed() < cfg.connect_timeout {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !up.load(Ordering::Acquire) {
+            warn!(urls = ?cfg.urls, "cluster: NATS not reachable yet; serving this router's servers and retrying");
+        }
+        let epoch = now_ms();
+        let (changes, changes_rx) = mpsc::channel(CHANGES_QUEUE);
+        Ok(Arc::new(Nats {
+            view: Mutex::new(View::new(&cfg.name, epoch, cfg.router_timeout)),
+            cfg,
+            client,
+            table,
+            epoch,
+            up,
+            beat_now,
+            changes,
+            changes_rx: Mutex::new(Some(changes_rx)),
+            metrics,
+        }))
+    }
+
+    fn subject(&self, router: &str, what: &str) -> String {
+        format!("{}.rtr.{router}.{what}", self.cfg.prefix)
+    }
+
+    fn view_subject(&self) -> String {
+        format!("{}.view", self.cfg.prefix)
+    }
+
+    /// Applies what the view says of `ids` to the table; a peer here
+    /// whose identity another router claimed later is given up.
+    fn settle(&self, ids: &[Arc<str>]) {
+        let owners: Vec<(Arc<str>, Option<Owner>)> = {
+            let view = lock(&self.view);
+            ids.iter().map(|id| (id.clone(), view.owner(id))).collect()
+        };
+        for (id, owner) in owners {
+            let newer = owner.clone();
+            if let Some(peer) = self.table.set_remote(&id, owner) {
+                if let Some(o) = newer {
+                    let theirs = (o.since, &*o.router);
+                    if theirs > (peer.since, self.cfg.name.as_str()) {
+                        self.give_up(&peer, o);
+                    }
+                }
+            }
+        }
+        let (routers, _) = lock(&self.view).counts();
+        self.metrics.routers.set(routers as i64);
+        self.metrics
+            .remote_servers
+            .set(self.table.remote_count() as i64);
+    }
+
+    /// Closes `peer` because `to` holds its identity now.
+    fn give_up(&self, peer: &Arc<Peer>, to: Owner) {
+        info!(server_id = %peer.server_id, router = %to.router, "identity taken over by another router");
+        self.metrics.taken_over.inc();
+        // Out of the table first: its cleanup then announces nothing.
+        self.table.unregister(&peer.server_id, peer.session);
+        peer.outbound.close();
+        peer.close(CloseCode::Replaced);
+        let _ = self.changes.try_send(Local::Offline {
+            id: peer.server_id.clone(),
+            moved_to: Some(to),
+        });
+    }
+
+    /// Publishes the changes of the servers held here, and a beat every
+    /// `heartbeat`; measures the NATS round trip at each beat.
+    async fn publish(self: Arc<Self>, mut rx: mpsc::Receiver<Local>, shutdown: CancellationToken) {
+        let subject = self.view_subject();
+        let mut seq = 0u64;
+        let mut tick = tokio::time::interval(self.cfg.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::new();
+        loop {
+            let beat = tokio::select! {
+                n = rx.recv_many(&mut batch, 1024) => {
+                    if n == 0 { return; }
+                    false
+                }
+                _ = tick.tick() => true,
+                () = self.beat_now.notified() => true,
+                () = shutdown.cancelled() => return,
+            };
+            let notice = if beat {
+                let members = self
+                    .table
+                    .claims()
+                    .into_iter()
+                    .map(|(id, since)| Member { id, since })
+                    .collect();
+                Notice::Beat {
+                    router: self.cfg.name.clone(),
+                    epoch: self.epoch,
+                    seq,
+                    members,
+                }
+            } else {
+                seq += 1;
+                let changes = batch
+                    .drain(..)
+                    .map(|c| match c {
+                        Local::Online { id, since } => Change {
+                            id: id.to_string(),
+                            since,
+                            online: true,
+                            moved_to: None,
+                        },
+                        Local::Offline { id, moved_to } => Change {
+                            id: id.to_string(),
+                            since: moved_to.as_ref().map_or(0, |o| o.since),
+                            online: false,
+                            moved_to: moved_to.map(|o| o.router.to_string()),
+                        },
+                    })
+                    .collect();
+                Notice::Delta {
+                    router: self.cfg.name.clone(),
+                    epoch: self.epoch,
+                    seq,
+                    changes,
+                }
+            };
+            if let Err(e) = self.client.publish(subject.clone(), notice.encode()).await {
+                debug!("cluster: publishing a notice failed: {e}");
+            }
+            if beat && self.reachable() {
+                let t = Instant::now();
+                if self.client.flush().await.is_ok() {
+                    self.metrics.nats_rtt.set(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+    }
+
+    /// Applies the other routers' notices, and forgets the silent ones.
+    async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut sub = match self.client.subscribe(self.view_subject()).await {
+            Ok(s) => s,
+            Err(e) => {
+                error!("cluster: cannot subscribe to {}: {e}", self.view_subject());
+                return;
+            }
+        };
+        let mut expire = tokio::time::interval(self.cfg.heartbeat / 2);
+        loop {
+            tokio::select! {
+                msg = futures_util::StreamExt::next(&mut sub) => {
+                    let Some(msg) = msg else { return };
+                    let notice = match Notice::decode(&msg.payload) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            warn!("cluster: a malformed notice on {}: {e}", msg.subject);
+                            continue;
+                        }
+                    };
+                    let applied = lock(&self.view).apply(notice, Instant::now());
+                    if applied.same_name {
+                        error!(name = %self.cfg.name, "cluster: another router runs under this router's name; cluster.name must be unique");
+                    }
+                    self.settle(&applied.touched);
+                }
+                _ = expire.tick() => {
+                    let (touched, gone) = lock(&self.view).expire(Instant::now(), self.cfg.router_timeout);
+                    for router in &gone {
+                        warn!(router = %router, "cluster: router silent for {:?}: its servers are gone", self.cfg.router_timeout);
+                    }
+                    if !touched.is_empty() || !gone.is_empty() {
+                        self.settle(&touched);
+                    }
+                }
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Answers other routers' forwards and takeovers.
+    async fn serve(self: Arc<Self>, shutdown: CancellationToken) {
+        let subscribe = |what: &str| self.client.subscribe(self.subject(&self.cfg.name, what));
+        let (mut deliver, mut takeover) =
+            match (subscribe("deliver").await, subscribe("takeover").await) {
+                (Ok(d), Ok(t)) => (d, t),
+                (Err(e), _) | (_, Err(e)) => {
+                    error!("cluster: cannot subscribe to this router's subjects: {e}");
+                    return;
+                }
+            };
+        loop {
+            tokio::select! {
+                msg = futures_util::StreamExt::next(&mut deliver) => {
+                    let Some(msg) = msg else { return };
+                    let Some(reply) = msg.reply else { continue };
+                    let answer = match wire::decode_forward(msg.payload) {
+                        Ok((ids, event)) => {
+                            self.metrics.received.inc();
+                            wire::encode_outcomes(&self.deliver_here(&ids, &event))
+                        }
+                        Err(e) => {
+                            warn!("cluster: a malformed forward: {e}");
+                            continue;
+                        }
+                    };
+                    let _ = self.client.publish(reply, answer).await;
+                }
+                msg = futures_util::StreamExt::next(&mut takeover) => {
+                    let Some(msg) = msg else { return };
+                    match Takeover::decode(&msg.payload) {
+                        Ok(t) => self.taken(t),
+                        Err(e) => warn!("cluster: a malformed takeover: {e}"),
+                    }
+                    if let Some(reply) = msg.reply {
+                        let _ = self.client.publish(reply, Bytes::new()).await;
+                    }
+                }
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Puts a forwarded event in the queues of the recipients here.
+    fn deliver_here(&self, ids: &[String], event: &Bytes) -> Vec<Outcome> {
+        ids.iter()
+            .map(|id| match self.table.local(id) {
+                Some(peer) => match peer.outbound.push(event.clone()) {
+                    Ok(()) => Outcome::Delivered,
+                    Err(PushError::Full) => Outcome::Congested,
+                    Err(PushError::Closed) => Outcome::NotFound,
+                },
+                None => match self.table.remote_owner(id) {
+                    Some(o) => Outcome::Moved(o.router.to_string()),
+                    None => Outcome::NotFound,
+                },
+            })
+            .collect()
+    }
+
+    /// Another router claims `t.id`: the connection here gives it up if
+    /// the claim is newer.
+    fn taken(&self, t: Takeover) {
+        let Some(peer) = self.table.local(&t.id) else {
+            return;
+        };
+        if (t.since, t.by.as_str()) <= (peer.since, self.cfg.name.as_str()) {
+            debug!(server_id = %t.id, by = %t.by, "an older claim than the connection here: kept");
+            return;
+        }
+        let owner = Owner {
+            router: t.by.into(),
+            since: t.since,
+        };
+        self.table.set_remote(&peer.server_id, Some(owner.clone()));
+        self.give_up(&peer, owner);
+    }
+
+    /// One request to `router` with `ids`; what became of each (`Err`:
+    /// it moved to that router).
+    async fn forward_to(
+        &self,
+        router: &str,
+        ids: &[Arc<str>],
+        wire: &Bytes,
+    ) -> Vec<Result<Reached, String>> {
+        let body = wire::encode_forward(ids.iter().map(|i| &**i), wire);
+        let unreachable = |why: String| vec![Ok(Reached::Unreachable(why)); ids.len()];
+        self.metrics.forwarded.inc();
+        let failed = |kind: &str| {
+            self.metrics
+                .forward_failures
+                .get_or_create(&Reason {
+                    reason: kind.to_owned(),
+                })
+                .inc();
+        };
+        match self
+            .client
+            .request(self.subject(router, "deliver"), body)
+            .await
+        {
+            Ok(msg) => match wire::decode_outcomes(msg.payload, ids.len()) {
+                Ok(outcomes) => outcomes
+                    .into_iter()
+                    .map(|o| match o {
+                        Outcome::Delivered => Ok(Reached::Delivered),
+                        Outcome::Congested => Ok(Reached::Congested),
+                        Outcome::NotFound => Ok(Reached::NotFound),
+                        Outcome::Moved(to) => Err(to),
+                    })
+                    .collect(),
+                Err(e) => {
+                    failed("error");
+                    unreachable(format!("router '{router}' answered badly: {e}"))
+                }
+            },
+            Err(e) => match e.kind() {
+                RequestErrorKind::NoResponders => {
+                    failed("no_router");
+                    vec![Ok(Reached::NotFound); ids.len()]
+                }
+                RequestErrorKind::TimedOut => {
+                    failed("timeout");
+                    unreachable(format!(
+                        "router '{router}' did not answer within {} ms",
+                        self.cfg.request_timeout.as_millis()
+                    ))
+                }
+                _ => {
+                    failed("error");
+                    unreachable(format!("router '{router}' could not be asked: {e}"))
+                }
+            },
+        }
+    }
+}
+
+impl Space for Nats {
+    fn joined<'a>(&'a self, peer: &'a Arc<Peer>) -> Pending<'a, ()> {
+        Box::pin(async move {
+            if let Some(owner) = self.table.remote_owner(&peer.server_id) {
+                if self.reachable() {
+                    let ask = Takeover {
+                        id: peer.server_id.to_string(),
+                        by: self.cfg.name.clone(),
+                        since: peer.since,
+                    };
+                    let subject = self.subject(&owner.router, "takeover");
+                    if let Err(e) = self.client.request(subject, ask.encode()).await {
+                        debug!(router = %owner.router, "takeover not confirmed: {e}");
+                    }
+                }
+            }
+            let _ = self.changes.try_send(Local::Online {
+                id: peer.server_id.clone(),
+                since: peer.since,
+            });
+        })
+    }
+
+    fn left(&self, server_id: &str, _session: u64) {
+        let _ = self.changes.try_send(Local::Offline {
+            id: server_id.into(),
+            moved_to: None,
+        });
+    }
+
+    fn forward(&self, to: Elsewhere, wire: Bytes) -> Pending<'_, Vec<(Arc<str>, Reached)>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            if !self.reachable() {
+                for id in to.into_iter().flat_map(|(_, ids)| ids) {
+                    out.push((
+                        id,
+                        Reached::Unreachable("this router has lost the cluster (NATS)".into()),
+                    ));
+                }
+                self.metrics
+                    .forward_failures
+                    .get_or_create(&Reason {
+                        reason: "link_down".into(),
+                    })
+                    .inc();
+                return out;
+            }
+            let asks = to
+                .iter()
+                .map(|(router, ids)| self.forward_to(router, ids, &wire));
+            let answers = futures_util::future::join_all(asks).await;
+            // Recipients that moved meanwhile: asked once more, at their
+            // new router.
+            let mut moved: HashMap<String, Vec<Arc<str>>> = HashMap::new();
+            for ((router, ids), reached) in to.into_iter().zip(answers) {
+                for (id, r) in ids.into_iter().zip(reached) {
+                    match r {
+                        Err(to) if to != *router && to != self.cfg.name => {
+                            moved.entry(to).or_default().push(id);
+                        }
+                        // It moved here meanwhile.
+                        Err(to) if to == self.cfg.name => {
+                            let here = match self.deliver_here(&[id.to_string()], &wire).pop() {
+                                Some(Outcome::Delivered) => Reached::Delivered,
+                                Some(Outcome::Congested) => Reached::Congested,
+                                _ => Reached::NotFound,
+                            };
+                            out.push((id, here));
+                        }
+                        Err(_) => out.push((id, Reached::NotFound)),
+                        Ok(r) => out.push((id, r)),
+                    }
+                }
+            }
+            for (router, ids) in moved {
+                let reached = self.forward_to(&router, &ids, &wire).await;
+                for (id, r) in ids.into_iter().zip(reached) {
+                    out.push((id, r.unwrap_or(Reached::NotFound)));
+                }
+            }
+            out
+        })
+    }
+
+    fn reachable(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    fn stores(&self) -> bool {
+        false
+    }
+
+    fn run(self: Arc<Self>, shutdown: CancellationToken) -> Pending<'static, ()> {
+        Box::pin(async move {
+            let Some(rx) = lock(&self.changes_rx).take() else {
+                return;
+            };
+            info!(name = %self.cfg.name, prefix = %self.cfg.prefix, "cluster: joining over NATS");
+            let publish = tokio::spawn(self.clone().publish(rx, shutdown.clone()));
+            let watch = tokio::spawn(self.clone().watch(shutdown.clone()));
+            let serve = tokio::spawn(self.clone().serve(shutdown.clone()));
+            let _ = tokio::join!(publish, watch, serve);
+            // Tell the others at once that this router's servers are gone
+            // (a beat with none), rather than after router_timeout_ms.
+            let bye = Notice::Beat {
+                router: self.cfg.name.clone(),
+                epoch: self.epoch,
+                seq: u64::MAX,
+                members: Vec::new(),
+            };
+            if self.reachable() {
+                let _ = self.client.publish(self.view_subject(), bye.encode()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
+            }
+        })
+    }
+}
