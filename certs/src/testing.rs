@@ -1,6 +1,7 @@
 //! A throwaway PKI for the workspace's tests: one CA, a router certificate for
-//! `localhost`/127.0.0.1, client certificates, and every kind of certificate
-//! the router must refuse (docs/PROTOCOL.md §1).
+//! `localhost`/127.0.0.1, a NATS node's certificate (server and client, for
+//! the cluster mode's tests), client certificates, and every kind of
+//! certificate the router must refuse (docs/PROTOCOL.md §1).
 //!
 //! Always compiled (not `cfg(test)`), because other crates' tests use it. Its
 //! methods panic instead of returning errors: minting with the fixed,
@@ -116,6 +117,29 @@ impl TestPki {
             .expect("minting the test router certificate")
     }
 
+    /// A certificate for a server that is also a client of its peers, as a
+    /// NATS node is (it accepts clients, and dials the other nodes over
+    /// mutual TLS on its cluster routes): CN `localhost`, SANs `localhost`
+    /// and 127.0.0.1, EKU serverAuth and clientAuth.
+    pub fn nats_node(&self) -> Issued {
+        let localhost = "localhost"
+            .try_into()
+            .expect("localhost is a valid DNS name");
+        self.leaf(
+            &self.ca,
+            vec!["localhost".to_owned()],
+            vec![
+                SanType::DnsName(localhost),
+                SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            ],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            good_validity(),
+        )
+    }
+
     /// A good client certificate for `id`.
     ///
     /// # Panics
@@ -142,6 +166,7 @@ impl TestPki {
         self.leaf(
             &self.ca,
             vec![id.to_owned()],
+            Vec::new(),
             vec![ExtendedKeyUsagePurpose::ClientAuth],
             (now - Duration::days(DAYS.into()), now - Duration::days(1)),
         )
@@ -153,6 +178,7 @@ impl TestPki {
         self.leaf(
             &self.ca,
             vec![id.to_owned()],
+            Vec::new(),
             vec![ExtendedKeyUsagePurpose::ClientAuth],
             (now + Duration::days(1), now + Duration::days(DAYS.into())),
         )
@@ -170,6 +196,7 @@ impl TestPki {
         self.leaf(
             &self.ca,
             vec![id.to_owned()],
+            Vec::new(),
             vec![ExtendedKeyUsagePurpose::ServerAuth],
             good_validity(),
         )
@@ -178,7 +205,13 @@ impl TestPki {
     /// A certificate for `id` with no EKU extension at all, which RFC 5280
     /// (and docs/PROTOCOL.md §1) reads as good for any use: the router accepts it.
     pub fn no_eku(&self, id: &str) -> Issued {
-        self.leaf(&self.ca, vec![id.to_owned()], Vec::new(), good_validity())
+        self.leaf(
+            &self.ca,
+            vec![id.to_owned()],
+            Vec::new(),
+            Vec::new(),
+            good_validity(),
+        )
     }
 
     /// A client certificate with any CN at all, unchecked ("bad cn!", "",
@@ -248,6 +281,7 @@ impl TestPki {
         self.leaf(
             &self.ca,
             common_names,
+            Vec::new(),
             vec![ExtendedKeyUsagePurpose::ClientAuth],
             good_validity(),
         )
@@ -258,12 +292,13 @@ impl TestPki {
         &self,
         ca: &Ca,
         common_names: Vec<String>,
+        sans: Vec<SanType>,
         ekus: Vec<ExtendedKeyUsagePurpose>,
         (not_before, not_after): (OffsetDateTime, OffsetDateTime),
     ) -> Issued {
         ca.issue(LeafSpec {
             common_names,
-            sans: Vec::<SanType>::new(),
+            sans,
             ekus,
             not_before,
             not_after,
@@ -343,6 +378,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn nats_node_serves_and_dials_as_localhost() {
+        let pki = TestPki::new();
+        let node = pki.nats_node();
+        let info = parse(&node.cert_der()).unwrap();
+        assert_eq!(info.common_names, vec!["localhost"]);
+        assert_eq!(info.sans, vec!["DNS:localhost", "IP:127.0.0.1"]);
+        assert_eq!(
+            info.ekus,
+            Some(vec!["serverAuth".to_owned(), "clientAuth".to_owned()])
+        );
+        assert!(!info.is_ca);
+        assert!(crate::inspect::signed_by(
+            &node.cert_der(),
+            &pki.ca().cert_der()
+        ));
     }
 
     #[test]

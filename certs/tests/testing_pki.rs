@@ -33,6 +33,21 @@ fn good_certificates_verify() {
 }
 
 #[test]
+fn a_nats_node_verifies_as_server_and_as_client() {
+    let pki = TestPki::new();
+    let ca = pki.ca().cert_der();
+    let node = pki.nats_node().cert_der();
+    verify_router(&ca, &node, "localhost").unwrap();
+    verify_router(&ca, &node, "127.0.0.1").unwrap();
+    assert!(verify_router(&ca, &node, "example.org").is_err());
+    // Its cluster routes dial the other nodes with the same certificate.
+    verify_client(&ca, &node, None).unwrap();
+    // Not from another CA of the same name.
+    let theirs = TestPki::new();
+    assert!(verify_client(&theirs.ca().cert_der(), &node, None).is_err());
+}
+
+#[test]
 fn every_bad_client_fails_for_its_reason() {
     let pki = TestPki::new();
     let ca = pki.ca().cert_der();

@@ -5,7 +5,9 @@
 //! real `icom-server` binary runs as a child process ([`RouterProcess`],
 //! from [`RouterFiles`]); the pieces several suites share live here too: a
 //! plain [`send`], the check that an event [`routes`], [`eventually`], and
-//! the metrics endpoint ([`with_metrics`], [`http_get`], [`metric`]).
+//! the metrics endpoint ([`with_metrics`], [`http_get`], [`metric`]). A
+//! NATS cluster of real `nats-server` processes, mutual TLS and JetStream
+//! on, for the cluster mode's tests: [`NatsCluster`].
 #![warn(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,6 +15,7 @@ mod bins;
 mod cluster;
 mod events;
 mod metrics;
+mod nats;
 mod process;
 mod proxy;
 mod raw;
@@ -21,6 +24,8 @@ pub use bins::workspace_bin;
 pub use cluster::{ClientFiles, TestCluster};
 pub use events::{routes, send};
 pub use metrics::{http_get, metric, with_metrics};
+pub use nats::{nats_server_bin, NatsClientFiles, NatsCluster};
+pub use nats::{NATS_CLIENT_CN, NATS_CLUSTER_NAME, NATS_SERVER_ENV, NATS_WAIT};
 pub use process::{free_tcp_port, free_udp_port, rss_kib, RouterFiles, RouterProcess};
 pub use proxy::{DirectionStats, Impairment, ImpairmentProxy, ProxyStats};
 pub use proxy::{NAT_CAPACITY, NAT_IDLE};

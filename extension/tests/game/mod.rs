@@ -74,7 +74,7 @@ extern "system" fn callback<const N: usize>(
 ) -> c_int {
     let inbox = &INBOXES[N];
     let call = inbox.calls.fetch_add(1, Ordering::Relaxed) + 1;
-    if call % 5 == 0 {
+    if call.is_multiple_of(5) {
         inbox.refusals.fetch_add(1, Ordering::Relaxed);
         return -1;
     }
