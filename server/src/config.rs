@@ -448,6 +448,36 @@ mod tests {
         for k in want {
             assert!(have.contains(&k), "the example does not document {k}");
         }
+        let cluster_text = std::fs::read_to_string(root.join("cluster.example.toml")).unwrap();
+        let cluster: ConfigFile = toml::from_str(&cluster_text).expect("the cluster example parses");
+        let written: toml::Value = toml::from_str(&cluster_text).unwrap();
+        let section = cluster.cluster.clone().expect("the example has [cluster]");
+        let defaults = toml::Value::try_from(ClusterFile {
+            ca: Some("x".into()),
+            cert: Some("x".into()),
+            key: Some("x".into()),
+            ..ClusterFile::default()
+        })
+        .unwrap();
+        let (mut want, mut have) = (Vec::new(), Vec::new());
+        keys(&defaults, "cluster.", &mut want);
+        keys(&written, "", &mut have);
+        for k in want {
+            assert!(have.contains(&k), "the cluster example does not document {k}");
+        }
+        assert_eq!(
+            ClusterFile {
+                urls: Vec::new(),
+                name: String::new(),
+                ca: None,
+                cert: None,
+                key: None,
+                ..section
+            },
+            ClusterFile::default(),
+            "the cluster example shows the defaults"
+        );
+        Config::try_from(cluster).expect("the cluster example validates");
         let policy_text = std::fs::read_to_string(root.join("policy.example.toml")).unwrap();
         let policy: ConfigFile = toml::from_str(&policy_text).expect("the policy example parses");
         Config::try_from(policy).expect("the policy example validates");

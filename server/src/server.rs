@@ -93,6 +93,12 @@ pub struct Stats {
     pub queued_events: usize,
     /// Bytes waiting in outbound queues.
     pub queued_bytes: usize,
+    /// In a cluster: other routers heard from recently.
+    pub routers: usize,
+    /// In a cluster: servers connected to other routers (and not here).
+    pub remote_servers: usize,
+    /// In a cluster: whether NATS is connected (alone: always true).
+    pub cluster_reachable: bool,
 }
 
 impl Server {
@@ -308,6 +314,9 @@ impl StatsHandle {
             connections: gauges.connections,
             queued_events: gauges.outbound_events,
             queued_bytes: gauges.outbound_bytes,
+            routers: usize::try_from(self.shared.metrics.cluster.routers.get()).unwrap_or(0),
+            remote_servers: self.shared.table.remote_count(),
+            cluster_reachable: self.shared.space.reachable(),
         }
     }
 }

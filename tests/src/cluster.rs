@@ -18,7 +18,7 @@ type Mutate = Arc<dyn Fn(&mut ConfigFile) + Send + Sync>;
 
 /// A router on 127.0.0.1 with a fresh test PKI.
 pub struct TestCluster {
-    pki: TestPki,
+    pki: Arc<TestPki>,
     dir: TempDir,
     addr: SocketAddr,
     mutate: Mutate,
@@ -56,8 +56,24 @@ impl TestCluster {
 
     /// Starts a router whose configuration file `f` may change first.
     pub async fn start_with(f: impl Fn(&mut ConfigFile) + Send + Sync + 'static) -> TestCluster {
+        TestCluster::start_in(Arc::new(TestPki::new()), f).await
+    }
+
+    /// Starts another router with this one's PKI (its CA, its router
+    /// certificate), its own address and data dir, and the configuration
+    /// changed by `f`: a second router of one cluster.
+    pub async fn sibling_with(
+        &self,
+        f: impl Fn(&mut ConfigFile) + Send + Sync + 'static,
+    ) -> TestCluster {
+        TestCluster::start_in(self.pki.clone(), f).await
+    }
+
+    async fn start_in(
+        pki: Arc<TestPki>,
+        f: impl Fn(&mut ConfigFile) + Send + Sync + 'static,
+    ) -> TestCluster {
         crate::init_tracing();
-        let pki = TestPki::new();
         let dir = tempfile::tempdir().expect("a temp dir");
         pki.write_to(dir.path()).expect("writing the test PKI");
         let mut cluster = TestCluster {

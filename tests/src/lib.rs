@@ -19,6 +19,7 @@ mod nats;
 mod process;
 mod proxy;
 mod raw;
+mod routers;
 
 pub use bins::workspace_bin;
 pub use cluster::{ClientFiles, TestCluster};
@@ -30,6 +31,7 @@ pub use process::{free_tcp_port, free_udp_port, rss_kib, RouterFiles, RouterProc
 pub use proxy::{DirectionStats, Impairment, ImpairmentProxy, ProxyStats};
 pub use proxy::{NAT_CAPACITY, NAT_IDLE};
 pub use raw::{client_crypto, RawClient, RawError};
+pub use routers::{cluster_section, Routers, TEST_HEARTBEAT_MS, TEST_ROUTER_TIMEOUT_MS};
 
 /// A generous bound for anything a test waits on: it never decides a
 /// verdict on time, it only stops a broken test from hanging.

@@ -1,0 +1,259 @@
+//! Two routers of one cluster on a 3-node NATS cluster with mutual TLS
+//! (docs/PROTOCOL.md §12): a sender on one router and recipients on the
+//! other get the same acks and deliveries as on one router, for every
+//! target kind; requests and replies, presence, the policy and takeovers
+//! cross routers; persistent and ttl sends get `unsupported`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use icom_protocol::{AckCode, CloseCode, Control, Persist, Presence, Send, Target};
+use icom_server::policy::{Mode, RuleFile};
+use icom_tests::{send, RawClient, Routers};
+
+fn data(s: &str) -> Bytes {
+    Bytes::from(rmp_serde::to_vec(&s).unwrap())
+}
+
+fn names(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Connects `id` to router `i` and waits until every router knows the
+/// servers of the others (`total` servers in all, one router's own not
+/// counted).
+async fn connect_all(rs: &Routers, at: &[(&str, usize)]) -> Vec<RawClient> {
+    let mut out = Vec::new();
+    for (id, i) in at {
+        out.push(rs.router(*i).raw(id).await);
+    }
+    for i in 0..rs.routers.len() {
+        let elsewhere = at.iter().filter(|(_, r)| *r != i).count();
+        rs.remote_servers(i, elsewhere).await;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_target_kind_crosses_routers_with_the_acks_of_one_router() {
+    let rs = Routers::start_with(3, 2, |_, c| {
+        c.groups.insert("g".into(), vec!["a2".into(), "b1".into()]);
+    })
+    .await;
+    let mut c = connect_all(&rs, &[("a1", 0), ("a2", 0), ("b1", 1), ("b2", 1)]).await;
+    let (sender, rest) = c.split_first_mut().unwrap();
+    let (a2, b1, b2) = (&rest[0], &rest[1], &rest[2]);
+
+    // One server on the other router: the payload arrives byte for byte.
+    let payload = data("across");
+    let ack = sender
+        .send(&send(1, Target::Server("b1".into()), "e1", payload.clone()))
+        .await
+        .unwrap();
+    assert!(ack.ok, "{ack:?}");
+    assert_eq!(ack.delivered, 1);
+    let d = b1.deliver().await.unwrap();
+    assert_eq!((d.from.as_str(), d.id, d.event.as_str()), ("a1", 1, "e1"));
+    assert_eq!(d.data, payload);
+
+    // A list across both routers, with one that is connected nowhere: the
+    // others get it, the ack names the first failure.
+    let ack = sender
+        .send(&send(2, Target::Servers(names(&["b1", "nobody", "a2", "b2"])), "e2", data("x")))
+        .await
+        .unwrap();
+    assert!(!ack.ok);
+    assert_eq!(ack.delivered, 3);
+    let e = ack.error.unwrap();
+    assert_eq!(e.code, AckCode::NotFound);
+    assert!(e.message.contains("nobody"), "{}", e.message);
+    for r in [a2, b1, b2] {
+        assert_eq!(r.deliver().await.unwrap().id, 2);
+    }
+
+    // A group with members on both routers.
+    let ack = sender
+        .send(&send(3, Target::Group("g".into()), "e3", data("x")))
+        .await
+        .unwrap();
+    assert!(ack.ok && ack.delivered == 2, "{ack:?}");
+    for r in [a2, b1] {
+        assert_eq!(r.deliver().await.unwrap().id, 3);
+    }
+
+    // All, everyone, except.
+    let ack = sender.send(&send(4, Target::All, "e4", data("x"))).await.unwrap();
+    assert!(ack.ok && ack.delivered == 3, "{ack:?}");
+    for r in [a2, b1, b2] {
+        assert_eq!(r.deliver().await.unwrap().id, 4);
+    }
+    let ack = sender.send(&send(5, Target::Everyone, "e5", data("x"))).await.unwrap();
+    assert!(ack.ok && ack.delivered == 4, "{ack:?}");
+    assert_eq!(sender.deliver().await.unwrap().id, 5);
+    for r in [a2, b1, b2] {
+        assert_eq!(r.deliver().await.unwrap().id, 5);
+    }
+    let ack = sender
+        .send(&send(6, Target::Except(names(&["b1"])), "e6", data("x")))
+        .await
+        .unwrap();
+    assert!(ack.ok && ack.delivered == 2, "{ack:?}");
+    for r in [a2, b2] {
+        assert_eq!(r.deliver().await.unwrap().id, 6);
+    }
+    assert!(b1.no_delivery_within(Duration::from_millis(300)).await);
+
+    // One forward per router and event, not one per recipient: the
+    // broadcasts above crossed once each.
+    let (routed, _) = (rs.router(1).stats(), ());
+    assert_eq!(routed.remote_servers, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_and_its_reply_cross_routers() {
+    let rs = Routers::start(3, 2).await;
+    let mut c = connect_all(&rs, &[("asker", 0), ("answerer", 1)]).await;
+    let (asker, rest) = c.split_first_mut().unwrap();
+    let answerer = &mut rest[0];
+    let ack = asker
+        .send(&send(10, Target::Server("answerer".into()), "question", data("q")))
+        .await
+        .unwrap();
+    assert!(ack.ok, "{ack:?}");
+    let q = answerer.deliver().await.unwrap();
+    assert_eq!(q.id, 10);
+    let reply = Send {
+        reply_to: Some(q.id),
+        ..send(20, Target::Server(q.from.clone()), "question", data("a"))
+    };
+    let ack = answerer.send(&reply).await.unwrap();
+    assert!(ack.ok, "{ack:?}");
+    let r = asker.deliver().await.unwrap();
+    assert_eq!((r.reply_to, r.from.as_str(), r.data.clone()), (Some(10), "answerer", data("a")));
+}
+
+/// Presence messages `c` receives within `within`, in order.
+async fn presence_within(c: &mut RawClient, within: Duration) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(Ok(m)) = tokio::time::timeout_at(deadline, c.next_control()).await {
+        if let Control::Presence(Presence { server_id, online }) = m {
+            out.push((server_id, online));
+        }
+    }
+    out
+}
+
+/// Applies `c`'s welcome and then its presence messages until its view of
+/// who is connected is `want` (panics past the bound).
+async fn view_becomes(c: &mut RawClient, want: &[&str]) {
+    let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    let mut view: BTreeSet<String> = c.welcome.as_ref().unwrap().peers.iter().cloned().collect();
+    let deadline = tokio::time::Instant::now() + icom_tests::WAIT;
+    while view != want {
+        let m = tokio::time::timeout_at(deadline, c.next_control())
+            .await
+            .unwrap_or_else(|_| panic!("the view stayed {view:?}, not {want:?}"))
+            .unwrap();
+        if let Control::Presence(Presence { server_id, online }) = m {
+            if online {
+                view.insert(server_id);
+            } else {
+                view.remove(&server_id);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_and_presence_cover_the_whole_cluster() {
+    let rs = Routers::start(3, 2).await;
+    let _c = connect_all(&rs, &[("a1", 0), ("b1", 1), ("b2", 1)]).await;
+    // A newcomer on router 0 learns of the servers of both: from its
+    // welcome, and the presence batch on its way (§3.2).
+    let mut newcomer = rs.router(0).raw("a2").await;
+    view_becomes(&mut newcomer, &["a1", "b1", "b2"]).await;
+    // A server joining and leaving router 1 is announced on router 0.
+    let mut b3 = rs.router(1).raw("b3").await;
+    b3.finish_control();
+    b3.expect_closed(CloseCode::Normal).await;
+    let heard = presence_within(&mut newcomer, Duration::from_secs(3)).await;
+    assert_eq!(heard, [("b3".to_owned(), true), ("b3".to_owned(), false)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_is_checked_at_the_senders_router() {
+    // Router 0 allows only "allowed"; router 1 is open.
+    let rs = Routers::start_with(3, 2, |i, c| {
+        if i == 0 {
+            c.policy.mode = Mode::Whitelist;
+            c.policy.rule = vec![RuleFile {
+                events: vec!["allowed".into()],
+                ..RuleFile::default()
+            }];
+        }
+    })
+    .await;
+    let mut c = connect_all(&rs, &[("a1", 0), ("b1", 1)]).await;
+    let (a1, rest) = c.split_first_mut().unwrap();
+    let b1 = &mut rest[0];
+    let ack = a1.send(&send(1, Target::Server("b1".into()), "other", data("x"))).await.unwrap();
+    assert_eq!(ack.error.unwrap().code, AckCode::Forbidden);
+    let ack = a1.send(&send(2, Target::Server("b1".into()), "allowed", data("x"))).await.unwrap();
+    assert!(ack.ok, "{ack:?}");
+    assert_eq!(b1.deliver().await.unwrap().id, 2);
+    // The other way, router 1's (open) policy decides.
+    let ack = b1.send(&send(3, Target::Server("a1".into()), "other", data("x"))).await.unwrap();
+    assert!(ack.ok, "{ack:?}");
+    assert_eq!(a1.deliver().await.unwrap().id, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_and_ttl_sends_are_unsupported_in_cluster_mode() {
+    let rs = Routers::start(1, 2).await;
+    let mut c = connect_all(&rs, &[("a1", 0), ("b1", 1)]).await;
+    let (a1, rest) = c.split_first_mut().unwrap();
+    let b1 = &rest[0];
+    for s in [
+        Send {
+            persist: Some(Persist::Auto),
+            ..send(1, Target::Server("b1".into()), "jip", data("x"))
+        },
+        Send {
+            ttl_ms: Some(60_000),
+            ..send(2, Target::Server("b1".into()), "later", data("x"))
+        },
+    ] {
+        let ack = a1.send(&s).await.unwrap();
+        assert!(!ack.ok);
+        assert_eq!(ack.delivered, 0);
+        assert_eq!(ack.error.unwrap().code, AckCode::Unsupported);
+    }
+    assert!(b1.no_delivery_within(Duration::from_millis(300)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_connecting_to_another_router_replaces_the_old_connection() {
+    let rs = Routers::start(3, 3).await;
+    let mut c = connect_all(&rs, &[("x", 0), ("watcher", 2), ("sender", 2)]).await;
+    let sender = c.pop().unwrap();
+    let mut watcher = c.pop().unwrap();
+    let old = c.pop().unwrap();
+    let mut sender = sender;
+    view_becomes(&mut watcher, &["x", "sender"]).await;
+    // x connects to router 1: the connection on router 0 is replaced.
+    let new = rs.router(1).raw("x").await;
+    old.expect_closed(CloseCode::Replaced).await;
+    rs.remote_servers(2, 1).await;
+    // Events for x go to the new connection only.
+    let ack = sender.send(&send(7, Target::Server("x".into()), "e", data("x"))).await.unwrap();
+    assert!(ack.ok && ack.delivered == 1, "{ack:?}");
+    assert_eq!(new.deliver().await.unwrap().id, 7);
+    // The watcher saw no offline/online pair for x.
+    let heard = presence_within(&mut watcher, Duration::from_secs(1)).await;
+    assert!(heard.iter().all(|(id, _)| id != "x"), "{heard:?}");
+    assert_eq!(rs.router(0).stats().connections, 0);
+}
