@@ -449,7 +449,8 @@ mod tests {
             assert!(have.contains(&k), "the example does not document {k}");
         }
         let cluster_text = std::fs::read_to_string(root.join("cluster.example.toml")).unwrap();
-        let cluster: ConfigFile = toml::from_str(&cluster_text).expect("the cluster example parses");
+        let cluster: ConfigFile =
+            toml::from_str(&cluster_text).expect("the cluster example parses");
         let written: toml::Value = toml::from_str(&cluster_text).unwrap();
         let section = cluster.cluster.clone().expect("the example has [cluster]");
         let defaults = toml::Value::try_from(ClusterFile {
@@ -463,7 +464,10 @@ mod tests {
         keys(&defaults, "cluster.", &mut want);
         keys(&written, "", &mut have);
         for k in want {
-            assert!(have.contains(&k), "the cluster example does not document {k}");
+            assert!(
+                have.contains(&k),
+                "the cluster example does not document {k}"
+            );
         }
         assert_eq!(
             ClusterFile {

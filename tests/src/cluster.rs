@@ -163,6 +163,11 @@ impl TestCluster {
         &self.pki
     }
 
+    /// The test PKI, shared (for another router of the same cluster).
+    pub fn shared_pki(&self) -> Arc<TestPki> {
+        self.pki.clone()
+    }
+
     /// The temporary directory holding the PKI files and the data dir.
     pub fn dir(&self) -> &Path {
         self.dir.path()

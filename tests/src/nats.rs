@@ -325,6 +325,18 @@ impl NatsCluster {
         self.wait_formed().await;
     }
 
+    /// Starts every node that is not running (after a whole-cluster
+    /// outage), then waits until the cluster has formed again.
+    pub async fn restart_all(&mut self) {
+        let bin = nats_server_bin();
+        for i in 0..self.len() {
+            if !self.running(i) {
+                self.node_mut(i).spawn(&bin);
+            }
+        }
+        self.wait_formed().await;
+    }
+
     /// Waits (at most [`NATS_WAIT`]) until every node answers `/healthz`
     /// with 200 (JetStream included), has routes to every other node, and
     /// (with more than one node) names the same JetStream meta leader.

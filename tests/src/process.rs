@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use icom_certs::testing::TestPki;
@@ -50,7 +51,7 @@ pub fn free_tcp_port() -> u16 {
 /// store in `data/`.
 pub struct RouterFiles {
     dir: TempDir,
-    pki: TestPki,
+    pki: Arc<TestPki>,
     port: u16,
     config: PathBuf,
 }
@@ -62,8 +63,16 @@ impl RouterFiles {
     /// # Panics
     /// If the files cannot be written.
     pub fn new(extra: &str) -> RouterFiles {
+        RouterFiles::with_pki(Arc::new(TestPki::new()), extra)
+    }
+
+    /// As [`RouterFiles::new`], with an existing PKI (another router's:
+    /// a router of the same cluster).
+    ///
+    /// # Panics
+    /// If the files cannot be written.
+    pub fn with_pki(pki: Arc<TestPki>, extra: &str) -> RouterFiles {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let pki = TestPki::new();
         pki.write_to(dir.path()).expect("writing the test PKI");
         let port = free_udp_port();
         let config = dir.path().join("icom-server.toml");

@@ -6,7 +6,8 @@ use icom_server::config::ClusterFile;
 use icom_server::ConfigFile;
 
 use crate::nats::NatsCluster;
-use crate::{eventually, TestCluster};
+use crate::process::{RouterFiles, RouterProcess};
+use crate::{eventually, workspace_bin, TestCluster};
 
 /// The heartbeat of test routers, in ms.
 pub const TEST_HEARTBEAT_MS: u64 = 200;
@@ -83,6 +84,30 @@ impl Routers {
                 .map(|r| r.stats().routers)
                 .collect::<Vec<_>>()
         );
+    }
+
+    /// Starts the `icom-server` binary as router `name` of this cluster
+    /// (same PKI and NATS as the in-process routers; `extra` is more TOML
+    /// for its config), for tests that SIGKILL it; waits until router 0
+    /// has heard of it.
+    pub async fn spawn_binary(&self, name: &str, extra: &str) -> (RouterFiles, RouterProcess) {
+        let mut table = toml::map::Map::new();
+        table.insert(
+            "cluster".into(),
+            toml::Value::try_from(cluster_section(&self.nats, name))
+                .expect("the section serialises"),
+        );
+        let section = toml::to_string(&table).expect("the cluster section serialises");
+        let files =
+            RouterFiles::with_pki(self.routers[0].shared_pki(), &format!("{extra}\n{section}"));
+        let process =
+            RouterProcess::start(&mut files.command(workspace_bin("icom-server", "icom-server")));
+        let before = self.routers[0].stats().routers;
+        assert!(
+            eventually(|| self.routers[0].stats().routers > before).await,
+            "router 0 did not hear of the router process {name}"
+        );
+        (files, process)
     }
 
     /// Router `i`.

@@ -62,7 +62,12 @@ async fn every_target_kind_crosses_routers_with_the_acks_of_one_router() {
     // A list across both routers, with one that is connected nowhere: the
     // others get it, the ack names the first failure.
     let ack = sender
-        .send(&send(2, Target::Servers(names(&["b1", "nobody", "a2", "b2"])), "e2", data("x")))
+        .send(&send(
+            2,
+            Target::Servers(names(&["b1", "nobody", "a2", "b2"])),
+            "e2",
+            data("x"),
+        ))
         .await
         .unwrap();
     assert!(!ack.ok);
@@ -85,12 +90,18 @@ async fn every_target_kind_crosses_routers_with_the_acks_of_one_router() {
     }
 
     // All, everyone, except.
-    let ack = sender.send(&send(4, Target::All, "e4", data("x"))).await.unwrap();
+    let ack = sender
+        .send(&send(4, Target::All, "e4", data("x")))
+        .await
+        .unwrap();
     assert!(ack.ok && ack.delivered == 3, "{ack:?}");
     for r in [a2, b1, b2] {
         assert_eq!(r.deliver().await.unwrap().id, 4);
     }
-    let ack = sender.send(&send(5, Target::Everyone, "e5", data("x"))).await.unwrap();
+    let ack = sender
+        .send(&send(5, Target::Everyone, "e5", data("x")))
+        .await
+        .unwrap();
     assert!(ack.ok && ack.delivered == 4, "{ack:?}");
     assert_eq!(sender.deliver().await.unwrap().id, 5);
     for r in [a2, b1, b2] {
@@ -119,7 +130,12 @@ async fn a_request_and_its_reply_cross_routers() {
     let (asker, rest) = c.split_first_mut().unwrap();
     let answerer = &mut rest[0];
     let ack = asker
-        .send(&send(10, Target::Server("answerer".into()), "question", data("q")))
+        .send(&send(
+            10,
+            Target::Server("answerer".into()),
+            "question",
+            data("q"),
+        ))
         .await
         .unwrap();
     assert!(ack.ok, "{ack:?}");
@@ -132,7 +148,10 @@ async fn a_request_and_its_reply_cross_routers() {
     let ack = answerer.send(&reply).await.unwrap();
     assert!(ack.ok, "{ack:?}");
     let r = asker.deliver().await.unwrap();
-    assert_eq!((r.reply_to, r.from.as_str(), r.data.clone()), (Some(10), "answerer", data("a")));
+    assert_eq!(
+        (r.reply_to, r.from.as_str(), r.data.clone()),
+        (Some(10), "answerer", data("a"))
+    );
 }
 
 /// Presence messages `c` receives within `within`, in order.
@@ -200,13 +219,22 @@ async fn the_policy_is_checked_at_the_senders_router() {
     let mut c = connect_all(&rs, &[("a1", 0), ("b1", 1)]).await;
     let (a1, rest) = c.split_first_mut().unwrap();
     let b1 = &mut rest[0];
-    let ack = a1.send(&send(1, Target::Server("b1".into()), "other", data("x"))).await.unwrap();
+    let ack = a1
+        .send(&send(1, Target::Server("b1".into()), "other", data("x")))
+        .await
+        .unwrap();
     assert_eq!(ack.error.unwrap().code, AckCode::Forbidden);
-    let ack = a1.send(&send(2, Target::Server("b1".into()), "allowed", data("x"))).await.unwrap();
+    let ack = a1
+        .send(&send(2, Target::Server("b1".into()), "allowed", data("x")))
+        .await
+        .unwrap();
     assert!(ack.ok, "{ack:?}");
     assert_eq!(b1.deliver().await.unwrap().id, 2);
     // The other way, router 1's (open) policy decides.
-    let ack = b1.send(&send(3, Target::Server("a1".into()), "other", data("x"))).await.unwrap();
+    let ack = b1
+        .send(&send(3, Target::Server("a1".into()), "other", data("x")))
+        .await
+        .unwrap();
     assert!(ack.ok, "{ack:?}");
     assert_eq!(a1.deliver().await.unwrap().id, 3);
 }
@@ -249,7 +277,10 @@ async fn an_identity_connecting_to_another_router_replaces_the_old_connection() 
     old.expect_closed(CloseCode::Replaced).await;
     rs.remote_servers(2, 1).await;
     // Events for x go to the new connection only.
-    let ack = sender.send(&send(7, Target::Server("x".into()), "e", data("x"))).await.unwrap();
+    let ack = sender
+        .send(&send(7, Target::Server("x".into()), "e", data("x")))
+        .await
+        .unwrap();
     assert!(ack.ok && ack.delivered == 1, "{ack:?}");
     assert_eq!(new.deliver().await.unwrap().id, 7);
     // The watcher saw no offline/online pair for x.
