@@ -55,6 +55,7 @@ mod outbound;
 mod overrides;
 mod publish;
 mod replay;
+mod routers;
 mod session;
 mod state;
 mod supervisor;
@@ -62,7 +63,8 @@ mod tls;
 
 pub use client::Client;
 pub use config::{
-    ClientConfig, InboundConfig, QueueConfig, QueueMode, ReconnectConfig, DEV_DIR, DEV_ROUTER,
+    merge_source, ClientConfig, InboundConfig, QueueConfig, QueueMode, ReconnectConfig, DEV_DIR,
+    DEV_ROUTER,
 };
 pub use data::{DataError, MsgPack, ToData};
 pub use error::{
@@ -72,6 +74,7 @@ pub use event::{Event, Events};
 pub use outbound::SendOptions;
 pub use overrides::ConfigOverrides;
 pub use publish::{Outcomes, Published, Publisher};
+pub use routers::MAX_ROUTERS;
 pub use state::{State, States};
 
 pub use icom_protocol::{Ack, AckCode, AckError, Persist, Target, Welcome};

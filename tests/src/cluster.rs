@@ -16,9 +16,10 @@ use crate::raw::RawClient;
 
 type Mutate = Arc<dyn Fn(&mut ConfigFile) + Send + Sync>;
 
-/// A router on 127.0.0.1 with a fresh test PKI.
+/// A router on 127.0.0.1 with a fresh test PKI (or, from
+/// [`TestCluster::sibling`], the PKI of another: one cluster's routers).
 pub struct TestCluster {
-    pki: TestPki,
+    pki: Arc<TestPki>,
     dir: TempDir,
     addr: SocketAddr,
     mutate: Mutate,
@@ -57,14 +58,24 @@ impl TestCluster {
     /// Starts a router whose configuration file `f` may change first.
     pub async fn start_with(f: impl Fn(&mut ConfigFile) + Send + Sync + 'static) -> TestCluster {
         crate::init_tracing();
-        let pki = TestPki::new();
+        TestCluster::start_on(Arc::new(TestPki::new()), Arc::new(f)).await
+    }
+
+    /// Starts another router of the same cluster: the same CA and router
+    /// name (`localhost`), so that a client's files work with both, and the
+    /// same configuration changes; its own address and data dir.
+    pub async fn sibling(&self) -> TestCluster {
+        TestCluster::start_on(self.pki.clone(), self.mutate.clone()).await
+    }
+
+    async fn start_on(pki: Arc<TestPki>, mutate: Mutate) -> TestCluster {
         let dir = tempfile::tempdir().expect("a temp dir");
         pki.write_to(dir.path()).expect("writing the test PKI");
         let mut cluster = TestCluster {
             pki,
             dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            mutate: Arc::new(f),
+            mutate,
             running: None,
         };
         cluster.launch().await;

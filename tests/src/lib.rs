@@ -21,7 +21,9 @@ pub use bins::workspace_bin;
 pub use cluster::{ClientFiles, TestCluster};
 pub use events::{routes, send};
 pub use metrics::{http_get, metric, with_metrics};
-pub use process::{free_tcp_port, free_udp_port, rss_kib, RouterFiles, RouterProcess};
+pub use process::{
+    free_tcp_port, free_udp_port, rss_kib, silent_udp_socket, RouterFiles, RouterProcess,
+};
 pub use proxy::{DirectionStats, Impairment, ImpairmentProxy, ProxyStats};
 pub use proxy::{NAT_CAPACITY, NAT_IDLE};
 pub use raw::{client_crypto, RawClient, RawError};

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use icom_certs::testing::TestPki;
@@ -32,6 +33,16 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
+/// A UDP socket on 127.0.0.1 that never answers: dialled as a router, it
+/// is one that is down without a word (no QUIC close, no stateless reset,
+/// no ICMP), like a host that is gone. Silent for as long as it is kept.
+///
+/// # Panics
+/// If no UDP socket can be bound.
+pub fn silent_udp_socket() -> std::net::UdpSocket {
+    std::net::UdpSocket::bind("127.0.0.1:0").expect("binding a UDP socket on 127.0.0.1")
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound, read,
 /// released).
 ///
@@ -50,7 +61,7 @@ pub fn free_tcp_port() -> u16 {
 /// store in `data/`.
 pub struct RouterFiles {
     dir: TempDir,
-    pki: TestPki,
+    pki: Arc<TestPki>,
     port: u16,
     config: PathBuf,
 }
@@ -62,8 +73,20 @@ impl RouterFiles {
     /// # Panics
     /// If the files cannot be written.
     pub fn new(extra: &str) -> RouterFiles {
+        RouterFiles::with_pki(Arc::new(TestPki::new()), extra)
+    }
+
+    /// The files of another router of the same cluster: the same CA and
+    /// router name (`localhost`), its own port, data dir and `extra`.
+    ///
+    /// # Panics
+    /// If the files cannot be written.
+    pub fn sibling(&self, extra: &str) -> RouterFiles {
+        RouterFiles::with_pki(self.pki.clone(), extra)
+    }
+
+    fn with_pki(pki: Arc<TestPki>, extra: &str) -> RouterFiles {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let pki = TestPki::new();
         pki.write_to(dir.path()).expect("writing the test PKI");
         let port = free_udp_port();
         let config = dir.path().join("icom-server.toml");
