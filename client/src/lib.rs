@@ -28,6 +28,11 @@
 //!   certificate the router refuses is [`ConnectError::CertificateRefused`].
 //! - The client reconnects by itself, with exponential backoff and full
 //!   jitter; [`Client::states`] reports every change.
+//! - Given the routers of one cluster ([`ClientConfig::with_routers`], or
+//!   `routers` in the config file), it connects to the first that answers
+//!   and fails over to the next when its connection is lost; the backoff
+//!   waits only after a full round. [`Client::router`] says which router it
+//!   is on.
 //! - While it is disconnected, operations wait in a bounded queue for a
 //!   bounded time, or fail at once ([`QueueMode`]).
 //! - Deliveries of persistent and stored events are de-duplicated by
