@@ -42,8 +42,9 @@ pub struct ClientConfig {
     /// The routers of one cluster (same CA, same `server_name`), in order
     /// of preference: the client dials the first that answers and, when
     /// its connection is lost, the next one, wrapping around. Giving both
-    /// this and `router` is an error ([`ClientConfig::router_list`]); in
-    /// the layered sources, the highest source that names either wins.
+    /// this and `router` is an error ([`ClientConfig::router_list`]):
+    /// [`ClientConfig::with_routers`] sets this and clears `router`. In the
+    /// layered sources, the highest source that names either wins.
     pub routers: Vec<String>,
     /// The name the router's certificate must hold (its SAN).
     pub server_name: String,
