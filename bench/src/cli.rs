@@ -5,8 +5,9 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use icom_client::ConfigOverrides;
+use icom_client::{ClientConfig, ConfigOverrides};
 
 const AFTER_HELP: &str = "\
 Each scenario starts its own router (in-process, or the icom-server binary
@@ -107,14 +108,25 @@ impl Connection {
         self.dev
     }
 
+    /// The client settings of the named router, its address in `router`:
+    /// the bench measures one router, so of a cluster's `routers` the first.
+    pub(crate) fn base(&self) -> anyhow::Result<ClientConfig> {
+        let mut base = self.overrides().load()?;
+        let routers = base.router_list()?;
+        base.router = routers.into_iter().next().context("no router given")?;
+        base.routers.clear();
+        Ok(base)
+    }
+
     /// The flags as overrides of the configuration sources. With `--dev`
     /// the base is the dev layout of `server_1`; the bench replaces the
     /// identity for each of its clients.
-    pub(crate) fn overrides(&self) -> ConfigOverrides {
+    fn overrides(&self) -> ConfigOverrides {
         ConfigOverrides {
             file: self.config.clone(),
             dev: self.dev.then(|| "server_1".to_owned()),
             router: self.router.clone(),
+            routers: Vec::new(),
             server_name: self.server_name.clone(),
             ca: self.ca.clone(),
             cert: self.cert.clone(),

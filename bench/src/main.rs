@@ -92,7 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     // The bench starts its own router unless one is named.
     let placement = if cli.connection.names_a_router() {
         Placement::Remote(Box::new(Remote {
-            base: cli.connection.overrides().load()?,
+            base: cli.connection.base()?,
             dev: cli.connection.dev(),
             pid: cli.router_pid,
         }))

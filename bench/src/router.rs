@@ -96,7 +96,7 @@ enum Kind {
     Child {
         child: tokio::process::Child,
         pid: u32,
-        pki: TestPki,
+        pki: Box<TestPki>,
         dir: TempDir,
     },
     Remote(Remote),
@@ -435,7 +435,7 @@ async fn spawn(bin: &Path, tweak: impl Fn(&mut ConfigFile)) -> anyhow::Result<Ro
         kind: Kind::Child {
             child,
             pid,
-            pki,
+            pki: Box::new(pki),
             dir,
         },
     })

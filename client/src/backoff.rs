@@ -1,6 +1,7 @@
 //! Reconnect delays: exponential backoff with full jitter (a uniform pick
 //! between zero and the capped exponential), reset once a connection has
-//! stayed up for a healthy period.
+//! stayed up for a healthy period. The supervisor draws one delay per
+//! round of routers (`crate::routers::Rotation`), not per router.
 
 use std::time::Duration;
 
@@ -44,7 +45,8 @@ impl Backoff {
     }
 
     /// How many delays were handed out since the last reset.
-    pub(crate) fn attempt(&self) -> u32 {
+    #[cfg(test)]
+    fn attempt(&self) -> u32 {
         self.attempt
     }
 
@@ -71,13 +73,16 @@ impl Backoff {
     }
 
     /// The connection is gone: if it was up for the healthy period, the
-    /// next delay starts from `initial` again.
-    pub(crate) fn disconnected(&mut self) {
-        if let Some(at) = self.connected_at.take() {
-            if at.elapsed() >= self.policy.healthy_after {
-                self.attempt = 0;
-            }
+    /// next delay starts from `initial` again (and this says true).
+    pub(crate) fn disconnected(&mut self) -> bool {
+        let healthy = self
+            .connected_at
+            .take()
+            .is_some_and(|at| at.elapsed() >= self.policy.healthy_after);
+        if healthy {
+            self.attempt = 0;
         }
+        healthy
     }
 }
 
@@ -151,7 +156,7 @@ mod tests {
         // A connection that drops after a moment does not reset it.
         b.connected();
         tokio::time::advance(Duration::from_secs(2)).await;
-        b.disconnected();
+        assert!(!b.disconnected());
         assert_eq!(b.attempt(), 6);
         b.next_delay();
         assert_eq!(b.cap(), Duration::from_millis(12_800));
@@ -159,7 +164,7 @@ mod tests {
         // One that stayed up for the healthy period does.
         b.connected();
         tokio::time::advance(Duration::from_secs(10)).await;
-        b.disconnected();
+        assert!(b.disconnected());
         assert_eq!(b.attempt(), 0);
         assert_eq!(b.cap(), Duration::from_millis(100));
         assert!(b.next_delay() <= Duration::from_millis(100));

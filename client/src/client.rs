@@ -9,7 +9,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::ClientConfig;
-use crate::connection::{FrameReader, Live};
 use crate::core::{Core, Reply, WaitError, ATTEMPTS};
 use crate::data::ToData;
 use crate::error::{
@@ -20,7 +19,7 @@ use crate::event::{Event, Events};
 use crate::outbound::{send, transmit, SendOptions};
 use crate::publish::{Outcomes, Publisher};
 use crate::state::{State, States};
-use crate::supervisor;
+use crate::supervisor::{self, First};
 
 /// A connected ICOM client. Cloning is cheap; every clone is the same
 /// client. Dropping the last clone closes it; [`Client::close`] does so and
@@ -35,13 +34,36 @@ impl Client {
     /// the stream of events for this client. From then on the client stays
     /// connected by itself.
     ///
+    /// With several routers ([`ClientConfig::routers`]), it tries each once
+    /// in list order and keeps the first that answers.
+    ///
     /// # Errors
     /// [`ConnectError`]: a certificate the router refuses is
-    /// [`ConnectError::CertificateRefused`].
+    /// [`ConnectError::CertificateRefused`]. When every router failed, the
+    /// error is a refusal if a router refused this client, or else the
+    /// last router's.
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events), ConnectError> {
         let core = Core::new(config)?;
-        let first = core.establish().await?;
-        Ok(Client::run(core, Some(first)))
+        let mut refusal = None;
+        let mut last = None;
+        for index in 0..core.routers.len() {
+            match core.establish(index).await {
+                Ok((live, reader)) => return Ok(Client::run(core, Some((index, live, reader)))),
+                // Not about one router: the next would fail the same way.
+                Err(e @ ConnectError::Config(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(router = %core.routers.get(index), error = %e, "cannot connect");
+                    if e.is_refused() {
+                        refusal.get_or_insert(e);
+                    } else {
+                        last = Some(e);
+                    }
+                }
+            }
+        }
+        Err(refusal
+            .or(last)
+            .unwrap_or_else(|| ConnectError::Connection("no router to dial".into())))
     }
 
     /// Starts a client that connects in the background (with the same
@@ -55,9 +77,9 @@ impl Client {
         Ok(Client::run(Core::new(config)?, None))
     }
 
-    fn run(core: Arc<Core>, first: Option<(Arc<Live>, FrameReader)>) -> (Client, Events) {
+    fn run(core: Arc<Core>, first: Option<First>) -> (Client, Events) {
         let (events_tx, events_rx) = mpsc::channel::<Event>(core.cfg.inbound.events_buffer.max(1));
-        if let Some((live, _)) = &first {
+        if let Some((_, live, _)) = &first {
             supervisor::publish(&core, live);
         }
         let task = tokio::spawn(supervisor::run(core.clone(), first, events_tx));
@@ -236,6 +258,12 @@ impl Client {
     /// Whether the client is connected now.
     pub fn is_connected(&self) -> bool {
         self.core().gate.current().is_some()
+    }
+
+    /// The router of the live connection, as configured (`host:port`);
+    /// `None` while disconnected.
+    pub fn router(&self) -> Option<String> {
+        self.core().gate.current().map(|live| live.router.clone())
     }
 
     /// The `welcome` of the live connection: identity, groups, limits.

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::{Figment, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::BackoffPolicy;
 use crate::error::ConfigError;
+use crate::routers::Routers;
 
 /// The folder `icom-server --dev` writes its throwaway PKI to.
 pub const DEV_DIR: &str = "icom-dev";
@@ -21,7 +22,7 @@ pub const DEV_ROUTER: &str = "127.0.0.1:9090";
 /// in milliseconds, so that the TOML file stays plain.
 ///
 /// ```toml
-/// router = "icom.example.net:9090"
+/// router = "icom.example.net:9090"   # or, for a cluster: routers = ["a.example.net:9090", "b.example.net:9090"]
 /// server_name = "icom.example.net"
 /// ca = "/etc/icom/ca.pem"
 /// cert = "/etc/icom/eu-1.pem"
@@ -36,7 +37,15 @@ pub const DEV_ROUTER: &str = "127.0.0.1:9090";
 #[serde(default)]
 pub struct ClientConfig {
     /// The router's address, `host:port`; resolved again at every attempt.
+    /// Empty when [`routers`](ClientConfig::routers) names the routers.
     pub router: String,
+    /// The routers of one cluster (same CA, same `server_name`), in order
+    /// of preference: the client dials the first that answers and, when
+    /// its connection is lost, the next one, wrapping around. Giving both
+    /// this and `router` is an error ([`ClientConfig::router_list`]):
+    /// [`ClientConfig::with_routers`] sets this and clears `router`. In the
+    /// layered sources, the highest source that names either wins.
+    pub routers: Vec<String>,
     /// The name the router's certificate must hold (its SAN).
     pub server_name: String,
     /// The cluster CA certificate (PEM).
@@ -53,9 +62,19 @@ pub struct ClientConfig {
     pub ack_timeout_ms: u64,
     /// Sends and forgets that may await their ack at once.
     pub max_in_flight: usize,
-    /// QUIC keep-alive interval.
+    /// QUIC keep-alive interval (0: none); must be below
+    /// `idle_timeout_ms`. The default, 2 s, is a third of the idle timeout,
+    /// so that a lost keep-alive or two does not end a healthy connection.
     pub keep_alive_ms: u64,
-    /// QUIC idle timeout.
+    /// QUIC idle timeout: a router silent this long is given up (and the
+    /// next one dialled). A router that dies without a word (killed, its
+    /// host gone: no close, no stateless reset) is noticed only this way.
+    /// The default, 6 s (3 keep-alive intervals), gives it up within
+    /// 6 to 8 s of its last packet, instead of the router's 30 s: QUIC uses
+    /// the smaller of both ends' values, so this one decides. It also
+    /// bounds a connection attempt to a router that does not answer. A
+    /// network outage longer than this ends the connection, which the
+    /// client then reconnects.
     pub idle_timeout_ms: u64,
     /// The UDP socket's receive buffer, in bytes (0: the OS default). A
     /// burst of deliveries that overflows it is lost and retransmitted;
@@ -147,6 +166,7 @@ impl Default for ClientConfig {
     fn default() -> ClientConfig {
         ClientConfig {
             router: DEV_ROUTER.into(),
+            routers: Vec::new(),
             server_name: "localhost".into(),
             ca: PathBuf::new(),
             cert: PathBuf::new(),
@@ -155,8 +175,8 @@ impl Default for ClientConfig {
             connect_timeout_ms: 10_000,
             ack_timeout_ms: 30_000,
             max_in_flight: 8192,
-            keep_alive_ms: 5_000,
-            idle_timeout_ms: 30_000,
+            keep_alive_ms: 2_000,
+            idle_timeout_ms: 6_000,
             udp_receive_buffer: 8 << 20,
             udp_send_buffer: 4 << 20,
             ack_eliciting_threshold: 32,
@@ -224,6 +244,29 @@ impl ClientConfig {
         }
     }
 
+    /// The same config with the routers of one cluster instead of one
+    /// router: `router` is cleared and `routers` set, in this order of
+    /// preference.
+    #[must_use]
+    pub fn with_routers<S: Into<String>>(
+        mut self,
+        routers: impl IntoIterator<Item = S>,
+    ) -> ClientConfig {
+        self.router.clear();
+        self.routers = routers.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The routers to dial, in order: `routers`, or `router` alone.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when both `router` and `routers` are given
+    /// or neither is, when an address is empty or repeated, or when there
+    /// are more than [`MAX_ROUTERS`](crate::MAX_ROUTERS).
+    pub fn router_list(&self) -> Result<Vec<String>, ConfigError> {
+        Routers::parse(&self.router, &self.routers).map(Routers::into_vec)
+    }
+
     /// The layout of `icom-server --dev`, seen from the folder it ran in:
     /// router `127.0.0.1:9090`, name `localhost`, `./icom-dev/ca.pem` and
     /// `./icom-dev/<identity>.pem` / `.key`.
@@ -242,8 +285,14 @@ impl ClientConfig {
     /// `ICOM_*` environment variables (`ICOM_ROUTER`, `ICOM_SERVER_NAME`,
     /// `ICOM_QUEUE__TIMEOUT_MS`, ...). Merge more providers on top.
     ///
+    /// A source that names the router, as `router` or as `routers`,
+    /// replaces what the sources below it said about either; one source
+    /// that gives both is an error.
+    ///
     /// # Errors
-    /// [`ConfigError::Missing`] if `file` does not exist.
+    /// [`ConfigError::Missing`] if `file` does not exist;
+    /// [`ConfigError::Invalid`] if one source gives both `router` and
+    /// `routers`.
     pub fn figment(base: &ClientConfig, file: Option<&Path>) -> Result<Figment, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(base));
         if let Some(file) = file {
@@ -253,9 +302,13 @@ impl ClientConfig {
                     path: file.to_owned(),
                 });
             }
-            figment = figment.merge(Toml::file_exact(file));
+            figment = merge_source(figment, Toml::file_exact(file), "the config file")?;
         }
-        Ok(figment.merge(Env::prefixed("ICOM_").split("__")))
+        merge_source(
+            figment,
+            Env::prefixed("ICOM_").split("__"),
+            "the ICOM_* environment",
+        )
     }
 
     /// Loads a config: defaults < `file` < `ICOM_*` environment.
@@ -275,6 +328,42 @@ impl ClientConfig {
             healthy_after: ms(self.reconnect.healthy_after_ms),
         }
     }
+}
+
+/// Merges `source` over `figment`, as [`ClientConfig::figment`] layers its
+/// sources: if `source` names the router (`router` or `routers`), what the
+/// sources below said about either is dropped first, so that the highest
+/// source naming the router wins. For any config whose top-level keys
+/// `router` and `routers` mean what they mean here (the extension's
+/// `icom.toml`).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] if `source` (called `what` in the message)
+/// gives both.
+pub fn merge_source(
+    figment: Figment,
+    source: impl Provider,
+    what: &str,
+) -> Result<Figment, ConfigError> {
+    // A source that does not parse names nothing here; extracting the
+    // config reports its error.
+    let probe = Figment::from(&source);
+    let figment = match (probe.contains("router"), probe.contains("routers")) {
+        (true, true) => {
+            return Err(ConfigError::Invalid {
+                setting: "routers",
+                detail: format!(
+                    "{what} gives both `router` and `routers`: give one router, or the list"
+                ),
+            })
+        }
+        // In the default profile, as the file and the environment are (a
+        // `(key, value)` pair would be global, above every later source).
+        (true, false) => figment.merge(Serialized::default("routers", Vec::<String>::new())),
+        (false, true) => figment.merge(Serialized::default("router", "")),
+        (false, false) => figment,
+    };
+    Ok(figment.merge(source))
 }
 
 /// Milliseconds as a `Duration`.

@@ -22,6 +22,8 @@ use crate::loss::Loss;
 pub(crate) struct Live {
     /// Counts the connections of one client.
     pub(crate) generation: u64,
+    /// The router's address as configured, `host:port`.
+    pub(crate) router: String,
     pub(crate) conn: Connection,
     pub(crate) welcome: Welcome,
     /// Shared with the write tasks, which outlive a cancelled caller.
@@ -120,7 +122,8 @@ impl FrameReader {
     }
 }
 
-/// Dials the router, says `hello` and waits for `welcome`.
+/// Dials the router at `addr` (configured as `router`), says `hello` and
+/// waits for `welcome`.
 ///
 /// # Errors
 /// [`ConnectError`]; a certificate the router refuses is
@@ -129,6 +132,7 @@ pub(crate) async fn establish(
     endpoint: &quinn::Endpoint,
     quic: &quinn::ClientConfig,
     cfg: &ClientConfig,
+    router: &str,
     addr: SocketAddr,
     generation: u64,
 ) -> Result<(Arc<Live>, FrameReader), ConnectError> {
@@ -184,6 +188,7 @@ pub(crate) async fn establish(
     };
     let live = Arc::new(Live {
         generation,
+        router: router.to_owned(),
         conn,
         welcome,
         control: Arc::new(tokio::sync::Mutex::new(send)),

@@ -19,6 +19,7 @@ use crate::connection::{establish, resolve, FrameReader, Live};
 use crate::error::{ConfigError, ConnectError, SendError, Unavailable};
 use crate::event::Event;
 use crate::gate::Gate;
+use crate::routers::Routers;
 use crate::session::{Ids, Kind, Link, Session};
 use crate::state::{State, StateCell};
 
@@ -30,6 +31,8 @@ pub(crate) const ATTEMPTS: u32 = 3;
 #[derive(Debug)]
 pub(crate) struct Core {
     pub(crate) cfg: ClientConfig,
+    /// The routers to dial, in order.
+    pub(crate) routers: Routers,
     quic: quinn::ClientConfig,
     /// The local endpoint, and whether it is bound for IPv6.
     endpoint: Mutex<Option<(quinn::Endpoint, bool)>>,
@@ -52,6 +55,7 @@ impl Core {
     /// # Errors
     /// [`ConfigError`] when the TLS files or settings are not usable.
     pub(crate) fn new(cfg: ClientConfig) -> Result<Arc<Core>, ConfigError> {
+        let routers = Routers::parse(&cfg.router, &cfg.routers)?;
         let quic = crate::tls::quic_config(&cfg)?;
         if cfg.max_in_flight == 0 {
             return Err(ConfigError::Invalid {
@@ -60,6 +64,7 @@ impl Core {
             });
         }
         Ok(Arc::new(Core {
+            routers,
             quic,
             endpoint: Mutex::new(None),
             gate: Gate::new(&cfg.queue),
@@ -71,6 +76,7 @@ impl Core {
             ack_timeout: ms(cfg.ack_timeout_ms),
             state: StateCell::new(State::Disconnected {
                 reason: "not connected yet".into(),
+                router: None,
             }),
             shutdown: CancellationToken::new(),
             supervisor: Mutex::new(None),
@@ -78,14 +84,20 @@ impl Core {
         }))
     }
 
-    /// One connection attempt, up to `welcome`, within the connect timeout.
-    pub(crate) async fn establish(&self) -> Result<(Arc<Live>, FrameReader), ConnectError> {
+    /// One connection attempt to router `index` of the list, up to
+    /// `welcome`, within the connect timeout (and the QUIC idle timeout,
+    /// for a router that does not answer at all).
+    pub(crate) async fn establish(
+        &self,
+        index: usize,
+    ) -> Result<(Arc<Live>, FrameReader), ConnectError> {
         let timeout = ms(self.cfg.connect_timeout_ms);
         let generation = lock(&self.session).next_generation();
+        let router = self.routers.get(index);
         let attempt = async {
-            let addr = resolve(&self.cfg.router).await?;
+            let addr = resolve(router).await?;
             let endpoint = self.endpoint_for(addr)?;
-            establish(&endpoint, &self.quic, &self.cfg, addr, generation).await
+            establish(&endpoint, &self.quic, &self.cfg, router, addr, generation).await
         };
         tokio::time::timeout(timeout, attempt)
             .await

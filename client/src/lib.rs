@@ -28,6 +28,11 @@
 //!   certificate the router refuses is [`ConnectError::CertificateRefused`].
 //! - The client reconnects by itself, with exponential backoff and full
 //!   jitter; [`Client::states`] reports every change.
+//! - Given the routers of one cluster ([`ClientConfig::with_routers`], or
+//!   `routers` in the config file), it connects to the first that answers
+//!   and fails over to the next when its connection is lost; the backoff
+//!   waits only after a full round. [`Client::router`] says which router it
+//!   is on.
 //! - While it is disconnected, operations wait in a bounded queue for a
 //!   bounded time, or fail at once ([`QueueMode`]).
 //! - Deliveries of persistent and stored events are de-duplicated by
@@ -55,6 +60,7 @@ mod outbound;
 mod overrides;
 mod publish;
 mod replay;
+mod routers;
 mod session;
 mod state;
 mod supervisor;
@@ -62,7 +68,8 @@ mod tls;
 
 pub use client::Client;
 pub use config::{
-    ClientConfig, InboundConfig, QueueConfig, QueueMode, ReconnectConfig, DEV_DIR, DEV_ROUTER,
+    merge_source, ClientConfig, InboundConfig, QueueConfig, QueueMode, ReconnectConfig, DEV_DIR,
+    DEV_ROUTER,
 };
 pub use data::{DataError, MsgPack, ToData};
 pub use error::{
@@ -72,6 +79,7 @@ pub use event::{Event, Events};
 pub use outbound::SendOptions;
 pub use overrides::ConfigOverrides;
 pub use publish::{Outcomes, Published, Publisher};
+pub use routers::MAX_ROUTERS;
 pub use state::{State, States};
 
 pub use icom_protocol::{Ack, AckCode, AckError, Persist, Target, Welcome};

@@ -6,7 +6,9 @@
 
 use std::path::PathBuf;
 
-use crate::config::ClientConfig;
+use figment::providers::Serialized;
+
+use crate::config::{merge_source, ClientConfig};
 use crate::error::ConfigError;
 
 /// Settings that override a client's configuration, each one only when it
@@ -17,7 +19,10 @@ use crate::error::ConfigError;
 /// 2. the TOML [`file`](ConfigOverrides::file), if any;
 /// 3. `ICOM_*` environment variables (`ICOM_ROUTER`, `ICOM_SERVER_NAME`,
 ///    `ICOM_QUEUE__TIMEOUT_MS`, ...);
-/// 4. the fields below that are `Some`.
+/// 4. the fields below that are given (`Some`, or a non-empty `routers`).
+///
+/// The highest of these that names the router (`router` or `routers`)
+/// decides the routers; one that gives both is an error.
 ///
 /// ```no_run
 /// use icom_client::ConfigOverrides;
@@ -41,6 +46,9 @@ pub struct ConfigOverrides {
     pub dev: Option<String>,
     /// The router's address, `host:port`.
     pub router: Option<String>,
+    /// The routers of one cluster, in order of preference (instead of
+    /// `router`; empty: not given).
+    pub routers: Vec<String>,
     /// The name in the router's certificate.
     pub server_name: Option<String>,
     /// The cluster CA certificate (PEM).
@@ -59,16 +67,34 @@ impl ConfigOverrides {
     ///
     /// # Errors
     /// [`ConfigError::Missing`] if the file does not exist;
-    /// [`ConfigError::Load`] if the file or the environment does not load.
+    /// [`ConfigError::Load`] if the file or the environment does not load;
+    /// [`ConfigError::Invalid`] if one of them, or these overrides, gives
+    /// both `router` and `routers`.
     pub fn load(&self) -> Result<ClientConfig, ConfigError> {
         let base = match &self.dev {
             Some(identity) => ClientConfig::dev(identity),
             None => ClientConfig::default(),
         };
         let mut figment = ClientConfig::figment(&base, self.file.as_deref())?;
-        if let Some(v) = &self.router {
-            figment = figment.merge(("router", v));
-        }
+        // Naming the router here replaces what the file or the environment
+        // said of `router` and `routers` alike.
+        figment = match (&self.router, self.routers.is_empty()) {
+            (Some(_), false) => {
+                return Err(ConfigError::Invalid {
+                    setting: "routers",
+                    detail: "both a router and a list of routers are given: give one".into(),
+                })
+            }
+            (Some(v), true) => {
+                merge_source(figment, Serialized::default("router", v), "the flags")?
+            }
+            (None, false) => merge_source(
+                figment,
+                Serialized::default("routers", &self.routers),
+                "the flags",
+            )?,
+            (None, true) => figment,
+        };
         if let Some(v) = &self.server_name {
             figment = figment.merge(("server_name", v));
         }
@@ -141,6 +167,68 @@ mod tests {
         assert_eq!(c.key, Path::new("/y/b.key"));
         assert_eq!(c.server_name, "r.example");
         assert_eq!(c.connect_timeout_ms, 300);
+    }
+
+    #[test]
+    fn the_highest_source_naming_the_router_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("icom.toml");
+        std::fs::write(&path, "routers = [\"a:1\", \"b:1\"]\n").unwrap();
+        let file = Some(path.clone());
+        // The file's list over the default router.
+        let c = ConfigOverrides {
+            file: file.clone(),
+            ..ConfigOverrides::default()
+        }
+        .load()
+        .unwrap();
+        assert_eq!(
+            (c.router.as_str(), c.routers.clone()),
+            ("", vec!["a:1".to_owned(), "b:1".to_owned()])
+        );
+        assert_eq!(c.router_list().unwrap(), ["a:1", "b:1"]);
+        // One router flag over the file's list.
+        let c = ConfigOverrides {
+            file: file.clone(),
+            router: Some("c:1".into()),
+            ..ConfigOverrides::default()
+        }
+        .load()
+        .unwrap();
+        assert_eq!(c.router_list().unwrap(), ["c:1"]);
+        // Several over the dev layout's one.
+        let c = ConfigOverrides {
+            dev: Some("server_1".into()),
+            routers: vec!["d:1".into(), "e:1".into()],
+            ..ConfigOverrides::default()
+        }
+        .load()
+        .unwrap();
+        assert_eq!(c.router_list().unwrap(), ["d:1", "e:1"]);
+        // Both in the flags, or both in the file: an error.
+        let both = ConfigOverrides {
+            router: Some("c:1".into()),
+            routers: vec!["d:1".into()],
+            ..ConfigOverrides::default()
+        };
+        assert!(matches!(
+            both.load(),
+            Err(ConfigError::Invalid {
+                setting: "routers",
+                ..
+            })
+        ));
+        std::fs::write(&path, "router = \"a:1\"\nrouters = [\"b:1\"]\n").unwrap();
+        let err = ConfigOverrides {
+            file,
+            ..ConfigOverrides::default()
+        }
+        .load()
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("the config file gives both"),
+            "{err}"
+        );
     }
 
     #[test]

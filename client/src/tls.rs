@@ -69,6 +69,16 @@ pub(crate) fn endpoint(bind: SocketAddr, cfg: &ClientConfig) -> std::io::Result<
 }
 
 fn transport(cfg: &ClientConfig) -> Result<TransportConfig, ConfigError> {
+    if cfg.keep_alive_ms > 0 && cfg.keep_alive_ms >= cfg.idle_timeout_ms {
+        return Err(ConfigError::Invalid {
+            setting: "keep_alive_ms",
+            detail: format!(
+                "{} ms is not below idle_timeout_ms ({} ms): the connection would time out \
+                 between keep-alives",
+                cfg.keep_alive_ms, cfg.idle_timeout_ms
+            ),
+        });
+    }
     let idle =
         IdleTimeout::try_from(ms(cfg.idle_timeout_ms)).map_err(|e| ConfigError::Invalid {
             setting: "idle_timeout_ms",
@@ -135,4 +145,35 @@ fn check_file(path: &Path, what: &'static str) -> Result<(), ConfigError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keep_alive_must_come_before_the_idle_timeout() {
+        let defaults = ClientConfig::default();
+        assert!(defaults.keep_alive_ms * 3 <= defaults.idle_timeout_ms);
+        assert!(transport(&defaults).is_ok());
+        let mut c = ClientConfig {
+            keep_alive_ms: 6_000,
+            idle_timeout_ms: 6_000,
+            ..ClientConfig::default()
+        };
+        let err = transport(&c).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ConfigError::Invalid {
+                    setting: "keep_alive_ms",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // No keep-alive at all is allowed.
+        c.keep_alive_ms = 0;
+        assert!(transport(&c).is_ok());
+    }
 }

@@ -11,6 +11,9 @@
 //!
 //! Precedence: defaults < the file < `ICOM_*` environment variables
 //! (`ICOM_ROUTER`, `ICOM_LIMITS__WINDOW`, …; `__` separates sections).
+//! The router is `router` (one address) or `routers` (the routers of one
+//! cluster, in order of preference); one source giving both is an error,
+//! and `ICOM_ROUTER` or `ICOM_ROUTERS` replaces the file's either.
 //! Relative paths (`ca`, `cert`, `key`, `logs.dir`) are relative to the
 //! folder of the config file. The server's identity is not configured: it is
 //! the Common Name of the certificate.
@@ -20,7 +23,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use icom_client::{ClientConfig, QueueConfig, ReconnectConfig};
+use icom_client::{merge_source, ClientConfig, QueueConfig, ReconnectConfig};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -157,9 +160,23 @@ pub(crate) fn find_here(library_dir: Option<&Path>) -> Result<PathBuf, ConfigErr
 /// # Errors
 /// [`ConfigError::Parse`] or [`ConfigError::Invalid`].
 pub(crate) fn load(path: &Path, default_log_dir: &Path) -> Result<Config, ConfigError> {
-    let file: ConfigFile = Figment::from(Serialized::defaults(ConfigFile::default()))
-        .merge(Toml::file_exact(path))
-        .merge(env_overrides())
+    let invalid = |e: icom_client::ConfigError| match e {
+        icom_client::ConfigError::Invalid { setting, detail } => ConfigError::Invalid {
+            path: path.to_owned(),
+            setting,
+            detail,
+        },
+        other => ConfigError::Parse {
+            path: path.to_owned(),
+            detail: other.to_string(),
+        },
+    };
+    // As the client library layers its sources: the highest that names
+    // the router (`router` or `routers`) decides.
+    let figment = Figment::from(Serialized::defaults(ConfigFile::default()));
+    let figment = merge_source(figment, Toml::file_exact(path), "icom.toml").map_err(invalid)?;
+    let file: ConfigFile = merge_source(figment, env_overrides(), "the ICOM_* environment")
+        .map_err(invalid)?
         .extract()
         .map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
@@ -171,8 +188,9 @@ pub(crate) fn load(path: &Path, default_log_dir: &Path) -> Result<Config, Config
 /// `ICOM_*` variables for the settings this file has (others, such as the
 /// router's own, are left alone).
 fn env_overrides() -> Env {
-    const KEYS: [&str; 11] = [
+    const KEYS: [&str; 12] = [
         "router",
+        "routers",
         "server_name",
         "ca",
         "cert",
@@ -196,6 +214,7 @@ fn env_overrides() -> Env {
 #[serde(default, deny_unknown_fields)]
 struct ConfigFile {
     router: String,
+    routers: Vec<String>,
     server_name: String,
     ca: PathBuf,
     cert: PathBuf,
@@ -239,6 +258,7 @@ impl Default for ConfigFile {
         let client = ClientConfig::default();
         ConfigFile {
             router: String::new(),
+            routers: Vec::new(),
             server_name: String::new(),
             ca: PathBuf::new(),
             cert: PathBuf::new(),
@@ -291,26 +311,26 @@ impl ConfigFile {
             detail: detail.to_owned(),
         };
         let base = path.parent().unwrap_or(Path::new("."));
-        if self.router.trim().is_empty() {
-            return Err(invalid("router", "required: the router's host:port"));
-        }
+        let mut client = ClientConfig::new(
+            self.router,
+            self.server_name.trim(),
+            base.join(&self.ca),
+            base.join(&self.cert),
+            base.join(&self.key),
+        );
+        client.routers = self.routers;
+        let routers = client.router_list().map_err(|e| match e {
+            icom_client::ConfigError::Invalid { setting, detail } => invalid(setting, &detail),
+            other => invalid("routers", &other.to_string()),
+        })?;
         for (setting, value) in [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)] {
             if value.as_os_str().is_empty() {
                 return Err(invalid(setting, "required: a path to a PEM file"));
             }
         }
-        let server_name = if self.server_name.trim().is_empty() {
-            router_host(&self.router).to_owned()
-        } else {
-            self.server_name
-        };
-        let mut client = ClientConfig::new(
-            self.router,
-            server_name,
-            base.join(self.ca),
-            base.join(self.cert),
-            base.join(self.key),
-        );
+        if client.server_name.is_empty() {
+            client.server_name = common_host(&routers).map_err(|d| invalid("server_name", &d))?;
+        }
         client.agent = concat!("icom-extension/", env!("CARGO_PKG_VERSION")).into();
         client.connect_timeout_ms = self.connect_timeout_ms;
         client.ack_timeout_ms = self.ack_timeout_ms;
@@ -401,6 +421,23 @@ impl LimitsFile {
                 1_000_000,
             )?,
         })
+    }
+}
+
+/// The host the routers share, the default TLS name: the routers of one
+/// cluster share one name, so routers on different hosts need
+/// `server_name`.
+fn common_host(routers: &[String]) -> Result<String, String> {
+    let mut hosts = routers.iter().map(|r| router_host(r));
+    let first = hosts.next().unwrap_or_default();
+    if hosts.all(|h| h == first) {
+        Ok(first.to_owned())
+    } else {
+        Err(
+            "required when the routers are on different hosts: the name in their \
+             certificate, which the routers of one cluster share"
+                .to_owned(),
+        )
     }
 }
 
@@ -542,6 +579,56 @@ key = "/abs/eu-1.key"
         );
         assert_eq!(c.client.ca, example.parent().unwrap().join("keys/ca.pem"));
         assert_eq!(c.logs.max_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn routers_of_one_cluster() {
+        let tmp = tempfile::tempdir().unwrap();
+        let keys = "ca = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n";
+        let path = write(
+            tmp.path(),
+            FILE_NAME,
+            &format!("routers = [\"r.example:9090\", \"r.example:9091\"]\n{keys}"),
+        );
+        let c = load(&path, Path::new("/x")).unwrap();
+        assert_eq!(
+            c.client.router_list().unwrap(),
+            ["r.example:9090", "r.example:9091"]
+        );
+        assert_eq!(c.client.server_name, "r.example");
+        // Different hosts share a name only if it is given.
+        let text = format!("routers = [\"a.example:9090\", \"b.example:9090\"]\n{keys}");
+        let path = write(tmp.path(), FILE_NAME, &text);
+        let err = load(&path, Path::new("/x")).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ConfigError::Invalid {
+                    setting: "server_name",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let path = write(
+            tmp.path(),
+            FILE_NAME,
+            &format!("{text}server_name = \"icom.example\"\n"),
+        );
+        let c = load(&path, Path::new("/x")).unwrap();
+        assert_eq!(c.client.server_name, "icom.example");
+        for (text, needle) in [
+            (
+                format!("router = \"a:1\"\nrouters = [\"b:1\"]\n{keys}"),
+                "both",
+            ),
+            (format!("routers = [\"a:1\", \"a:1\"]\n{keys}"), "twice"),
+            (format!("routers = []\n{keys}"), "required"),
+        ] {
+            let path = write(tmp.path(), FILE_NAME, &text);
+            let err = load(&path, Path::new("/x")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -121,6 +121,54 @@ mod tests {
         assert_eq!(closed, Handled::Ok(()));
     }
 
+    /// With `routers = [silent, live]`, the extension dials the first, gives
+    /// it up, connects to the second, and says which router it is on: in the
+    /// `connected` state and in `status`.
+    #[test]
+    fn the_router_it_is_on_is_reported() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let cluster = rt.block_on(icom_tests::TestCluster::start());
+        let silent = icom_tests::silent_udp_socket();
+        let (dead, live) = (
+            silent.local_addr().unwrap().to_string(),
+            cluster.addr().to_string(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let me = cluster.client_files("eu-1");
+        let config = dir.path().join("icom.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "routers = [\"{dead}\", \"{live}\"]\nserver_name = \"localhost\"\n\
+                 ca = {:?}\ncert = {:?}\nkey = {:?}\nconnect_timeout_ms = 1000\n",
+                me.ca.display().to_string(),
+                me.cert.display().to_string(),
+                me.key.display().to_string()
+            ),
+        )
+        .unwrap();
+        let ext = extension(dir.path(), Some(config));
+        let (_, code) = ext.call("icom:connect", Some(vec!["".into(), "".into()]));
+        assert_eq!(code, 0);
+        let connecting = callback(&ext, "state", Duration::from_secs(5));
+        assert_eq!(connecting["state"], "connecting");
+        assert_eq!(connecting["routers"], serde_json::json!([dead, live]));
+        let connected = loop {
+            let state = callback(&ext, "state", Duration::from_secs(20));
+            if state["state"] == "connected" {
+                break state;
+            }
+        };
+        assert_eq!(connected["router"], live.as_str());
+        assert_eq!(connected["server_id"], "eu-1");
+        let status: Value = serde_json::from_str(&ext.call("icom:status", None).0).unwrap();
+        assert_eq!(status["state"], "connected");
+        assert_eq!(status["router"], live.as_str());
+        assert_eq!(status["routers"], serde_json::json!([dead, live]));
+        assert_eq!(ext.call("icom:disconnect", Some(vec![])).1, 0);
+        drop(silent);
+    }
+
     #[test]
     fn bad_arguments_get_readable_errors() {
         let dir = tempfile::tempdir().unwrap();

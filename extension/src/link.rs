@@ -65,8 +65,8 @@ enum Slot {
 struct Active {
     generation: u64,
     address: Option<String>,
-    /// The router dialled, once the config is loaded.
-    router: Option<String>,
+    /// The routers to dial, in order, once the config is loaded.
+    routers: Vec<String>,
     client: watch::Receiver<Option<Client>>,
     cancel: CancellationToken,
 }
@@ -76,7 +76,11 @@ struct Active {
 pub(crate) struct LinkStatus {
     pub(crate) state: String,
     pub(crate) server_id: Option<String>,
+    /// The router connected to; when not connected, the one being dialled
+    /// or last lost.
     pub(crate) router: Option<String>,
+    /// The routers configured, in order.
+    pub(crate) routers: Vec<String>,
     pub(crate) peers: usize,
 }
 
@@ -123,7 +127,7 @@ impl Link {
         *slot = Slot::Active(Active {
             generation,
             address: address.clone(),
-            router: None,
+            routers: Vec::new(),
             client: rx,
             cancel: cancel.clone(),
         });
@@ -165,33 +169,40 @@ impl Link {
                 state: "idle".into(),
                 server_id: None,
                 router: None,
+                routers: Vec::new(),
                 peers: 0,
             };
         };
-        let router = active.router.clone().or_else(|| active.address.clone());
+        let routers = active.routers.clone();
+        let first = routers.first().cloned().or_else(|| active.address.clone());
         let Some(client) = active.client.borrow().clone() else {
             return LinkStatus {
                 state: "starting".into(),
                 server_id: None,
-                router,
+                router: first,
+                routers,
                 peers: 0,
             };
         };
         drop(slot);
-        let (state, _) = state_json(&client.state());
+        let state = client.state();
         let welcome = client.welcome();
         LinkStatus {
-            state,
+            state: state_json(&state).0,
             server_id: welcome.as_ref().map(|w| w.server_id.clone()),
-            router,
+            router: client
+                .router()
+                .or_else(|| state.router().map(str::to_owned))
+                .or(first),
+            routers,
             peers: client.peers().len(),
         }
     }
 
-    fn set_router(&self, generation: u64, router: &str) {
+    fn set_routers(&self, generation: u64, routers: &[String]) {
         if let Slot::Active(a) = &mut *lock(&self.slot) {
             if a.generation == generation {
-                a.router = Some(router.to_owned());
+                a.routers = routers.to_vec();
             }
         }
     }
@@ -219,19 +230,24 @@ pub(crate) async fn session(shared: Arc<Shared>, link: Arc<Link>, s: Session) {
     };
     let mut client_config = config.client;
     if let Some(address) = &s.address {
-        client_config.router.clone_from(address);
+        // An address given to icom:connect is the one router to dial.
+        client_config = client_config.with_routers([address.clone()]);
     }
-    let router = client_config.router.clone();
-    link.set_router(s.generation, &router);
+    let routers = match client_config.router_list() {
+        Ok(routers) => routers,
+        Err(e) => return fail(&shared, &link, s.generation, "config", &e.to_string()),
+    };
+    link.set_routers(s.generation, &routers);
+    let first = routers.first().cloned().unwrap_or_default();
     tracing::info!(
         target: "icom::connection",
-        router = %router,
+        routers = %routers.join(", "),
         server_name = %client_config.server_name,
         config = %config.file.display(),
         cert = %client_config.cert.display(),
         "connecting"
     );
-    shared.push_state(json!({"state": "connecting", "router": router}));
+    shared.push_state(json!({"state": "connecting", "router": first, "routers": routers}));
     let (client, mut events) = match Client::start(client_config) {
         Ok(started) => started,
         Err(e) => return fail(&shared, &link, s.generation, "config", &e.to_string()),
@@ -242,8 +258,9 @@ pub(crate) async fn session(shared: Arc<Shared>, link: Arc<Link>, s: Session) {
     loop {
         tokio::select! {
             () = s.cancel.cancelled() => {
+                let router = client.router();
                 client.close().await;
-                tracing::info!(target: "icom::connection", router = %router, "disconnected by the mission");
+                tracing::info!(target: "icom::connection", router = ?router, "disconnected by the mission");
                 shared.push_state(json!({"state": "closed", "router": router}));
                 break;
             }
@@ -252,7 +269,7 @@ pub(crate) async fn session(shared: Arc<Shared>, link: Arc<Link>, s: Session) {
                 None => break,
             },
             state = states.next() => match state {
-                Some(state) => on_state(&shared, &client, &router, s.expected_id.as_deref(), &state),
+                Some(state) => on_state(&shared, &client, s.expected_id.as_deref(), &state),
                 None => break,
             },
         }
@@ -267,9 +284,9 @@ fn fail(shared: &Shared, link: &Link, generation: u64, code: &str, message: &str
     link.release(generation);
 }
 
-fn on_state(shared: &Shared, client: &Client, router: &str, expected: Option<&str>, state: &State) {
+fn on_state(shared: &Shared, client: &Client, expected: Option<&str>, state: &State) {
     let (name, mut value) = state_json(state);
-    value["router"] = json!(router);
+    let router = state.router().unwrap_or_default();
     if let State::Connected { server_id, .. } = state {
         if let Some(welcome) = client.welcome() {
             value["groups"] = json!(welcome.groups);
@@ -292,24 +309,27 @@ fn on_state(shared: &Shared, client: &Client, router: &str, expected: Option<&st
     shared.push_state(value);
 }
 
-/// A state's name and its callback JSON.
+/// A state's name and its callback JSON, with the router it is about
+/// (`null` if none).
 fn state_json(state: &State) -> (String, serde_json::Value) {
-    let value = match state {
+    let mut value = match state {
         State::Connected {
             server_id,
             session_id,
+            ..
         } => json!({"state": "connected", "server_id": server_id, "session_id": session_id}),
-        State::Disconnected { reason } => json!({"state": "disconnected", "reason": reason}),
-        State::Reconnecting { attempt, delay } => {
+        State::Disconnected { reason, .. } => json!({"state": "disconnected", "reason": reason}),
+        State::Reconnecting { attempt, delay, .. } => {
             json!({"state": "reconnecting", "attempt": attempt, "delay": delay.as_secs_f64()})
         }
-        State::Replaced { retry_in } => {
+        State::Replaced { retry_in, .. } => {
             json!({"state": "replaced", "retry_in": retry_in.as_secs_f64()})
         }
-        State::Refused { reason } => json!({"state": "refused", "reason": reason}),
+        State::Refused { reason, .. } => json!({"state": "refused", "reason": reason}),
         State::Closed => json!({"state": "closed"}),
         other => json!({"state": "unknown", "detail": format!("{other:?}")}),
     };
+    value["router"] = json!(state.router());
     let name = value["state"].as_str().unwrap_or("unknown").to_owned();
     (name, value)
 }

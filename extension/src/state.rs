@@ -226,7 +226,7 @@ impl Icom {
                 let status = self.link.status();
                 self.shared.outbox.push(Callback::new(
                     Kind::State,
-                    &json!({"state": status.state, "server_id": status.server_id, "router": status.router}),
+                    &json!({"state": status.state, "server_id": status.server_id, "router": status.router, "routers": status.routers}),
                 ));
             }
         }
@@ -363,6 +363,7 @@ impl Icom {
             "state": link.state,
             "server_id": link.server_id,
             "router": link.router,
+            "routers": link.routers,
             "peers": link.peers,
             "config": self.config.as_ref().map(|p| p.display().to_string()).ok(),
             "config_error": self.config.as_ref().err(),

@@ -16,7 +16,8 @@ use crate::raw::RawClient;
 
 type Mutate = Arc<dyn Fn(&mut ConfigFile) + Send + Sync>;
 
-/// A router on 127.0.0.1 with a fresh test PKI.
+/// A router on 127.0.0.1 with a fresh test PKI (or, from
+/// [`TestCluster::sibling`], the PKI of another: one cluster's routers).
 pub struct TestCluster {
     pki: Arc<TestPki>,
     dir: TempDir,
@@ -56,23 +57,26 @@ impl TestCluster {
 
     /// Starts a router whose configuration file `f` may change first.
     pub async fn start_with(f: impl Fn(&mut ConfigFile) + Send + Sync + 'static) -> TestCluster {
-        TestCluster::start_in(Arc::new(TestPki::new()), f).await
+        TestCluster::start_on(Arc::new(TestPki::new()), Arc::new(f)).await
     }
 
-    /// Starts another router with this one's PKI (its CA, its router
-    /// certificate), its own address and data dir, and the configuration
-    /// changed by `f`: a second router of one cluster.
+    /// Starts another router of the same cluster: the same CA and router
+    /// name (`localhost`), so that a client's files work with both, and the
+    /// same configuration changes; its own address and data dir.
+    pub async fn sibling(&self) -> TestCluster {
+        TestCluster::start_on(self.pki.clone(), self.mutate.clone()).await
+    }
+
+    /// As [`TestCluster::sibling`], with the configuration changed by `f`
+    /// instead of this router's changes.
     pub async fn sibling_with(
         &self,
         f: impl Fn(&mut ConfigFile) + Send + Sync + 'static,
     ) -> TestCluster {
-        TestCluster::start_in(self.pki.clone(), f).await
+        TestCluster::start_on(self.pki.clone(), Arc::new(f)).await
     }
 
-    async fn start_in(
-        pki: Arc<TestPki>,
-        f: impl Fn(&mut ConfigFile) + Send + Sync + 'static,
-    ) -> TestCluster {
+    async fn start_on(pki: Arc<TestPki>, mutate: Mutate) -> TestCluster {
         crate::init_tracing();
         let dir = tempfile::tempdir().expect("a temp dir");
         pki.write_to(dir.path()).expect("writing the test PKI");
@@ -80,7 +84,7 @@ impl TestCluster {
             pki,
             dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            mutate: Arc::new(f),
+            mutate,
             running: None,
         };
         cluster.launch().await;

@@ -27,7 +27,9 @@ pub use events::{routes, send};
 pub use metrics::{http_get, metric, with_metrics};
 pub use nats::{nats_server_bin, NatsClientFiles, NatsCluster};
 pub use nats::{NATS_CLIENT_CN, NATS_CLUSTER_NAME, NATS_SERVER_ENV, NATS_WAIT};
-pub use process::{free_tcp_port, free_udp_port, rss_kib, RouterFiles, RouterProcess};
+pub use process::{
+    free_tcp_port, free_udp_port, rss_kib, silent_udp_socket, RouterFiles, RouterProcess,
+};
 pub use proxy::{DirectionStats, Impairment, ImpairmentProxy, ProxyStats};
 pub use proxy::{NAT_CAPACITY, NAT_IDLE};
 pub use raw::{client_crypto, RawClient, RawError};

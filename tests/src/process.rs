@@ -33,6 +33,16 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
+/// A UDP socket on 127.0.0.1 that never answers: dialled as a router, it
+/// is one that is down without a word (no QUIC close, no stateless reset,
+/// no ICMP), like a host that is gone. Silent for as long as it is kept.
+///
+/// # Panics
+/// If no UDP socket can be bound.
+pub fn silent_udp_socket() -> std::net::UdpSocket {
+    std::net::UdpSocket::bind("127.0.0.1:0").expect("binding a UDP socket on 127.0.0.1")
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound, read,
 /// released).
 ///
@@ -64,6 +74,15 @@ impl RouterFiles {
     /// If the files cannot be written.
     pub fn new(extra: &str) -> RouterFiles {
         RouterFiles::with_pki(Arc::new(TestPki::new()), extra)
+    }
+
+    /// The files of another router of the same cluster: the same CA and
+    /// router name (`localhost`), its own port, data dir and `extra`.
+    ///
+    /// # Panics
+    /// If the files cannot be written.
+    pub fn sibling(&self, extra: &str) -> RouterFiles {
+        RouterFiles::with_pki(self.pki.clone(), extra)
     }
 
     /// As [`RouterFiles::new`], with an existing PKI (another router's:

@@ -20,10 +20,17 @@ fn icom_bin() -> PathBuf {
 
 /// `icom` with the connection flags of `files`.
 fn icom(files: &ClientFiles) -> Command {
+    icom_to(files, &[files.addr.to_string()])
+}
+
+/// `icom` with the connection flags of `files`, and one `--router` flag
+/// for each of `routers`.
+fn icom_to(files: &ClientFiles, routers: &[String]) -> Command {
     let mut cmd = Command::new(icom_bin());
-    cmd.arg("--router")
-        .arg(files.addr.to_string())
-        .arg("--server-name")
+    for router in routers {
+        cmd.arg("--router").arg(router);
+    }
+    cmd.arg("--server-name")
         .arg(&files.server_name)
         .arg("--ca")
         .arg(&files.ca)
@@ -357,4 +364,48 @@ async fn persist_ttl_and_forget() {
     let out = run(cmd).await;
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout_json(&out)["ok"], true);
+}
+
+#[tokio::test]
+async fn status_with_two_routers_names_the_one_it_is_on() {
+    let cluster = TestCluster::start().await;
+    let files = cluster.client_files("server_1");
+    let silent = icom_tests::silent_udp_socket();
+    let (dead, live) = (
+        silent.local_addr().unwrap().to_string(),
+        files.addr.to_string(),
+    );
+
+    // The first router does not answer: the second does.
+    let mut cmd = icom_to(&files, &[dead.clone(), live.clone()]);
+    cmd.args(["--connect-timeout", "1000", "status"]);
+    let out = run(cmd).await;
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let status = stdout_json(&out);
+    assert_eq!(status["state"], "connected");
+    assert_eq!(status["router"], live.as_str());
+    assert_eq!(status["server_id"], "server_1");
+
+    // In the other order, the first answers.
+    let mut cmd = icom_to(&files, &[live.clone(), dead.clone()]);
+    cmd.arg("status");
+    let out = run(cmd).await;
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout_json(&out)["router"], live.as_str());
+
+    // Sends go through the one that answers.
+    let mut cmd = icom_to(&files, &[dead.clone(), live]);
+    cmd.args([
+        "--connect-timeout",
+        "1000",
+        "send",
+        "--to",
+        "server_1",
+        "--event",
+        "via_the_second",
+    ]);
+    let out = run(cmd).await;
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout_json(&out)["delivered"], 1);
+    drop(silent);
 }

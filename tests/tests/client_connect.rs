@@ -30,6 +30,10 @@ async fn connect_returns_after_welcome_with_the_certificate_identity() {
     assert!(
         matches!(client.state(), State::Connected { server_id, .. } if server_id == "server_1")
     );
+    // It says which router it is on.
+    let router = cluster.addr().to_string();
+    assert_eq!(client.router(), Some(router.clone()));
+    assert_eq!(client.state().router(), Some(router.as_str()));
     // The welcome lists server_2 if its presence batch went out before
     // server_1 connected; the batch brings it otherwise.
     assert!(welcome.peers.is_empty() || welcome.peers == ["server_2"]);
@@ -233,7 +237,8 @@ async fn a_replaced_client_backs_off_and_says_so() {
     assert_eq!(
         state,
         State::Replaced {
-            retry_in: Duration::from_secs(60)
+            retry_in: Duration::from_secs(60),
+            router: cluster.addr().to_string(),
         }
     );
     assert!(!old.is_connected());
@@ -286,7 +291,7 @@ async fn a_certificate_revoked_while_connected_is_reported_as_refused() {
     cluster.reload();
     let state = wait_state(&mut states, |s| matches!(s, State::Refused { .. })).await;
     assert!(
-        matches!(&state, State::Refused { reason } if reason.contains("REVOKED")),
+        matches!(&state, State::Refused { reason, router } if reason.contains("REVOKED") && *router == cluster.addr().to_string()),
         "{state:?}"
     );
     assert!(!a.is_connected());

@@ -17,8 +17,10 @@ Exit status:
 
 Connection settings come from, lowest first: defaults (or --dev), the
 --config TOML file, ICOM_* environment variables (ICOM_ROUTER,
-ICOM_SERVER_NAME, ICOM_CA, ICOM_CERT, ICOM_KEY, ICOM_QUEUE__TIMEOUT_MS, ...),
-then flags.
+ICOM_ROUTERS='[\"a:9090\",\"b:9090\"]', ICOM_SERVER_NAME, ICOM_CA, ICOM_CERT,
+ICOM_KEY, ICOM_QUEUE__TIMEOUT_MS, ...), then flags. Several routers (the
+`routers` list, or --router given more than once) are tried in order: the
+first that answers is used, and the next one when its connection is lost.
 
 Example, from cron: icom --config /etc/icom/ops.toml broadcast --event global_alert --data '\"restart in 5 min\"'";
 
@@ -26,7 +28,7 @@ Example, from cron: icom --config /etc/icom/ops.toml broadcast --event global_al
 #[command(
     name = "icom",
     version,
-    about = "ICOM client: send, broadcast, listen, ping, request, forget"
+    about = "ICOM client: send, broadcast, listen, ping, request, forget, status"
 )]
 #[command(after_help = EXIT_CODES)]
 pub(crate) struct Cli {
@@ -52,9 +54,10 @@ pub(crate) struct Connection {
         default_value = "server_1"
     )]
     pub(crate) identity: String,
-    /// The router's address.
+    /// The router's address; repeat for the routers of one cluster, in
+    /// order of preference (the client fails over between them).
     #[arg(long, global = true, value_name = "HOST:PORT")]
-    pub(crate) router: Option<String>,
+    pub(crate) router: Vec<String>,
     /// The name in the router's certificate.
     #[arg(long, global = true, value_name = "NAME")]
     pub(crate) server_name: Option<String>,
@@ -126,6 +129,8 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 5000, value_name = "MS")]
         timeout: u64,
     },
+    /// Connect and print the connection as a JSON line: state, router, identity, groups, peers.
+    Status,
     /// Drop a persistent event; prints the ack as JSON.
     Forget {
         /// The persist id.
@@ -159,7 +164,8 @@ pub(crate) fn config(c: &Connection) -> anyhow::Result<ClientConfig> {
     let mut config = ConfigOverrides {
         file: c.config.clone(),
         dev: c.dev.then(|| c.identity.clone()),
-        router: c.router.clone(),
+        router: None,
+        routers: c.router.clone(),
         server_name: c.server_name.clone(),
         ca: c.ca.clone(),
         cert: c.cert.clone(),

@@ -1,11 +1,11 @@
 //! What `icom`'s subcommands do with a connected client: send and
-//! broadcast, listen, ping, and the JSON lines they print.
+//! broadcast, listen, ping, status, and the JSON lines they print.
 
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
-use icom_client::{Ack, Client, Event, Persist, SendOptions, Target};
+use icom_client::{Ack, Client, Event, Persist, SendOptions, State, Target};
 
 use crate::cli::EventArgs;
 use crate::exit::{OK, TIMEOUT};
@@ -73,6 +73,26 @@ pub(crate) async fn ping(client: &Client, count: u32, interval: u64) -> anyhow::
             tokio::time::sleep(Duration::from_millis(interval)).await;
         }
     }
+    Ok(OK)
+}
+
+/// `status`: the connection as one JSON line; which router the client is
+/// on above all.
+pub(crate) fn status(client: &Client) -> anyhow::Result<u8> {
+    let welcome = client.welcome();
+    let state = match client.state() {
+        State::Connected { .. } => "connected",
+        State::Closed => "closed",
+        _ => "disconnected",
+    };
+    print_line(&serde_json::json!({
+        "state": state,
+        "router": client.router(),
+        "server_id": welcome.as_ref().map(|w| &w.server_id),
+        "session_id": welcome.as_ref().map(|w| &w.session_id),
+        "groups": welcome.as_ref().map(|w| &w.groups),
+        "peers": client.peers(),
+    }))?;
     Ok(OK)
 }
 

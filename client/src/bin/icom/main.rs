@@ -1,6 +1,6 @@
 //! `icom`: the ICOM client for operators and scripts. Sends, broadcasts,
-//! listens, pings, requests and forgets, through the `icom-client` library.
-//! (The benchmarks are the `icom-bench` binary, in `bench/`.)
+//! listens, pings, requests, forgets and reports its connection, through
+//! the `icom-client` library. (The benchmarks are the `icom-bench` binary, in `bench/`.)
 
 mod cli;
 mod commands;
@@ -14,7 +14,7 @@ use clap::Parser;
 use icom_client::{Client, ForgetError, Target};
 
 use crate::cli::{config, Cli, Command};
-use crate::commands::{listen, ping, print_ack, print_line, send, EventLine};
+use crate::commands::{listen, ping, print_ack, print_line, send, status, EventLine};
 use crate::exit::{exit_code, FAILED, OK};
 
 fn main() -> ExitCode {
@@ -49,10 +49,10 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     let config = config(&cli.conn)?;
-    let router = config.router.clone();
+    let routers = config.router_list()?.join(", ");
     let (client, events) = Client::connect(config)
         .await
-        .with_context(|| format!("connecting to {router}"))?;
+        .with_context(|| format!("connecting to {routers}"))?;
     let result = match cli.command {
         Command::Send { to, group, event } => {
             let target = match (group, to.len()) {
@@ -72,6 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Listen { count, timeout } => listen(events, count, timeout).await,
         Command::Ping { count, interval } => ping(&client, count, interval).await,
+        Command::Status => status(&client),
         Command::Request {
             to,
             event,

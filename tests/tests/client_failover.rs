@@ -1,0 +1,186 @@
+//! A client given the routers of one cluster: it connects to the first
+//! that answers, moves on to the next when its router goes (even without a
+//! word: killed, no close, no reset), says which router it is on, and does
+//! not hop between routers after `REPLACED`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod client_support;
+
+use std::time::{Duration, Instant};
+
+use client_support::{config, connect_with, next_event, wait_state};
+use icom_client::{Client, ClientConfig, State, States};
+use icom_tests::{silent_udp_socket, workspace_bin, RouterFiles, RouterProcess, TestCluster, WAIT};
+
+/// How long a client may take to notice a router that went silent and be
+/// on the next one. Generous: with the default keep-alive (2 s) and idle
+/// timeout (6 s) it takes 6 to 8 s; the router's own idle timeout, which
+/// decided before, is 30 s.
+const FAILOVER_BOUND: Duration = Duration::from_secs(20);
+
+/// Waits, up to `bound`, for a state that `pred` accepts.
+async fn state_within(
+    states: &mut States,
+    bound: Duration,
+    pred: impl Fn(&State) -> bool,
+) -> State {
+    tokio::time::timeout(bound, async {
+        loop {
+            let state = states.next().await.expect("the client is alive");
+            if pred(&state) {
+                return state;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no such state within {bound:?}"))
+}
+
+fn connected_to(router: &str) -> impl Fn(&State) -> bool + '_ {
+    move |s| matches!(s, State::Connected { router: r, .. } if r == router)
+}
+
+#[tokio::test]
+async fn a_client_given_a_dead_router_first_connects_to_the_next_and_says_so() {
+    let cluster = TestCluster::start().await;
+    let silent = silent_udp_socket();
+    let (dead, live) = (
+        silent.local_addr().unwrap().to_string(),
+        cluster.addr().to_string(),
+    );
+    let mut cfg = config(&cluster, "server_1").with_routers([dead.clone(), live.clone()]);
+    cfg.connect_timeout_ms = 1_000;
+
+    // Client::connect: the first router does not answer, the second does.
+    let (a, mut events) = connect_with(cfg.clone()).await;
+    assert_eq!(a.router(), Some(live.clone()));
+    assert!(connected_to(&live)(&a.state()), "{:?}", a.state());
+    a.send("server_1", "on_the_live_one", 1).await.unwrap();
+    assert_eq!(next_event(&mut events).await.event, "on_the_live_one");
+    a.close().await;
+
+    // Client::start: the same, in the background, and the states say
+    // which router each attempt is for.
+    let (b, _events) = Client::start(cfg).unwrap();
+    let mut states = b.states();
+    let first = state_within(&mut states, WAIT, |s| {
+        matches!(s, State::Reconnecting { .. })
+    })
+    .await;
+    assert_eq!(first.router(), Some(dead.as_str()), "{first:?}");
+    let lost = state_within(&mut states, WAIT, |s| {
+        matches!(s, State::Disconnected { .. })
+    })
+    .await;
+    assert_eq!(lost.router(), Some(dead.as_str()), "{lost:?}");
+    // On to the next router at once: no backoff wait between the two.
+    let next = state_within(&mut states, WAIT, |s| {
+        matches!(s, State::Reconnecting { .. })
+    })
+    .await;
+    assert!(
+        matches!(&next, State::Reconnecting { delay, router, .. } if delay.is_zero() && *router == live),
+        "{next:?}"
+    );
+    state_within(&mut states, WAIT, connected_to(&live)).await;
+    assert_eq!(b.router(), Some(live));
+    b.close().await;
+    drop(silent);
+}
+
+fn process_client(files: &RouterFiles, id: &str, routers: &[String]) -> ClientConfig {
+    let (dir, issued) = (files.dir(), files.pki().client(id));
+    let (cert, key) = (dir.join(format!("{id}.pem")), dir.join(format!("{id}.key")));
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    // The default keep-alive and idle timeout: they are what is tested.
+    let mut c = ClientConfig::new("", "localhost", dir.join("ca.pem"), cert, key)
+        .with_routers(routers.iter().cloned());
+    c.reconnect.initial_ms = 50;
+    c.reconnect.max_ms = 500;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_router_is_killed_is_on_the_next_one_well_before_the_idle_timeout() {
+    let bin = workspace_bin("icom-server", "icom-server");
+    let files_a = RouterFiles::new("");
+    let files_b = files_a.sibling("");
+    let mut router_a = RouterProcess::start(&mut files_a.command(&bin));
+    let mut router_b = RouterProcess::start(&mut files_b.command(&bin));
+    let (a, b) = (files_a.addr().to_string(), files_b.addr().to_string());
+
+    let (x, mut x_events) =
+        connect_with(process_client(&files_a, "x", &[a.clone(), b.clone()])).await;
+    assert_eq!(x.router(), Some(a.clone()));
+    let (y, mut y_events) =
+        connect_with(process_client(&files_b, "y", std::slice::from_ref(&b))).await;
+    let mut states = x.states();
+
+    // Killed: no QUIC close, and no restart to reset the connection.
+    router_a.signal("KILL");
+    router_a.wait_exit(Duration::from_secs(10));
+    let killed = Instant::now();
+    let lost = state_within(&mut states, FAILOVER_BOUND, |s| {
+        !matches!(s, State::Connected { .. })
+    })
+    .await;
+    assert_eq!(lost.router(), Some(a.as_str()), "{lost:?}");
+    state_within(&mut states, FAILOVER_BOUND, connected_to(&b)).await;
+    let took = killed.elapsed();
+    assert!(
+        took < FAILOVER_BOUND,
+        "on router B {took:?} after router A was killed"
+    );
+    assert_eq!(x.router(), Some(b.clone()));
+
+    // Both ways on router B.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        // y may not have seen x's arrival yet: retry a not_found.
+        match x.send("y", "from_x", 1).await {
+            Ok(ack) if ack.delivered == 1 => break,
+            other => {
+                assert!(Instant::now() < deadline, "x cannot reach y: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert_eq!(next_event(&mut y_events).await.event, "from_x");
+    y.send("x", "from_y", 2).await.unwrap();
+    let got = next_event(&mut x_events).await;
+    assert_eq!((got.event.as_str(), got.from.as_str()), ("from_y", "y"));
+
+    x.close().await;
+    y.close().await;
+    router_b.signal("TERM");
+    router_b.wait_exit(Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_replaced_client_does_not_hop_to_another_router() {
+    let a = TestCluster::start().await;
+    let b = a.sibling().await;
+    let routers = [a.addr().to_string(), b.addr().to_string()];
+    let mut cfg = config(&a, "server_1").with_routers(routers.clone());
+    cfg.reconnect.replaced_delay_ms = 60_000;
+    let (old, _e1) = connect_with(cfg.clone()).await;
+    let mut states = old.states();
+    let (new, _e2) = connect_with(cfg).await;
+    assert_eq!(new.router(), Some(routers[0].clone()));
+    let state = wait_state(&mut states, |s| !matches!(s, State::Connected { .. })).await;
+    assert_eq!(
+        state,
+        State::Replaced {
+            retry_in: Duration::from_secs(60),
+            router: routers[0].clone(),
+        }
+    );
+    // It waits, rather than connecting to router B (from where it would
+    // replace the new one in turn, if the routers shared their table).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(old.state(), state);
+    assert!(!old.is_connected());
+    assert!(new.is_connected());
+    assert_eq!(b.stats().connections, 0, "{:?}", b.stats());
+}
