@@ -15,6 +15,8 @@
 //!
 //! docs/PROTOCOL.md §12 says what clients see of it.
 
+mod forward;
+mod link;
 mod view;
 mod wire;
 
@@ -23,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, ConnectOptions, Event, RequestErrorKind, ServerAddr};
+use async_nats::Client;
 use bytes::Bytes;
 use icom_protocol::{lock, CloseCode};
 use tokio::sync::{mpsc, Notify};
@@ -75,6 +77,8 @@ pub(crate) struct Nats {
     changes: mpsc::Sender<Local>,
     changes_rx: Mutex<Option<mpsc::Receiver<Local>>>,
     metrics: ClusterMetrics,
+    /// Set when the router stops: its servers leave with the last notice.
+    stopping: AtomicBool,
 }
 
 impl Nats {
@@ -88,67 +92,11 @@ impl Nats {
         table: Arc<Table>,
         metrics: ClusterMetrics,
     ) -> Result<Arc<Nats>, ClusterError> {
-        let addrs = cfg
-            .urls
-            .iter()
-            .map(|u| {
-                u.parse::<ServerAddr>()
-                    .map_err(|e| ClusterError(format!("cluster.urls: {u}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let up = Arc::new(AtomicBool::new(false));
-        let beat_now = Arc::new(Notify::new());
-        let (flag, wake, gauge) = (up.clone(), beat_now.clone(), metrics.link_up.clone());
-        let mut options = ConnectOptions::new()
-            .name(format!("icom-router {}", cfg.name))
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .request_timeout(Some(cfg.request_timeout))
-            .connection_timeout(cfg.connect_timeout.max(Duration::from_secs(1)))
-            .ping_interval(cfg.heartbeat.max(Duration::from_secs(1)))
-            .reconnect_delay_callback(|attempts| {
-                Duration::from_millis((100 * attempts as u64).min(2000))
-            })
-            .event_callback(move |event| {
-                let (flag, wake, gauge) = (flag.clone(), wake.clone(), gauge.clone());
-                async move {
-                    match event {
-                        Event::Connected => {
-                            info!("cluster: connected to NATS");
-                            flag.store(true, Ordering::Release);
-                            gauge.set(1);
-                            wake.notify_one();
-                        }
-                        Event::Disconnected => {
-                            warn!("cluster: lost NATS; sends to other routers get `unreachable` until it is back");
-                            flag.store(false, Ordering::Release);
-                            gauge.set(0);
-                        }
-                        other => debug!("cluster: NATS {other}"),
-                    }
-                }
-            });
-        if let Some(tls) = &cfg.tls {
-            for p in [&tls.ca, &tls.cert, &tls.key] {
-                std::fs::metadata(p)
-                    .map_err(|e| ClusterError(format!("reading {}: {e}", p.display())))?;
-            }
-            options = options
-                .require_tls(true)
-                .add_root_certificates(tls.ca.clone())
-                .add_client_certificate(tls.cert.clone(), tls.key.clone());
-        }
-        let client = options
-            .connect(addrs)
-            .await
-            .map_err(|e| ClusterError(format!("connecting to NATS: {e}")))?;
-        let started = Instant::now();
-        while !up.load(Ordering::Acquire) && started.elapsed() < cfg.connect_timeout {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if !up.load(Ordering::Acquire) {
-            warn!(urls = ?cfg.urls, "cluster: NATS not reachable yet; serving this router's servers and retrying");
-        }
+        let link::Link {
+            client,
+            up,
+            beat_now,
+        } = link::connect(&cfg, metrics.link_up.clone()).await?;
         let epoch = now_ms();
         let (changes, changes_rx) = mpsc::channel(CHANGES_QUEUE);
         Ok(Arc::new(Nats {
@@ -162,6 +110,7 @@ impl Nats {
             changes,
             changes_rx: Mutex::new(Some(changes_rx)),
             metrics,
+            stopping: AtomicBool::new(false),
         }))
     }
 
@@ -399,64 +348,18 @@ impl Nats {
         self.table.set_remote(&peer.server_id, Some(owner.clone()));
         self.give_up(&peer, owner);
     }
+}
 
-    /// One request to `router` with `ids`; what became of each (`Err`:
-    /// it moved to that router).
+impl Nats {
     async fn forward_to(
         &self,
         router: &str,
         ids: &[Arc<str>],
         wire: &Bytes,
     ) -> Vec<Result<Reached, String>> {
-        let body = wire::encode_forward(ids.iter().map(|i| &**i), wire);
-        let unreachable = |why: String| vec![Ok(Reached::Unreachable(why)); ids.len()];
-        self.metrics.forwarded.inc();
-        let failed = |kind: &str| {
-            self.metrics
-                .forward_failures
-                .get_or_create(&Reason {
-                    reason: kind.to_owned(),
-                })
-                .inc();
-        };
-        match self
-            .client
-            .request(self.subject(router, "deliver"), body)
-            .await
-        {
-            Ok(msg) => match wire::decode_outcomes(msg.payload, ids.len()) {
-                Ok(outcomes) => outcomes
-                    .into_iter()
-                    .map(|o| match o {
-                        Outcome::Delivered => Ok(Reached::Delivered),
-                        Outcome::Congested => Ok(Reached::Congested),
-                        Outcome::NotFound => Ok(Reached::NotFound),
-                        Outcome::Moved(to) => Err(to),
-                    })
-                    .collect(),
-                Err(e) => {
-                    failed("error");
-                    unreachable(format!("router '{router}' answered badly: {e}"))
-                }
-            },
-            Err(e) => match e.kind() {
-                RequestErrorKind::NoResponders => {
-                    failed("no_router");
-                    vec![Ok(Reached::NotFound); ids.len()]
-                }
-                RequestErrorKind::TimedOut => {
-                    failed("timeout");
-                    unreachable(format!(
-                        "router '{router}' did not answer within {} ms",
-                        self.cfg.request_timeout.as_millis()
-                    ))
-                }
-                _ => {
-                    failed("error");
-                    unreachable(format!("router '{router}' could not be asked: {e}"))
-                }
-            },
-        }
+        let to = (router, self.subject(router, "deliver"));
+        let timeout = self.cfg.request_timeout;
+        forward::forward_to(&self.client, &self.metrics, to, timeout, ids, wire).await
     }
 }
 
@@ -484,6 +387,9 @@ impl Space for Nats {
     }
 
     fn left(&self, server_id: &str, _session: u64) {
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
         let _ = self.changes.try_send(Local::Offline {
             id: server_id.into(),
             moved_to: None,
@@ -553,6 +459,10 @@ impl Space for Nats {
         false
     }
 
+    fn stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
     fn run(self: Arc<Self>, shutdown: CancellationToken) -> Pending<'static, ()> {
         Box::pin(async move {
             let Some(rx) = lock(&self.changes_rx).take() else {
@@ -563,13 +473,20 @@ impl Space for Nats {
             let watch = tokio::spawn(self.clone().watch(shutdown.clone()));
             let serve = tokio::spawn(self.clone().serve(shutdown.clone()));
             let _ = tokio::join!(publish, watch, serve);
-            // Tell the others at once that this router's servers are gone
-            // (a beat with none), rather than after router_timeout_ms.
-            let bye = Notice::Beat {
+            // Its servers are moving to other routers (clients that were
+            // closed with SHUTDOWN dial the next router at once): give them
+            // a moment to claim their identities there, then tell the
+            // others that this router is gone, so
+            // that a moved server never shows as offline and one that did
+            // not move goes at once, not after router_timeout_ms.
+            let grace = self
+                .cfg
+                .heartbeat
+                .clamp(Duration::from_millis(250), Duration::from_secs(2));
+            tokio::time::sleep(grace).await;
+            let bye = Notice::Gone {
                 router: self.cfg.name.clone(),
                 epoch: self.epoch,
-                seq: u64::MAX,
-                members: Vec::new(),
             };
             if self.reachable() {
                 let _ = self.client.publish(self.view_subject(), bye.encode()).await;

@@ -231,6 +231,7 @@ impl Server {
         self.shared.metrics.set_ready(false);
         self.shared.shutdown.cancel();
         self.endpoint.set_server_config(None);
+        self.shared.space.stopping();
         for peer in self.shared.table.all() {
             peer.close(CloseCode::Shutdown);
         }
@@ -249,7 +250,7 @@ impl Server {
         }
         // The space last: the others hear that this router's servers left.
         space_done.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), space).await;
+        let _ = tokio::time::timeout(Duration::from_secs(4), space).await;
         info!("stopped");
     }
 }

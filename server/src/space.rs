@@ -55,6 +55,11 @@ pub(crate) trait Space: Send + Sync + std::fmt::Debug {
     /// a cluster does not store events yet).
     fn stores(&self) -> bool;
 
+    /// The router is stopping: its connections are about to close with
+    /// `SHUTDOWN`, and their servers should not be announced as gone one
+    /// by one (they are moving to other routers).
+    fn stopping(&self) {}
+
     /// The space's own work, until `shutdown`.
     fn run(self: Arc<Self>, shutdown: CancellationToken) -> Pending<'static, ()>;
 }

@@ -69,10 +69,22 @@ impl View {
             | Notice::Delta {
                 router, epoch, seq, ..
             } => (router.clone(), *epoch, *seq),
+            Notice::Gone { router, epoch } => (router.clone(), *epoch, 0),
         };
         let mut out = Applied::default();
         if router == self.me {
             out.same_name = epoch != self.epoch;
+            return out;
+        }
+        if let Notice::Gone { .. } = notice {
+            // Its last word: forgotten at once, unless it restarted since.
+            if let Some(r) = self.routers.get(router.as_str()) {
+                if r.epoch <= epoch {
+                    out.touched.extend(r.members.keys().cloned());
+                    self.routers.remove(router.as_str());
+                }
+            }
+            out.touched.sort_unstable();
             return out;
         }
         let name: Arc<str> = match self.routers.get_key_value(router.as_str()) {
@@ -101,6 +113,7 @@ impl View {
         }
         state.heard = now;
         match notice {
+            Notice::Gone { .. } => {}
             Notice::Beat { members, .. } => {
                 if seq < state.seq {
                     return out;
@@ -366,6 +379,33 @@ mod tests {
             (vec![Arc::from("s1")], vec![Arc::from("a")])
         );
         assert_eq!(v.counts(), (0, 0));
+    }
+
+    #[test]
+    fn a_router_that_says_it_is_gone_is_forgotten_at_once() {
+        let now = Instant::now();
+        let mut v = View::new("c", 1, HOLD);
+        v.apply(beat("a", 5, 0, &[("s1", 1)]), now);
+        // A farewell of an older incarnation changes nothing.
+        assert!(v
+            .apply(
+                Notice::Gone {
+                    router: "a".into(),
+                    epoch: 4
+                },
+                now
+            )
+            .touched
+            .is_empty());
+        let a = v.apply(
+            Notice::Gone {
+                router: "a".into(),
+                epoch: 5,
+            },
+            now,
+        );
+        assert_eq!(a.touched, [Arc::from("s1")]);
+        assert_eq!((owner(&v, "s1"), v.counts()), (None, (0, 0)));
     }
 
     #[test]

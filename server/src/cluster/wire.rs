@@ -49,6 +49,9 @@ pub(crate) enum Notice {
         seq: u64,
         changes: Vec<Change>,
     },
+    /// The router stopped: it holds nothing and will not be heard again
+    /// (under this epoch).
+    Gone { router: String, epoch: u64 },
 }
 
 impl Notice {
@@ -62,6 +65,7 @@ impl Notice {
         let count = match &n {
             Notice::Beat { members, .. } => members.len(),
             Notice::Delta { changes, .. } => changes.len(),
+            Notice::Gone { .. } => 0,
         };
         if count > MAX_NAMES {
             return Err(format!(

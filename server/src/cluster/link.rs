@@ -1,0 +1,97 @@
+//! The connection to NATS: TLS, reconnects without end, and the link's
+//! state (up or down) as a flag the router reads without waiting.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, ConnectOptions, Event, ServerAddr};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::ClusterError;
+use crate::config::Cluster;
+
+/// A NATS client and its state.
+pub(super) struct Link {
+    pub(super) client: Client,
+    /// True while connected.
+    pub(super) up: Arc<AtomicBool>,
+    /// Notified on every (re)connect.
+    pub(super) beat_now: Arc<Notify>,
+}
+
+/// Connects to NATS (waiting at most `connect_timeout` for a first
+/// connection; the client keeps trying after that, for ever).
+///
+/// # Errors
+/// [`ClusterError`] for bad URLs or unreadable TLS files.
+pub(super) async fn connect(cfg: &Cluster, gauge: Gauge) -> Result<Link, ClusterError> {
+    let addrs = cfg
+        .urls
+        .iter()
+        .map(|u| {
+            u.parse::<ServerAddr>()
+                .map_err(|e| ClusterError(format!("cluster.urls: {u}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let up = Arc::new(AtomicBool::new(false));
+    let beat_now = Arc::new(Notify::new());
+    let (flag, wake, gauge) = (up.clone(), beat_now.clone(), gauge);
+    let mut options = ConnectOptions::new()
+        .name(format!("icom-router {}", cfg.name))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .request_timeout(Some(cfg.request_timeout))
+        .connection_timeout(cfg.connect_timeout.max(Duration::from_secs(1)))
+        .ping_interval(cfg.heartbeat.max(Duration::from_secs(1)))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100 * attempts as u64).min(2000))
+        })
+        .event_callback(move |event| {
+            let (flag, wake, gauge) = (flag.clone(), wake.clone(), gauge.clone());
+            async move {
+                match event {
+                    Event::Connected => {
+                        info!("cluster: connected to NATS");
+                        flag.store(true, Ordering::Release);
+                        gauge.set(1);
+                        wake.notify_one();
+                    }
+                    Event::Disconnected => {
+                        warn!("cluster: lost NATS; sends to other routers get `unreachable` until it is back");
+                        flag.store(false, Ordering::Release);
+                        gauge.set(0);
+                    }
+                    other => debug!("cluster: NATS {other}"),
+                }
+            }
+        });
+    if let Some(tls) = &cfg.tls {
+        for p in [&tls.ca, &tls.cert, &tls.key] {
+            std::fs::metadata(p)
+                .map_err(|e| ClusterError(format!("reading {}: {e}", p.display())))?;
+        }
+        options = options
+            .require_tls(true)
+            .add_root_certificates(tls.ca.clone())
+            .add_client_certificate(tls.cert.clone(), tls.key.clone());
+    }
+    let client = options
+        .connect(addrs)
+        .await
+        .map_err(|e| ClusterError(format!("connecting to NATS: {e}")))?;
+    let started = Instant::now();
+    while !up.load(Ordering::Acquire) && started.elapsed() < cfg.connect_timeout {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !up.load(Ordering::Acquire) {
+        warn!(urls = ?cfg.urls, "cluster: NATS not reachable yet; serving this router's servers and retrying");
+    }
+    Ok(Link {
+        client,
+        up,
+        beat_now,
+    })
+}
