@@ -17,6 +17,7 @@
 
 mod forward;
 mod link;
+mod publish;
 mod view;
 mod wire;
 
@@ -32,8 +33,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use self::publish::Local;
 use self::view::View;
-use self::wire::{Change, Member, Notice, Outcome, Takeover};
+use self::wire::{Notice, Outcome, Takeover};
 use crate::clock::now_ms;
 use crate::config::Cluster;
 use crate::metrics::{ClusterMetrics, Reason};
@@ -45,23 +47,14 @@ use crate::space::{Elsewhere, Pending, Reached, Space};
 /// left to the next beat.
 const CHANGES_QUEUE: usize = 65_536;
 
+/// The least time between two moves of one identity from router to
+/// router.
+const TAKEOVER_HOLD: Duration = Duration::from_secs(1);
+
 /// Why the cluster link could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("cluster: {0}")]
 pub(crate) struct ClusterError(String);
-
-/// A change of the servers held here, for the publisher.
-#[derive(Debug)]
-enum Local {
-    Online {
-        id: Arc<str>,
-        since: u64,
-    },
-    Offline {
-        id: Arc<str>,
-        moved_to: Option<Owner>,
-    },
-}
 
 /// The routing space of a cluster on NATS.
 #[derive(Debug)]
@@ -159,75 +152,6 @@ impl Nats {
             id: peer.server_id.clone(),
             moved_to: Some(to),
         });
-    }
-
-    /// Publishes the changes of the servers held here, and a beat every
-    /// `heartbeat`; measures the NATS round trip at each beat.
-    async fn publish(self: Arc<Self>, mut rx: mpsc::Receiver<Local>, shutdown: CancellationToken) {
-        let subject = self.view_subject();
-        let mut seq = 0u64;
-        let mut tick = tokio::time::interval(self.cfg.heartbeat);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::new();
-        loop {
-            let beat = tokio::select! {
-                n = rx.recv_many(&mut batch, 1024) => {
-                    if n == 0 { return; }
-                    false
-                }
-                _ = tick.tick() => true,
-                () = self.beat_now.notified() => true,
-                () = shutdown.cancelled() => return,
-            };
-            let notice = if beat {
-                let members = self
-                    .table
-                    .claims()
-                    .into_iter()
-                    .map(|(id, since)| Member { id, since })
-                    .collect();
-                Notice::Beat {
-                    router: self.cfg.name.clone(),
-                    epoch: self.epoch,
-                    seq,
-                    members,
-                }
-            } else {
-                seq += 1;
-                let changes = batch
-                    .drain(..)
-                    .map(|c| match c {
-                        Local::Online { id, since } => Change {
-                            id: id.to_string(),
-                            since,
-                            online: true,
-                            moved_to: None,
-                        },
-                        Local::Offline { id, moved_to } => Change {
-                            id: id.to_string(),
-                            since: moved_to.as_ref().map_or(0, |o| o.since),
-                            online: false,
-                            moved_to: moved_to.map(|o| o.router.to_string()),
-                        },
-                    })
-                    .collect();
-                Notice::Delta {
-                    router: self.cfg.name.clone(),
-                    epoch: self.epoch,
-                    seq,
-                    changes,
-                }
-            };
-            if let Err(e) = self.client.publish(subject.clone(), notice.encode()).await {
-                debug!("cluster: publishing a notice failed: {e}");
-            }
-            if beat && self.reachable() {
-                let t = Instant::now();
-                if self.client.flush().await.is_ok() {
-                    self.metrics.nats_rtt.set(t.elapsed().as_secs_f64());
-                }
-            }
-        }
     }
 
     /// Applies the other routers' notices, and forgets the silent ones.
@@ -367,6 +291,15 @@ impl Space for Nats {
     fn joined<'a>(&'a self, peer: &'a Arc<Peer>) -> Pending<'a, ()> {
         Box::pin(async move {
             if let Some(owner) = self.table.remote_owner(&peer.server_id) {
+                // An identity that moved less than TAKEOVER_HOLD ago waits
+                // for the rest of it: one that flaps between routers (two
+                // copies of one certificate) moves at most once per hold.
+                let age = now_ms().saturating_sub(owner.since);
+                let hold = TAKEOVER_HOLD.as_millis() as u64;
+                if age < hold {
+                    self.metrics.takeovers_held.inc();
+                    tokio::time::sleep(Duration::from_millis(hold - age)).await;
+                }
                 if self.reachable() {
                     let ask = Takeover {
                         id: peer.server_id.to_string(),
@@ -469,7 +402,18 @@ impl Space for Nats {
                 return;
             };
             info!(name = %self.cfg.name, prefix = %self.cfg.prefix, "cluster: joining over NATS");
-            let publish = tokio::spawn(self.clone().publish(rx, shutdown.clone()));
+            let publisher = publish::Publisher {
+                client: self.client.clone(),
+                subject: self.view_subject(),
+                router: self.cfg.name.clone(),
+                epoch: self.epoch,
+                heartbeat: self.cfg.heartbeat,
+                table: self.table.clone(),
+                up: self.up.clone(),
+                beat_now: self.beat_now.clone(),
+                rtt: self.metrics.nats_rtt.clone(),
+            };
+            let publish = tokio::spawn(publisher.run(rx, shutdown.clone()));
             let watch = tokio::spawn(self.clone().watch(shutdown.clone()));
             let serve = tokio::spawn(self.clone().serve(shutdown.clone()));
             let _ = tokio::join!(publish, watch, serve);

@@ -71,6 +71,12 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     if let Some(path) = &flags.check_config {
         let config = load(Some(path), &flags)?;
         icom_server::tls::load(&config).context("checking the TLS files")?;
+        if let Some(tls) = config.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
+            for p in [&tls.ca, &tls.cert, &tls.key] {
+                std::fs::read(p)
+                    .with_context(|| format!("reading the NATS TLS file {}", p.display()))?;
+            }
+        }
         println!("{}: ok", path.display());
         return Ok(());
     }

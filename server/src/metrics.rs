@@ -79,6 +79,8 @@ pub(crate) struct ClusterMetrics {
     pub(crate) nats_rtt: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Identities this router gave up to another router's newer claim.
     pub(crate) taken_over: Counter,
+    /// Takeovers held back because the identity had just moved.
+    pub(crate) takeovers_held: Counter,
 }
 
 impl Metrics {
@@ -213,6 +215,11 @@ impl Metrics {
             "cluster_takeovers",
             "Identities given up to a newer connection on another router",
             c.taken_over.clone(),
+        );
+        registry.register(
+            "cluster_takeovers_held",
+            "Takeovers from another router held back because the identity had moved less than a second before",
+            c.takeovers_held.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -283,6 +283,10 @@ impl ReloadHandle {
             );
             config.listen = old.listen;
         }
+        if config.cluster != old.cluster {
+            warn!("[cluster] changed: that takes a restart; keeping the running cluster settings");
+            config.cluster = old.cluster.clone();
+        }
         let material = tls::load(&config)?;
         self.endpoint
             .set_server_config(Some(material.server_config));

@@ -288,3 +288,95 @@ async fn an_identity_connecting_to_another_router_replaces_the_old_connection() 
     assert!(heard.iter().all(|(id, _)| id != "x"), "{heard:?}");
     assert_eq!(rs.router(0).stats().connections, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_show_the_link_the_other_routers_and_the_events_that_crossed() {
+    let rs = Routers::start_with(1, 2, |_, c| icom_tests::with_metrics(c)).await;
+    let mut c = connect_all(&rs, &[("a1", 0), ("b1", 1), ("b2", 1)]).await;
+    let (a1, rest) = c.split_first_mut().unwrap();
+    // One broadcast to two servers on router 1: one forward.
+    let ack = a1
+        .send(&send(1, Target::All, "e", data("x")))
+        .await
+        .unwrap();
+    assert!(ack.ok && ack.delivered == 2, "{ack:?}");
+    for r in rest.iter() {
+        assert_eq!(r.deliver().await.unwrap().id, 1);
+    }
+    let (status, body) = rs.router(0).http_get("/metrics").await;
+    assert_eq!(status, 200);
+    let m = |name: &str| icom_tests::metric(&body, name).unwrap_or_else(|| panic!("no {name}"));
+    assert_eq!(m("icom_cluster_link_up"), 1.0);
+    assert_eq!(m("icom_cluster_routers"), 1.0);
+    assert_eq!(m("icom_cluster_remote_servers"), 2.0);
+    assert_eq!(m("icom_cluster_forwarded_events_total"), 1.0);
+    assert!(m("icom_cluster_nats_rtt_seconds") > 0.0);
+    let (_, body) = rs.router(1).http_get("/metrics").await;
+    assert_eq!(
+        icom_tests::metric(&body, "icom_cluster_received_events_total"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dev_routers_in_one_directory_form_a_cluster_over_plain_nats() {
+    use icom_tests::{free_udp_port, workspace_bin, NatsCluster, RouterProcess};
+    let nats = NatsCluster::start_plain(1).await;
+    let bin = workspace_bin("icom-server", "icom-server");
+    let dir = tempfile::tempdir().unwrap();
+    let (p1, p2) = (free_udp_port(), free_udp_port());
+    let start = |port: u16, data: &str| {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.current_dir(dir.path()).args([
+            "--dev",
+            "--nats",
+            &nats.url(0),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            data,
+        ]);
+        let mut router = RouterProcess::spawn(&mut cmd);
+        router.wait_log("connected to NATS");
+        router
+    };
+    // The first makes ./icom-dev; the second shares its CA.
+    let mut r1 = start(p1, "icom-dev/data-1");
+    let _r2 = start(p2, "icom-dev/data-2");
+    assert!(r1.wait_log("name=dev-").contains(&format!("dev-{p1}")));
+    let d = dir.path().join("icom-dev");
+    let config = |port: u16, id: &str| {
+        icom_client::ClientConfig::new(
+            format!("127.0.0.1:{port}"),
+            "localhost",
+            d.join("ca.pem"),
+            d.join(format!("{id}.pem")),
+            d.join(format!("{id}.key")),
+        )
+    };
+    let (listener, mut events) = icom_client::Client::connect(config(p2, "server_1"))
+        .await
+        .unwrap();
+    let (sender, _) = icom_client::Client::connect(config(p1, "server_2"))
+        .await
+        .unwrap();
+    // The sender's router hears of server_1 within a few heartbeats.
+    let mut sent = None;
+    for _ in 0..100 {
+        if let Ok(ack) = sender.send("server_1", "hello", "across").await {
+            sent = Some(ack);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sent.expect("a send across the two dev routers").delivered,
+        1
+    );
+    let e = tokio::time::timeout(icom_tests::WAIT, events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((e.event.as_str(), e.from.as_str()), ("hello", "server_2"));
+    drop(listener);
+}
