@@ -44,6 +44,13 @@ pub(crate) struct Cli {
     /// of in-process; `idle` and `soak` always do.
     #[arg(long)]
     pub(crate) spawn: bool,
+    /// Cross-router: two in-process routers of one cluster on a NATS node
+    /// (mutual TLS, loopback), the sender (server_1) on one and every
+    /// other client on the other; NATS's CPU is reported too. Needs
+    /// nats-server: $ICOM_NATS_SERVER, or .venv-tools/bin/nats-server
+    /// (scripts/test installs it).
+    #[arg(long, conflicts_with = "spawn")]
+    pub(crate) cluster: bool,
     /// The icom-server binary [default: beside this executable].
     #[arg(long, value_name = "FILE")]
     pub(crate) server_bin: Option<PathBuf>,

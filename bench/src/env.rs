@@ -101,6 +101,11 @@ impl Env {
             .await
             .with_context(|| format!("connecting {id}"))?;
         lock(&self.clients).push(client.clone());
+        if id == crate::cluster::SENDER {
+            // Cross-router (--cluster): the sender comes last; its router
+            // must know the receivers on the other one first.
+            router.settled().await?;
+        }
         Ok((client, events))
     }
 
@@ -135,7 +140,9 @@ impl Env {
                 anyhow::bail!("measuring a remote router's memory needs --router-pid")
             }
             Placement::Remote(_) | Placement::Spawn(_) => Ok(self.placement.clone()),
-            Placement::InProcess(_) => Ok(Placement::Spawn(server_bin(self.server_bin.as_ref())?)),
+            Placement::InProcess(_) | Placement::Cluster(_) => {
+                Ok(Placement::Spawn(server_bin(self.server_bin.as_ref())?))
+            }
         }
     }
 }

@@ -13,14 +13,18 @@
 //! - `join`: K servers connecting at once, until presence has settled;
 //! - `limit`: the sender straight into a sink, no router: the ceiling;
 //! - `wan`: any of tput, fanout, lat, limit through the impairment proxy;
-//! - `soak`: mixed traffic through churn, sampling memory and descriptors.
+//! - `soak`: mixed traffic through churn, sampling memory and descriptors;
+//! - `--cluster` before any of tput, fanout, lat: the same across two
+//!   routers of one cluster on NATS ([`cluster`]).
 //!
 //! The layers, lowest first: [`cli`] (the arguments), [`report`], [`os`],
 //! [`payload`]; [`wan`] (the proxy) and [`router`]; [`env`] (what a
 //! scenario runs in); [`pump`] (the pipelined sender); the scenarios. This
 //! file only parses the flags, starts the runtime and picks the scenario.
 
+mod child;
 mod cli;
+mod cluster;
 mod env;
 mod flow;
 mod idle;
@@ -96,6 +100,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             dev: cli.connection.dev(),
             pid: cli.router_pid,
         }))
+    } else if cli.cluster {
+        Placement::Cluster(router_threads)
     } else if cli.spawn {
         Placement::Spawn(env::server_bin(cli.server_bin.as_ref())?)
     } else {

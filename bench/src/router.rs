@@ -10,8 +10,7 @@
 //!   measured when `--router-pid` names its process on this machine.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -20,7 +19,6 @@ use icom_client::ClientConfig;
 use icom_server::ConfigFile;
 use icom_tests::TestCluster;
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::runtime::Runtime;
 
 use crate::os::{self, Memory, Proc};
@@ -40,6 +38,8 @@ pub(crate) fn default_workers() -> usize {
 pub(crate) enum Placement {
     /// On a runtime of its own in this process, with this many threads.
     InProcess(usize),
+    /// Two routers of one cluster on that runtime, over a NATS node.
+    Cluster(usize),
     /// The `icom-server` binary at this path, as a child process.
     Spawn(PathBuf),
     /// Somewhere else: connect with these settings.
@@ -76,6 +76,8 @@ pub(crate) struct Usage {
     pub(crate) bench_cpu: Option<Duration>,
     pub(crate) memory: Option<Memory>,
     pub(crate) fds: Option<u64>,
+    /// With `--cluster`: the NATS node's CPU time.
+    pub(crate) nats_cpu: Option<Duration>,
 }
 
 /// A running router under test.
@@ -92,6 +94,8 @@ enum Kind {
         cluster: Option<TestCluster>,
         runtime: Option<Runtime>,
         threads: usize,
+        /// With `--cluster`: the second router, and NATS.
+        peer: Option<Box<crate::cluster::Peer>>,
     },
     Child {
         child: tokio::process::Child,
@@ -129,10 +133,37 @@ impl Router {
                         cluster: Some(cluster),
                         runtime: Some(runtime),
                         threads: *threads,
+                        peer: None,
                     },
                 })
             }
-            Placement::Spawn(bin) => spawn(bin, tweak).await,
+            Placement::Cluster(threads) => {
+                let runtime = router_runtime(ROUTER_THREADS, *threads)?;
+                let (cluster, peer) = crate::cluster::start(&runtime, tweak).await?;
+                Ok(Router {
+                    dial: cluster.addr(),
+                    link: None,
+                    kind: Kind::InProcess {
+                        cluster: Some(cluster),
+                        runtime: Some(runtime),
+                        threads: *threads,
+                        peer: Some(Box::new(peer)),
+                    },
+                })
+            }
+            Placement::Spawn(bin) => {
+                let s = crate::child::spawn(bin, tweak).await?;
+                Ok(Router {
+                    dial: s.addr,
+                    link: None,
+                    kind: Kind::Child {
+                        child: s.child,
+                        pid: s.pid,
+                        pki: s.pki,
+                        dir: s.dir,
+                    },
+                })
+            }
             Placement::Remote(remote) => {
                 let addr = tokio::net::lookup_host(&remote.base.router)
                     .await
@@ -174,6 +205,9 @@ impl Router {
     pub(crate) fn client(&self, id: &str) -> anyhow::Result<ClientConfig> {
         let dial = self.dial.to_string();
         let mut config = match &self.kind {
+            Kind::InProcess { peer: Some(p), .. } if id != crate::cluster::SENDER => {
+                p.client(id, self.link.is_some())?
+            }
             Kind::InProcess {
                 cluster: Some(c), ..
             } => {
@@ -181,11 +215,28 @@ impl Router {
                 ClientConfig::new(dial, f.server_name, f.ca, f.cert, f.key)
             }
             Kind::InProcess { cluster: None, .. } => bail!("the router was stopped"),
-            Kind::Child { pki, dir, .. } => client_files(pki, dir.path(), id, dial)?,
-            Kind::Remote(r) => remote_client(r, id, dial)?,
+            Kind::Child { pki, dir, .. } => crate::child::client_files(pki, dir.path(), id, dial)?,
+            Kind::Remote(r) => crate::child::remote_client(r, id, dial)?,
         };
         config.agent = concat!("icom-bench/", env!("CARGO_PKG_VERSION")).into();
         Ok(config)
+    }
+
+    /// Waits, with `--cluster`, until the sender's router knows every
+    /// client of the other router: a send to them would be `not_found`
+    /// before.
+    ///
+    /// # Errors
+    /// When it does not within 20 s.
+    pub(crate) async fn settled(&self) -> anyhow::Result<()> {
+        match &self.kind {
+            Kind::InProcess {
+                cluster: Some(first),
+                peer: Some(p),
+                ..
+            } => p.settled(first).await,
+            _ => Ok(()),
+        }
     }
 
     /// A bare ICOM/1 peer for `id`, welcomed (in-process routers only).
@@ -204,11 +255,12 @@ impl Router {
     /// The router's CPU time so far, memory and descriptors now.
     pub(crate) fn usage(&self) -> Usage {
         match &self.kind {
-            Kind::InProcess { .. } => Usage {
+            Kind::InProcess { peer, .. } => Usage {
                 cpu: os::threads_cpu(ROUTER_THREADS),
                 bench_cpu: Proc::Own.cpu(),
                 memory: Proc::Own.memory(),
                 fds: None,
+                nats_cpu: peer.as_ref().and_then(|p| p.nats_cpu()),
             },
             Kind::Child { pid, .. } => measure(Proc::Pid(*pid)),
             Kind::Remote(Remote { pid: Some(pid), .. }) => measure(Proc::Pid(*pid)),
@@ -274,6 +326,9 @@ impl Router {
             report.add(rss.0, rss.1, m.rss_kib);
             report.add(peak.0, peak.1, m.peak_kib);
         }
+        if let (Some(a), Some(b)) = (before.nats_cpu, after.nats_cpu) {
+            crate::cluster::add_nats_cpu(report, b.saturating_sub(a), count, units);
+        }
         if let Some(link) = &self.link {
             link.add_usage(report);
         }
@@ -283,10 +338,20 @@ impl Router {
     /// How the router is measured, for the report.
     pub(crate) fn method(&self) -> String {
         match &self.kind {
-            Kind::InProcess { threads, .. } => format!(
-                "router in-process on its own {threads}-thread tokio runtime; router CPU = \
+            Kind::InProcess { threads, peer, .. } => format!(
+                "{} in-process on its own {threads}-thread tokio runtime; router CPU = \
                  utime+stime of the threads named '{ROUTER_THREADS}' (/proc/self/task/*/stat); \
-                 peak RSS is the whole bench process (clients included)"
+                 peak RSS is the whole bench process (clients included){}",
+                if peer.is_some() {
+                    "two routers of one cluster"
+                } else {
+                    "router"
+                },
+                if peer.is_some() {
+                    crate::cluster::METHOD
+                } else {
+                    ""
+                },
             ),
             Kind::Child { pid, .. } => format!(
                 "router = icom-server child process {pid}; CPU = its utime+stime, memory = its \
@@ -313,10 +378,16 @@ impl Router {
         drop(self.link.take());
         match &mut self.kind {
             Kind::InProcess {
-                cluster, runtime, ..
+                cluster,
+                runtime,
+                peer,
+                ..
             } => {
                 if let Some(mut c) = cluster.take() {
                     c.stop().await;
+                }
+                if let Some(mut p) = peer.take() {
+                    p.stop().await;
                 }
                 if let Some(rt) = runtime.take() {
                     rt.shutdown_background();
@@ -325,7 +396,7 @@ impl Router {
             Kind::Child { child, pid, .. } => {
                 // SIGTERM, as systemd would: the router closes its
                 // connections and exits; SIGKILL if it takes too long.
-                terminate(*pid);
+                crate::child::terminate(*pid);
                 let waited = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
                 if waited.is_err() {
                     let _ = child.start_kill();
@@ -349,149 +420,12 @@ pub(crate) fn router_runtime(name: &str, threads: usize) -> anyhow::Result<Runti
         .with_context(|| format!("starting the {name} runtime"))
 }
 
-/// Asks a child process to stop (SIGTERM).
-#[cfg(unix)]
-fn terminate(pid: u32) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: kill has no memory preconditions; the pid is our child's,
-        // not yet waited for, so it cannot have been reused.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn terminate(_pid: u32) {}
-
 fn measure(p: Proc) -> Usage {
     Usage {
         cpu: p.cpu(),
         bench_cpu: Proc::Own.cpu(),
         memory: p.memory(),
         fds: p.fds(),
+        nats_cpu: None,
     }
-}
-
-/// Starts `icom-server` with a fresh PKI and its configuration in a
-/// temporary directory, and reads the address it listens on from its
-/// (JSON) log.
-async fn spawn(bin: &Path, tweak: impl Fn(&mut ConfigFile)) -> anyhow::Result<Router> {
-    if !bin.is_file() {
-        bail!(
-            "no icom-server binary at {} (build it, or give --server-bin)",
-            bin.display()
-        );
-    }
-    let pki = TestPki::new();
-    let dir = tempfile::tempdir().context("making a temporary directory")?;
-    let files = pki.write_to(dir.path())?;
-    let mut file = ConfigFile {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        data_dir: dir.path().join("data"),
-        ..ConfigFile::default()
-    };
-    file.tls.ca = files.ca_cert;
-    file.tls.cert = files.router_cert;
-    file.tls.key = files.router_key;
-    file.tls.crl = Some(files.crl);
-    tweak(&mut file);
-    let path = dir.path().join("icom-server.toml");
-    std::fs::write(&path, toml_of(&file)?).context("writing the router's configuration")?;
-    let mut child = tokio::process::Command::new(bin)
-        .arg("--config")
-        .arg(&path)
-        .args(["--log-format", "json"])
-        .env("RUST_LOG", "warn,icom_server::server=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let pid = child.id().context("the router exited at once")?;
-    let stderr = child.stderr.take().context("the router's stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let found = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(addr) = listening_addr(&line) {
-                return Ok(addr);
-            }
-            eprintln!("icom-server: {line}");
-        }
-        bail!("icom-server exited before it listened")
-    })
-    .await
-    .context("icom-server did not listen within 20 s")??;
-    // Keep draining its log, so that it never blocks on a full pipe.
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::debug!(target: "icom_bench::router", "{line}");
-        }
-    });
-    Ok(Router {
-        dial: found,
-        link: None,
-        kind: Kind::Child {
-            child,
-            pid,
-            pki: Box::new(pki),
-            dir,
-        },
-    })
-}
-
-fn toml_of(file: &ConfigFile) -> anyhow::Result<String> {
-    toml::to_string(file).context("serialising the router's configuration")
-}
-
-/// The `addr` of the router's JSON `listening` log line.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let fields = v.get("fields")?;
-    if fields.get("message")?.as_str()? != "listening" {
-        return None;
-    }
-    fields.get("addr")?.as_str()?.parse().ok()
-}
-
-/// Writes the certificate and key of `id` beside the PKI.
-fn client_files(pki: &TestPki, dir: &Path, id: &str, dial: String) -> anyhow::Result<ClientConfig> {
-    let issued = pki.client(id);
-    let clients = dir.join("clients");
-    std::fs::create_dir_all(&clients)?;
-    let cert = clients.join(format!("{id}.pem"));
-    let key = clients.join(format!("{id}.key"));
-    std::fs::write(&cert, &issued.cert_pem)?;
-    std::fs::write(&key, &issued.key_pem)?;
-    Ok(ClientConfig::new(
-        dial,
-        "localhost",
-        dir.join("ca.pem"),
-        cert,
-        key,
-    ))
-}
-
-/// A remote router's client settings for `id`.
-fn remote_client(r: &Remote, id: &str, dial: String) -> anyhow::Result<ClientConfig> {
-    if r.dev {
-        return Ok(ClientConfig {
-            router: dial,
-            ..ClientConfig::dev(id)
-        });
-    }
-    let fill = |p: &Path| PathBuf::from(p.to_string_lossy().replace("{id}", id));
-    if !r.base.cert.to_string_lossy().contains("{id}") {
-        bail!(
-            "a remote router needs a certificate per bench client: give --cert and --key with \
-             '{{id}}' standing for the identity (the bench uses server_1, server_2, ...), or --dev"
-        );
-    }
-    Ok(ClientConfig {
-        router: dial,
-        cert: fill(&r.base.cert),
-        key: fill(&r.base.key),
-        ..r.base.clone()
-    })
 }

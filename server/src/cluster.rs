@@ -72,6 +72,7 @@ pub(crate) struct Nats {
     metrics: ClusterMetrics,
     /// Set when the router stops: its servers leave with the last notice.
     stopping: AtomicBool,
+    forwarder: forward::Forwarder,
 }
 
 impl Nats {
@@ -92,6 +93,12 @@ impl Nats {
         } = link::connect(&cfg, metrics.link_up.clone()).await?;
         let epoch = now_ms();
         let (changes, changes_rx) = mpsc::channel(CHANGES_QUEUE);
+        let forwarder = forward::Forwarder::new(
+            client.clone(),
+            metrics.clone(),
+            &cfg.prefix,
+            cfg.request_timeout,
+        );
         Ok(Arc::new(Nats {
             view: Mutex::new(View::new(&cfg.name, epoch, cfg.router_timeout)),
             cfg,
@@ -104,6 +111,7 @@ impl Nats {
             changes_rx: Mutex::new(Some(changes_rx)),
             metrics,
             stopping: AtomicBool::new(false),
+            forwarder,
         }))
     }
 
@@ -211,10 +219,14 @@ impl Nats {
                 msg = futures_util::StreamExt::next(&mut deliver) => {
                     let Some(msg) = msg else { return };
                     let Some(reply) = msg.reply else { continue };
-                    let answer = match wire::decode_forward(msg.payload) {
-                        Ok((ids, event)) => {
-                            self.metrics.received.inc();
-                            wire::encode_outcomes(&self.deliver_here(&ids, &event))
+                    let answer = match wire::decode_batch(msg.payload) {
+                        Ok(events) => {
+                            self.metrics.received.inc_by(events.len() as u64);
+                            let mut outcomes = Vec::new();
+                            for (ids, event) in &events {
+                                outcomes.extend(self.deliver_here(ids, event));
+                            }
+                            wire::encode_outcomes(&outcomes)
                         }
                         Err(e) => {
                             warn!("cluster: a malformed forward: {e}");
@@ -281,9 +293,7 @@ impl Nats {
         ids: &[Arc<str>],
         wire: &Bytes,
     ) -> Vec<Result<Reached, String>> {
-        let to = (router, self.subject(router, "deliver"));
-        let timeout = self.cfg.request_timeout;
-        forward::forward_to(&self.client, &self.metrics, to, timeout, ids, wire).await
+        self.forwarder.forward(&router.into(), ids, wire).await
     }
 }
 

@@ -60,6 +60,15 @@ impl TestCluster {
         TestCluster::start_on(Arc::new(TestPki::new()), Arc::new(f)).await
     }
 
+    /// Starts a router with the PKI `pki` (another router's, from
+    /// [`TestCluster::shared_pki`]) and the configuration changed by `f`.
+    pub async fn start_with_pki(
+        pki: Arc<TestPki>,
+        f: impl Fn(&mut ConfigFile) + Send + Sync + 'static,
+    ) -> TestCluster {
+        TestCluster::start_on(pki, Arc::new(f)).await
+    }
+
     /// Starts another router of the same cluster: the same CA and router
     /// name (`localhost`), so that a client's files work with both, and the
     /// same configuration changes; its own address and data dir.

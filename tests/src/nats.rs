@@ -286,6 +286,11 @@ impl NatsCluster {
         std::fs::read_to_string(&self.node(i).log).unwrap_or_default()
     }
 
+    /// Node `i`'s process id, while it runs (to measure its CPU).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.node(i).child.as_ref().map(Child::id)
+    }
+
     /// Whether node `i`'s process is running.
     ///
     /// # Panics

@@ -1,72 +1,223 @@
-//! One event for some servers of another router: a NATS request to its
-//! `deliver` subject, and what became of each recipient.
+//! Events for servers of another router: one NATS request to its
+//! `deliver` subject per batch, and what became of each recipient. Each
+//! other router has a queue and a task; the task takes whatever events
+//! are waiting (at most [`BATCH_EVENTS`] and about [`BATCH_BYTES`]) and
+//! sends them as one request, at once: under load, events travel
+//! together and NATS's cost per message is shared; one event alone waits
+//! for nothing. Up to [`BATCHES_IN_FLIGHT`] requests per router are
+//! answered at a time.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::{Client, RequestErrorKind};
 use bytes::Bytes;
+use icom_protocol::lock;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::wire::{self, Outcome};
 use crate::metrics::{ClusterMetrics, Reason};
 use crate::space::Reached;
 
-/// One request to `router` (at `subject`) with `ids`; what became of each
-/// (`Err`: it moved to that router).
-pub(super) async fn forward_to(
-    client: &Client,
-    metrics: &ClusterMetrics,
-    (router, subject): (&str, String),
+/// The most events in one request.
+const BATCH_EVENTS: usize = 1024;
+/// A request stops taking events once it holds this many bytes (NATS's
+/// default `max_payload` is 1 MiB).
+const BATCH_BYTES: usize = 256 << 10;
+/// Requests to one router waiting for their answer at once.
+const BATCHES_IN_FLIGHT: usize = 64;
+/// Events waiting for one router's task, at most; a send past it waits.
+const QUEUE: usize = 16_384;
+/// Other routers with a queue, at most (names come from NATS notices).
+const MAX_ROUTERS: usize = 1024;
+
+/// What became of each recipient of one event (`Err`: it moved to that
+/// router).
+pub(super) type Answer = Vec<Result<Reached, String>>;
+
+struct Job {
+    ids: Vec<Arc<str>>,
+    wire: Bytes,
+    done: oneshot::Sender<Answer>,
+}
+
+/// The queues to the other routers.
+#[derive(Debug)]
+pub(super) struct Forwarder {
+    client: Client,
+    metrics: ClusterMetrics,
+    prefix: String,
     timeout: Duration,
-    ids: &[Arc<str>],
-    wire: &Bytes,
-) -> Vec<Result<Reached, String>> {
-    let body = wire::encode_forward(ids.iter().map(|i| &**i), wire);
-    let unreachable = |why: String| vec![Ok(Reached::Unreachable(why)); ids.len()];
-    metrics.forwarded.inc();
-    let failed = |kind: &str| {
-        metrics
+    queues: Mutex<HashMap<Arc<str>, mpsc::Sender<Job>>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Job({} recipients)", self.ids.len())
+    }
+}
+
+impl Forwarder {
+    pub(super) fn new(
+        client: Client,
+        metrics: ClusterMetrics,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Forwarder {
+        Forwarder {
+            client,
+            metrics,
+            prefix: prefix.to_owned(),
+            timeout,
+            queues: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Hands `wire` for `ids` to `router`, and waits for its answer.
+    pub(super) async fn forward(
+        &self,
+        router: &Arc<str>,
+        ids: &[Arc<str>],
+        wire: &Bytes,
+    ) -> Answer {
+        let unreachable = |why: &str| vec![Ok(Reached::Unreachable(why.to_owned())); ids.len()];
+        let Some(queue) = self.queue(router) else {
+            return unreachable("too many routers");
+        };
+        let (done, answer) = oneshot::channel();
+        let job = Job {
+            ids: ids.to_vec(),
+            wire: wire.clone(),
+            done,
+        };
+        if queue.send(job).await.is_err() {
+            return unreachable("the router's queue is closed");
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| unreachable("the forward was dropped"))
+    }
+
+    fn queue(&self, router: &Arc<str>) -> Option<mpsc::Sender<Job>> {
+        let mut queues = lock(&self.queues);
+        if let Some(q) = queues.get(router) {
+            if !q.is_closed() {
+                return Some(q.clone());
+            }
+        }
+        if queues.len() >= MAX_ROUTERS {
+            queues.retain(|_, q| !q.is_closed());
+            if queues.len() >= MAX_ROUTERS {
+                return None;
+            }
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let to = Target {
+            client: self.client.clone(),
+            metrics: self.metrics.clone(),
+            router: router.clone(),
+            subject: format!("{}.rtr.{router}.deliver", self.prefix),
+            timeout: self.timeout,
+        };
+        tokio::spawn(to.run(rx));
+        queues.insert(router.clone(), tx.clone());
+        Some(tx)
+    }
+}
+
+/// One other router, as its task sees it.
+#[derive(Clone)]
+struct Target {
+    client: Client,
+    metrics: ClusterMetrics,
+    router: Arc<str>,
+    subject: String,
+    timeout: Duration,
+}
+
+impl Target {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        while let Some(first) = rx.recv().await {
+            let mut size = first.wire.len();
+            let mut jobs = vec![first];
+            while jobs.len() < BATCH_EVENTS && size < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(j) => {
+                        size += j.wire.len();
+                        jobs.push(j);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.send(jobs).await;
+                drop(slot);
+            });
+        }
+    }
+
+    async fn send(&self, jobs: Vec<Job>) {
+        let body = wire::encode_batch(jobs.iter().map(|j| (&j.ids[..], &j.wire)));
+        let counts: Vec<usize> = jobs.iter().map(|j| j.ids.len()).collect();
+        self.metrics.forwarded.inc_by(jobs.len() as u64);
+        let answers = match self.client.request(self.subject.clone(), body).await {
+            Ok(msg) => match wire::decode_outcomes(msg.payload, counts.iter().sum()) {
+                Ok(outcomes) => Ok(outcomes),
+                Err(e) => Err(self.failed("error", format!("answered badly: {e}"))),
+            },
+            // Nobody listens on its subject: it is reconnecting to NATS,
+            // or dead and not yet timed out. Either way it cannot be
+            // asked now.
+            Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                Err(self.failed("no_router", "is not listening on NATS".into()))
+            }
+            Err(e) if e.kind() == RequestErrorKind::TimedOut => Err(self.failed(
+                "timeout",
+                format!("did not answer within {} ms", self.timeout.as_millis()),
+            )),
+            Err(e) => Err(self.failed("error", format!("could not be asked: {e}"))),
+        };
+        match answers {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                for (job, n) in jobs.into_iter().zip(counts) {
+                    let answer = outcomes.by_ref().take(n).map(reached).collect();
+                    let _ = job.done.send(answer);
+                }
+            }
+            Err(why) => {
+                for job in jobs {
+                    let _ = job
+                        .done
+                        .send(vec![Ok(Reached::Unreachable(why.clone())); job.ids.len()]);
+                }
+            }
+        }
+    }
+
+    /// Counts a failed request by `kind`; the message for the ack.
+    fn failed(&self, kind: &str, what: String) -> String {
+        self.metrics
             .forward_failures
             .get_or_create(&Reason {
                 reason: kind.to_owned(),
             })
             .inc();
-    };
-    match client.request(subject, body).await {
-        Ok(msg) => match wire::decode_outcomes(msg.payload, ids.len()) {
-            Ok(outcomes) => outcomes
-                .into_iter()
-                .map(|o| match o {
-                    Outcome::Delivered => Ok(Reached::Delivered),
-                    Outcome::Congested => Ok(Reached::Congested),
-                    Outcome::NotFound => Ok(Reached::NotFound),
-                    Outcome::Moved(to) => Err(to),
-                })
-                .collect(),
-            Err(e) => {
-                failed("error");
-                unreachable(format!("router '{router}' answered badly: {e}"))
-            }
-        },
-        Err(e) => match e.kind() {
-            // Nobody listens on its subject: it is reconnecting to
-            // NATS, or dead and not yet timed out. Either way it
-            // cannot be asked now.
-            RequestErrorKind::NoResponders => {
-                failed("no_router");
-                unreachable(format!("router '{router}' is not listening on NATS"))
-            }
-            RequestErrorKind::TimedOut => {
-                failed("timeout");
-                unreachable(format!(
-                    "router '{router}' did not answer within {} ms",
-                    timeout.as_millis()
-                ))
-            }
-            _ => {
-                failed("error");
-                unreachable(format!("router '{router}' could not be asked: {e}"))
-            }
-        },
+        format!("router '{}' {what}", self.router)
+    }
+}
+
+fn reached(o: Outcome) -> Result<Reached, String> {
+    match o {
+        Outcome::Delivered => Ok(Reached::Delivered),
+        Outcome::Congested => Ok(Reached::Congested),
+        Outcome::NotFound => Ok(Reached::NotFound),
+        Outcome::Moved(to) => Err(to),
     }
 }

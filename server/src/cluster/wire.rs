@@ -151,6 +151,39 @@ pub(crate) fn decode_forward(mut b: Bytes) -> Result<(Vec<String>, Bytes), Strin
     Ok((ids, b))
 }
 
+/// Several forwards in one message: each as [`encode_forward`] makes it,
+/// after its length as a `u32`.
+pub(crate) fn encode_batch<'a>(
+    events: impl Iterator<Item = (&'a [std::sync::Arc<str>], &'a Bytes)>,
+) -> Bytes {
+    let mut b = BytesMut::new();
+    for (ids, wire) in events {
+        let one = encode_forward(ids.iter().map(|i| &**i), wire);
+        b.put_u32(one.len() as u32);
+        b.put_slice(&one);
+    }
+    b.freeze()
+}
+
+/// The forwards of a batch, each event a slice of `b`.
+pub(crate) fn decode_batch(mut b: Bytes) -> Result<Vec<(Vec<String>, Bytes)>, String> {
+    let mut out = Vec::new();
+    while b.has_remaining() {
+        if b.remaining() < 4 {
+            return Err("a batch cut short".into());
+        }
+        let len = b.get_u32() as usize;
+        if b.remaining() < len {
+            return Err("a batch cut short".into());
+        }
+        out.push(decode_forward(b.split_to(len))?);
+        if out.len() > MAX_NAMES {
+            return Err(format!("a batch of more than {MAX_NAMES} events"));
+        }
+    }
+    Ok(out)
+}
+
 /// The answer to a forward: one byte per recipient, in order (0 delivered,
 /// 1 congested, 2 not found, 3 moved: then a `u8` length and the router).
 pub(crate) fn encode_outcomes(outcomes: &[Outcome]) -> Bytes {
@@ -222,6 +255,27 @@ mod tests {
         assert!(decode_forward(huge.freeze())
             .unwrap_err()
             .contains("at most"));
+    }
+
+    #[test]
+    fn a_batch_round_trips_and_a_cut_batch_is_an_error() {
+        let ids: Vec<std::sync::Arc<str>> = vec!["a".into(), "b".into()];
+        let (w1, w2) = (Bytes::from_static(b"one"), Bytes::from_static(b"second"));
+        let b = encode_batch([(&ids[..], &w1), (&ids[..1], &w2)].into_iter());
+        let got = decode_batch(b.clone()).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].0.len(), &got[0].1[..]), (2, &b"one"[..]));
+        assert_eq!(
+            (got[1].0.clone(), &got[1].1[..]),
+            (vec!["a".to_owned()], &b"second"[..])
+        );
+        for cut in 1..b.len() {
+            // Every cut but one at an event's end is an error.
+            if let Ok(v) = decode_batch(b.slice(..cut)) {
+                assert_eq!(v.len(), 1, "cut at {cut}");
+            }
+        }
+        assert!(decode_batch(Bytes::new()).unwrap().is_empty());
     }
 
     #[test]
