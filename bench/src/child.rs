@@ -15,7 +15,17 @@ use icom_server::ConfigFile;
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::router::Remote;
+/// A router the bench did not start.
+#[derive(Debug, Clone)]
+pub(crate) struct Remote {
+    /// The connection settings from the usual flags. A `{id}` in the
+    /// certificate and key paths stands for each bench client's identity.
+    pub(crate) base: ClientConfig,
+    /// `--dev`: the identities are `server_1`, `server_2` of `./icom-dev`.
+    pub(crate) dev: bool,
+    /// Its process id on this machine, to measure it.
+    pub(crate) pid: Option<u32>,
+}
 
 /// A started `icom-server` child.
 pub(crate) struct Spawned {

@@ -21,6 +21,7 @@ use icom_tests::TestCluster;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
+pub(crate) use crate::child::Remote;
 use crate::os::{self, Memory, Proc};
 use crate::report::{round, Report};
 use crate::wan::Link;
@@ -44,18 +45,6 @@ pub(crate) enum Placement {
     Spawn(PathBuf),
     /// Somewhere else: connect with these settings.
     Remote(Box<Remote>),
-}
-
-/// A router the bench did not start.
-#[derive(Debug, Clone)]
-pub(crate) struct Remote {
-    /// The connection settings from the usual flags. A `{id}` in the
-    /// certificate and key paths stands for each bench client's identity.
-    pub(crate) base: ClientConfig,
-    /// `--dev`: the identities are `server_1`, `server_2` of `./icom-dev`.
-    pub(crate) dev: bool,
-    /// Its process id on this machine, to measure it.
-    pub(crate) pid: Option<u32>,
 }
 
 /// What a scenario needs of the router's configuration.
