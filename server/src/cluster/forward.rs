@@ -8,13 +8,15 @@
 //! answered at a time.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::{Client, RequestErrorKind};
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use icom_protocol::lock;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use super::wire::{self, Outcome};
 use crate::metrics::{ClusterMetrics, Reason};
@@ -36,6 +38,9 @@ const MAX_ROUTERS: usize = 1024;
 /// router).
 pub(super) type Answer = Vec<Result<Reached, String>>;
 
+/// A router's queue, and its task's state.
+type Queue = (mpsc::Sender<Job>, Arc<Target>);
+
 struct Job {
     ids: Vec<Arc<str>>,
     wire: Bytes,
@@ -49,7 +54,7 @@ pub(super) struct Forwarder {
     metrics: ClusterMetrics,
     prefix: String,
     timeout: Duration,
-    queues: Mutex<HashMap<Arc<str>, mpsc::Sender<Job>>>,
+    queues: Mutex<HashMap<Arc<str>, Queue>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -82,7 +87,7 @@ impl Forwarder {
         wire: &Bytes,
     ) -> Answer {
         let unreachable = |why: &str| vec![Ok(Reached::Unreachable(why.to_owned())); ids.len()];
-        let Some(queue) = self.queue(router) else {
+        let Some((queue, target)) = self.queue(router) else {
             return unreachable("too many routers");
         };
         let (done, answer) = oneshot::channel();
@@ -91,7 +96,12 @@ impl Forwarder {
             wire: wire.clone(),
             done,
         };
-        if queue.send(job).await.is_err() {
+        if target.busy.fetch_add(1, Ordering::AcqRel) == 0 {
+            // Nothing queued or in flight: no batch to join, so it goes
+            // from here, a hand-off to the router's task the fewer.
+            target.send(vec![job]).await;
+        } else if queue.send(job).await.is_err() {
+            target.busy.fetch_sub(1, Ordering::AcqRel);
             return unreachable("the router's queue is closed");
         }
         answer
@@ -99,70 +109,83 @@ impl Forwarder {
             .unwrap_or_else(|_| unreachable("the forward was dropped"))
     }
 
-    fn queue(&self, router: &Arc<str>) -> Option<mpsc::Sender<Job>> {
+    fn queue(&self, router: &Arc<str>) -> Option<Queue> {
         let mut queues = lock(&self.queues);
-        if let Some(q) = queues.get(router) {
+        if let Some((q, t)) = queues.get(router) {
             if !q.is_closed() {
-                return Some(q.clone());
+                return Some((q.clone(), t.clone()));
             }
         }
         if queues.len() >= MAX_ROUTERS {
-            queues.retain(|_, q| !q.is_closed());
+            queues.retain(|_, (q, _)| !q.is_closed());
             if queues.len() >= MAX_ROUTERS {
                 return None;
             }
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        let to = Target {
+        let to = Arc::new(Target {
             client: self.client.clone(),
             metrics: self.metrics.clone(),
             router: router.clone(),
             subject: format!("{}.rtr.{router}.deliver", self.prefix),
             timeout: self.timeout,
-        };
-        tokio::spawn(to.run(rx));
-        queues.insert(router.clone(), tx.clone());
-        Some(tx)
+            busy: AtomicUsize::new(0),
+        });
+        tokio::spawn(to.clone().run(rx));
+        queues.insert(router.clone(), (tx.clone(), to.clone()));
+        Some((tx, to))
     }
 }
 
 /// One other router, as its task sees it.
-#[derive(Clone)]
+#[derive(Debug)]
 struct Target {
     client: Client,
     metrics: ClusterMetrics,
     router: Arc<str>,
     subject: String,
     timeout: Duration,
+    /// Events queued or in flight to it.
+    busy: AtomicUsize,
 }
 
 impl Target {
-    async fn run(self, mut rx: mpsc::Receiver<Job>) {
-        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-        while let Some(first) = rx.recv().await {
-            let mut size = first.wire.len();
-            let mut jobs = vec![first];
-            while jobs.len() < BATCH_EVENTS && size < BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(j) => {
-                        size += j.wire.len();
-                        jobs.push(j);
+    /// Takes batches off the queue and sends them, polling the requests
+    /// in flight itself (no task per batch: one wake-up fewer per event
+    /// at low load).
+    async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Job>) {
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                first = rx.recv(), if in_flight.len() < BATCHES_IN_FLIGHT => {
+                    let Some(first) = first else { break };
+                    let mut size = first.wire.len();
+                    let mut jobs = vec![first];
+                    while jobs.len() < BATCH_EVENTS && size < BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(j) => {
+                                size += j.wire.len();
+                                jobs.push(j);
+                            }
+                            Err(_) => break,
+                        }
                     }
-                    Err(_) => break,
+                    in_flight.push(self.send(jobs));
                 }
             }
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let me = self.clone();
-            tokio::spawn(async move {
-                me.send(jobs).await;
-                drop(slot);
-            });
         }
+        while in_flight.next().await.is_some() {}
     }
 
     async fn send(&self, jobs: Vec<Job>) {
+        // Counted out even if this is dropped half-way (the sender's
+        // connection ended): the count must not stay up for ever.
+        let _done = Done(&self.busy, jobs.len());
+        self.answer(jobs).await;
+    }
+
+    async fn answer(&self, jobs: Vec<Job>) {
         let body = wire::encode_batch(jobs.iter().map(|j| (&j.ids[..], &j.wire)));
         let counts: Vec<usize> = jobs.iter().map(|j| j.ids.len()).collect();
         self.metrics.forwarded.inc_by(jobs.len() as u64);
@@ -210,6 +233,15 @@ impl Target {
             })
             .inc();
         format!("router '{}' {what}", self.router)
+    }
+}
+
+/// Takes events out of a [`Target`]'s count when dropped.
+struct Done<'a>(&'a AtomicUsize, usize);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::AcqRel);
     }
 }
 
