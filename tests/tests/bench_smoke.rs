@@ -207,3 +207,27 @@ async fn a_router_already_running_is_reached_with_the_connection_flags() {
         "{v}"
     );
 }
+
+#[test]
+fn cluster_tput_fanout_and_lat_count_every_event_across_two_routers() {
+    let v = bench(&["--cluster", "tput", "--events", "300", "--window", "32"]);
+    assert_eq!(
+        (n(&v, "sent"), n(&v, "acked"), n(&v, "delivered")),
+        (300, 300, 300)
+    );
+    assert!(v["nats_cpu_s"].is_number(), "{v}");
+    assert!(v["method"].as_str().unwrap().contains("two routers"), "{v}");
+    let v = bench(&[
+        "--cluster",
+        "fanout",
+        "--events",
+        "40",
+        "--receivers",
+        "3",
+        "--window",
+        "8",
+    ]);
+    assert_eq!((n(&v, "acked_deliveries"), n(&v, "delivered")), (120, 120));
+    let v = bench(&["--cluster", "lat", "--rate", "200", "--requests", "20"]);
+    assert!(v["rtt_p50_us"].is_number(), "{v}");
+}
