@@ -380,3 +380,40 @@ async fn two_dev_routers_in_one_directory_form_a_cluster_over_plain_nats() {
     assert_eq!((e.event.as_str(), e.from.as_str()), ("hello", "server_2"));
     drop(listener);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_flapping_between_routers_moves_at_most_once_a_second() {
+    let rs = Routers::start_with(3, 3, |i, c| {
+        if i == 0 {
+            icom_tests::with_metrics(c);
+        }
+    })
+    .await;
+    let mut c = connect_all(&rs, &[("x", 0), ("watcher", 2)]).await;
+    let mut watcher = c.pop().unwrap();
+    let first = c.pop().unwrap();
+    view_becomes(&mut watcher, &["x"]).await;
+    // Back and forth at once: router 1, then router 0 again.
+    let second = rs.router(1).raw("x").await;
+    first.expect_closed(CloseCode::Replaced).await;
+    let third = rs.router(0).raw("x").await;
+    second.expect_closed(CloseCode::Replaced).await;
+    // Router 0 held the second move back, since x had just moved.
+    let (_, body) = rs.router(0).http_get("/metrics").await;
+    assert_eq!(
+        icom_tests::metric(&body, "icom_cluster_takeovers_held_total"),
+        Some(1.0),
+        "{body}"
+    );
+    // The last connection holds x everywhere; nobody saw it leave.
+    let mut sender = rs.router(2).raw("sender").await;
+    rs.remote_servers(2, 1).await;
+    let ack = sender
+        .send(&send(9, Target::Server("x".into()), "e", data("x")))
+        .await
+        .unwrap();
+    assert!(ack.ok && ack.delivered == 1, "{ack:?}");
+    assert_eq!(third.deliver().await.unwrap().id, 9);
+    let heard = presence_within(&mut watcher, Duration::from_millis(500)).await;
+    assert!(heard.iter().all(|(id, _)| id != "x"), "{heard:?}");
+}
