@@ -172,6 +172,7 @@ impl Nats {
             }
         };
         let mut expire = tokio::time::interval(self.cfg.heartbeat / 2);
+        let mut quiet = Quiet::default();
         loop {
             tokio::select! {
                 msg = futures_util::StreamExt::next(&mut sub) => {
@@ -179,13 +180,15 @@ impl Nats {
                     let notice = match Notice::decode(&msg.payload) {
                         Ok(n) => n,
                         Err(e) => {
-                            warn!("cluster: a malformed notice on {}: {e}", msg.subject);
+                            if quiet.malformed.ready() {
+                                warn!("cluster: a malformed notice on {} (said once a minute): {e}", msg.subject);
+                            }
                             continue;
                         }
                     };
                     let applied = lock(&self.view).apply(notice, Instant::now());
-                    if applied.same_name {
-                        error!(name = %self.cfg.name, "cluster: another router runs under this router's name; cluster.name must be unique");
+                    if applied.same_name && quiet.same_name.ready() {
+                        error!(name = %self.cfg.name, "cluster: another router runs under this router's name; cluster.name must be unique (said once a minute)");
                     }
                     self.settle(&applied.touched);
                 }
@@ -283,6 +286,31 @@ impl Nats {
         };
         self.table.set_remote(&peer.server_id, Some(owner.clone()));
         self.give_up(&peer, owner);
+    }
+}
+
+/// Log lines that could come with every notice, said at most once a
+/// minute each.
+#[derive(Default)]
+struct Quiet {
+    malformed: Every,
+    same_name: Every,
+}
+
+/// Whether a minute has passed since the last time it was ready.
+#[derive(Default)]
+struct Every(Option<Instant>);
+
+impl Every {
+    fn ready(&mut self) -> bool {
+        let now = Instant::now();
+        match self.0 {
+            Some(last) if now.duration_since(last) < Duration::from_secs(60) => false,
+            _ => {
+                self.0 = Some(now);
+                true
+            }
+        }
     }
 }
 
