@@ -27,6 +27,26 @@ pub(crate) struct Remote {
     pub(crate) pid: Option<u32>,
 }
 
+/// A fresh test PKI written into `dir`, and a router configuration that
+/// uses it: 127.0.0.1 on any port, the store in `dir/data`.
+///
+/// # Errors
+/// When the files cannot be written.
+pub(crate) fn fresh_config(dir: &Path) -> anyhow::Result<(TestPki, ConfigFile)> {
+    let pki = TestPki::new();
+    let files = pki.write_to(dir)?;
+    let mut file = ConfigFile {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: dir.join("data"),
+        ..ConfigFile::default()
+    };
+    file.tls.ca = files.ca_cert;
+    file.tls.cert = files.router_cert;
+    file.tls.key = files.router_key;
+    file.tls.crl = Some(files.crl);
+    Ok((pki, file))
+}
+
 /// A started `icom-server` child.
 pub(crate) struct Spawned {
     pub(crate) addr: SocketAddr,
@@ -61,18 +81,8 @@ pub(crate) async fn spawn(bin: &Path, tweak: impl Fn(&mut ConfigFile)) -> anyhow
             bin.display()
         );
     }
-    let pki = TestPki::new();
     let dir = tempfile::tempdir().context("making a temporary directory")?;
-    let files = pki.write_to(dir.path())?;
-    let mut file = ConfigFile {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        data_dir: dir.path().join("data"),
-        ..ConfigFile::default()
-    };
-    file.tls.ca = files.ca_cert;
-    file.tls.cert = files.router_cert;
-    file.tls.key = files.router_key;
-    file.tls.crl = Some(files.crl);
+    let (pki, mut file) = fresh_config(dir.path())?;
     tweak(&mut file);
     let path = dir.path().join("icom-server.toml");
     std::fs::write(&path, toml_of(&file)?).context("writing the router's configuration")?;

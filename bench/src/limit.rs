@@ -24,7 +24,7 @@ use icom_protocol::{
     decode_control, encode_frame, frame_len, Ack, Control, Limits, Replayed, Send, StreamCredit,
     Welcome, FRAME_HEADER_LEN,
 };
-use icom_server::{Config, ConfigFile};
+use icom_server::Config;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
@@ -124,17 +124,8 @@ struct Sink {
 
 impl Sink {
     async fn start(threads: usize) -> anyhow::Result<Sink> {
-        let pki = TestPki::new();
         let dir = tempfile::tempdir()?;
-        let files = pki.write_to(dir.path())?;
-        let mut file = ConfigFile {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir: dir.path().join("data"),
-            ..ConfigFile::default()
-        };
-        file.tls.ca = files.ca_cert;
-        file.tls.cert = files.router_cert;
-        file.tls.key = files.router_key;
+        let (pki, file) = crate::child::fresh_config(dir.path())?;
         let config = Config::try_from(file)?;
         let material = icom_server::tls::load(&config)?;
         let limits = Limits {

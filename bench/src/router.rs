@@ -109,12 +109,18 @@ impl Router {
             }
         };
         match placement {
-            Placement::InProcess(threads) => {
+            Placement::InProcess(threads) | Placement::Cluster(threads) => {
                 let runtime = router_runtime(ROUTER_THREADS, *threads)?;
-                let cluster = runtime
-                    .spawn(TestCluster::start_with(tweak))
-                    .await
-                    .context("starting the in-process router")?;
+                let (cluster, peer) = if let Placement::Cluster(_) = placement {
+                    let (first, peer) = crate::cluster::start(&runtime, tweak).await?;
+                    (first, Some(Box::new(peer)))
+                } else {
+                    let one = runtime
+                        .spawn(TestCluster::start_with(tweak))
+                        .await
+                        .context("starting the in-process router")?;
+                    (one, None)
+                };
                 Ok(Router {
                     dial: cluster.addr(),
                     link: None,
@@ -122,21 +128,7 @@ impl Router {
                         cluster: Some(cluster),
                         runtime: Some(runtime),
                         threads: *threads,
-                        peer: None,
-                    },
-                })
-            }
-            Placement::Cluster(threads) => {
-                let runtime = router_runtime(ROUTER_THREADS, *threads)?;
-                let (cluster, peer) = crate::cluster::start(&runtime, tweak).await?;
-                Ok(Router {
-                    dial: cluster.addr(),
-                    link: None,
-                    kind: Kind::InProcess {
-                        cluster: Some(cluster),
-                        runtime: Some(runtime),
-                        threads: *threads,
-                        peer: Some(Box::new(peer)),
+                        peer,
                     },
                 })
             }

@@ -252,6 +252,39 @@ impl RawClient {
         }
     }
 
+    /// Applies this client's `welcome.peers` and then the `presence`
+    /// messages it reads until its view of who is connected is `want`;
+    /// other control messages are dropped.
+    ///
+    /// # Panics
+    /// If the view is not `want` within [`WAIT`], or the connection ends.
+    pub async fn view_becomes(&mut self, want: &[&str]) {
+        let want: std::collections::BTreeSet<String> =
+            want.iter().map(|s| (*s).to_owned()).collect();
+        let mut view: std::collections::BTreeSet<String> = self
+            .welcome
+            .as_ref()
+            .expect("a welcomed client")
+            .peers
+            .iter()
+            .cloned()
+            .collect();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while view != want {
+            let m = tokio::time::timeout_at(deadline, self.next_control())
+                .await
+                .unwrap_or_else(|_| panic!("the view stayed {view:?}, not {want:?}"))
+                .expect("a control message");
+            if let Control::Presence(p) = m {
+                if p.online {
+                    view.insert(p.server_id);
+                } else {
+                    view.remove(&p.server_id);
+                }
+            }
+        }
+    }
+
     /// Reads control messages until one matches `pick`; the others go to
     /// the backlog.
     ///

@@ -9,7 +9,6 @@
 
 mod client_support;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,26 +39,6 @@ async fn presence_until(c: &mut RawClient, until: (&str, bool)) -> Vec<(String, 
     }
 }
 
-/// Applies `c`'s welcome and presence until its view is `want`.
-async fn view_becomes(c: &mut RawClient, want: &[&str]) {
-    let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
-    let mut view: BTreeSet<String> = c.welcome.as_ref().unwrap().peers.iter().cloned().collect();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while view != want {
-        let m = tokio::time::timeout_at(deadline, c.next_control())
-            .await
-            .unwrap_or_else(|_| panic!("the view stayed {view:?}, not {want:?}"))
-            .unwrap();
-        if let Control::Presence(Presence { server_id, online }) = m {
-            if online {
-                view.insert(server_id);
-            } else {
-                view.remove(&server_id);
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_routers_servers_move_by_themselves_and_the_others_see_them_go_and_come_back() {
     let rs = Routers::start(3, 1).await;
@@ -72,7 +51,7 @@ async fn a_killed_routers_servers_move_by_themselves_and_the_others_see_them_go_
         .with_routers([doomed_addr.clone(), rs.router(0).addr().to_string()]);
     let (mover, mut events) = connect_with(cfg).await;
     assert_eq!(mover.router(), Some(doomed_addr.clone()));
-    view_becomes(&mut watcher, &["mover"]).await;
+    watcher.view_becomes(&["mover"]).await;
     let ack = watcher
         .send(&send(1, Target::Server("mover".into()), "before", data()))
         .await
@@ -113,7 +92,7 @@ async fn a_router_stopped_gracefully_hands_its_servers_over_without_a_presence_c
         rs.router(0).addr().to_string(),
     ]);
     let (mover, mut events) = connect_with(cfg).await;
-    view_becomes(&mut watcher, &["mover"]).await;
+    watcher.view_becomes(&["mover"]).await;
     rs.routers[1].stop().await;
     assert!(
         eventually(|| mover.router() == Some(rs.router(0).addr().to_string())).await,

@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -166,27 +165,6 @@ async fn presence_within(c: &mut RawClient, within: Duration) -> Vec<(String, bo
     out
 }
 
-/// Applies `c`'s welcome and then its presence messages until its view of
-/// who is connected is `want` (panics past the bound).
-async fn view_becomes(c: &mut RawClient, want: &[&str]) {
-    let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
-    let mut view: BTreeSet<String> = c.welcome.as_ref().unwrap().peers.iter().cloned().collect();
-    let deadline = tokio::time::Instant::now() + icom_tests::WAIT;
-    while view != want {
-        let m = tokio::time::timeout_at(deadline, c.next_control())
-            .await
-            .unwrap_or_else(|_| panic!("the view stayed {view:?}, not {want:?}"))
-            .unwrap();
-        if let Control::Presence(Presence { server_id, online }) = m {
-            if online {
-                view.insert(server_id);
-            } else {
-                view.remove(&server_id);
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn welcome_and_presence_cover_the_whole_cluster() {
     let rs = Routers::start(3, 2).await;
@@ -194,7 +172,7 @@ async fn welcome_and_presence_cover_the_whole_cluster() {
     // A newcomer on router 0 learns of the servers of both: from its
     // welcome, and the presence batch on its way (§3.2).
     let mut newcomer = rs.router(0).raw("a2").await;
-    view_becomes(&mut newcomer, &["a1", "b1", "b2"]).await;
+    newcomer.view_becomes(&["a1", "b1", "b2"]).await;
     // A server joining and leaving router 1 is announced on router 0.
     let mut b3 = rs.router(1).raw("b3").await;
     b3.finish_control();
@@ -271,7 +249,7 @@ async fn an_identity_connecting_to_another_router_replaces_the_old_connection() 
     let mut watcher = c.pop().unwrap();
     let old = c.pop().unwrap();
     let mut sender = sender;
-    view_becomes(&mut watcher, &["x", "sender"]).await;
+    watcher.view_becomes(&["x", "sender"]).await;
     // x connects to router 1: the connection on router 0 is replaced.
     let new = rs.router(1).raw("x").await;
     old.expect_closed(CloseCode::Replaced).await;
@@ -392,7 +370,7 @@ async fn an_identity_flapping_between_routers_moves_at_most_once_a_second() {
     let mut c = connect_all(&rs, &[("x", 0), ("watcher", 2)]).await;
     let mut watcher = c.pop().unwrap();
     let first = c.pop().unwrap();
-    view_becomes(&mut watcher, &["x"]).await;
+    watcher.view_becomes(&["x"]).await;
     // Back and forth at once: router 1, then router 0 again.
     let second = rs.router(1).raw("x").await;
     first.expect_closed(CloseCode::Replaced).await;
