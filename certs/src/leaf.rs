@@ -66,6 +66,41 @@ impl Ca {
         ips: &[IpAddr],
         days: u32,
     ) -> Result<Issued, CertError> {
+        self.issue_server(dns, ips, days, vec![ExtendedKeyUsagePurpose::ServerAuth])
+    }
+
+    /// As [`Ca::issue_router`], with EKU clientAuth as well as serverAuth:
+    /// for a NATS node, which presents the same certificate when it dials
+    /// the other nodes' routes (NATS always verifies a route's certificate
+    /// as a client certificate).
+    ///
+    /// # Errors
+    /// As [`Ca::issue_router`].
+    pub fn issue_node(
+        &self,
+        dns: &[String],
+        ips: &[IpAddr],
+        days: u32,
+    ) -> Result<Issued, CertError> {
+        self.issue_server(
+            dns,
+            ips,
+            days,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    /// A certificate with SANs `dns` and `ips` and the EKUs `ekus`.
+    fn issue_server(
+        &self,
+        dns: &[String],
+        ips: &[IpAddr],
+        days: u32,
+        ekus: Vec<ExtendedKeyUsagePurpose>,
+    ) -> Result<Issued, CertError> {
         if dns.is_empty() && ips.is_empty() {
             return Err(CertError::NoSubjectAltName);
         }
@@ -82,7 +117,7 @@ impl Ca {
         self.issue(LeafSpec {
             common_names: vec![cn.to_owned()],
             sans,
-            ekus: vec![ExtendedKeyUsagePurpose::ServerAuth],
+            ekus,
             not_before,
             not_after,
         })
@@ -205,6 +240,23 @@ mod tests {
             .issue_router(&[], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], 1)
             .unwrap();
         assert_eq!(ip_only.common_name, DEFAULT_ROUTER_CN);
+    }
+
+    #[test]
+    fn a_node_certificate_is_for_server_and_client() {
+        let ca = Ca::new("CA", 30).unwrap();
+        let leaf = ca.issue_node(&["nats-1".into()], &[], 825).unwrap();
+        let info = parse(&leaf.cert_der).unwrap();
+        assert_eq!(info.common_names, vec!["nats-1"]);
+        assert_eq!(
+            info.ekus,
+            Some(vec!["serverAuth".to_owned(), "clientAuth".to_owned()])
+        );
+        assert_eq!(info.sans, vec!["DNS:nats-1"]);
+        assert!(matches!(
+            ca.issue_node(&[], &[], 1),
+            Err(CertError::NoSubjectAltName)
+        ));
     }
 
     #[test]

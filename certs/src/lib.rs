@@ -34,6 +34,7 @@ mod index;
 mod inspect;
 mod leaf;
 mod load;
+mod node;
 mod serial;
 pub mod testing;
 

@@ -57,6 +57,11 @@ enum Command {
         /// Overwrite existing router.pem and router.key.
         #[arg(long)]
         force: bool,
+        /// Allow it as a TLS client certificate too (EKU clientAuth as well
+        /// as serverAuth): for a NATS node, which presents it when it dials
+        /// the other nodes' routes.
+        #[arg(long)]
+        client_auth: bool,
     },
     /// Issue a game server's client certificate: SERVER_ID.pem and SERVER_ID.key.
     Client {
@@ -115,10 +120,15 @@ fn run(cli: Cli) -> Result<()> {
             ip,
             days,
             force,
+            client_auth,
         } => {
-            let written = CertDir::open(dir)?
-                .issue_router(&dns, &ip, days, force)
-                .context("cannot issue the router certificate")?;
+            let mut certs = CertDir::open(dir)?;
+            let written = if client_auth {
+                certs.issue_node(&dns, &ip, days, force)
+            } else {
+                certs.issue_router(&dns, &ip, days, force)
+            }
+            .context("cannot issue the router certificate")?;
             print_written("router certificate", &written);
             println!(
                 "next: configure the router with {}, {}, {} and {};",

@@ -172,6 +172,21 @@ fn full_cycle_verifies_like_a_router_and_revocation_bites() {
 }
 
 #[test]
+fn client_auth_makes_a_certificate_for_both_ends_as_a_nats_node_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ok(dir, &["init"]);
+    ok(dir, &["router", "--dns", "nats-1", "--client-auth"]);
+    let ca = load_certs(&dir.join("ca.pem")).unwrap().remove(0);
+    let node = load_certs(&dir.join("router.pem")).unwrap().remove(0);
+    verify_router(&ca, &node, "nats-1").unwrap();
+    verify_client(&ca, &node, None).unwrap();
+    let entries = list_json(dir);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["kind"], "router");
+}
+
+#[test]
 fn revoke_by_serial_revokes_only_that_certificate() {
     let tmp = issued_dir();
     let dir = tmp.path();

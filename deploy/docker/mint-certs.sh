@@ -15,6 +15,22 @@
 #                     gets them and localhost (default icom-router)
 #   ROUTER_IP         IP addresses the game servers dial (default none)
 #   CLIENTS           server ids to issue client certificates for (default none)
+#
+# Cluster mode (compose.cluster.yaml), when ROUTERS is set: no router.pem in
+# the CA directory and no copy in ROUTER_CERTS_DIR itself; instead
+#   ROUTERS           router names (letters, digits, '-'). Each NAME gets a
+#                     QUIC certificate (NAME, ROUTER_DNS, localhost, ROUTER_IP)
+#                     and a NATS client certificate whose CN, icom-NAME, is its
+#                     NATS user; ROUTER_CERTS_DIR/NAME/ receives ca.pem,
+#                     crl.pem, router.pem, router.key, nats.pem, nats.key.
+#   NATS_NODES        NATS node names (letters, digits, '-'). Each NAME gets a
+#                     certificate for NAME and localhost that serves clients
+#                     and dials routes (icom-certs router --client-auth);
+#                     NATS_CERTS_DIR/NAME/ receives ca.pem, server.pem,
+#                     server.key.
+#   NATS_CERTS_DIR    where the nodes' copies go (default /etc/icom/nats)
+# The routers' and nodes' certificates are kept in the CA directory under
+# servers/ (NAME.pem, NAME.key), apart from the client certificates.
 set -eu
 
 ca_dir=${ICOM_CERTS_DIR:-/etc/icom/ca}
@@ -42,27 +58,133 @@ else
     icom-certs init
 fi
 
-# 2. The router's certificate: ROUTER_DNS, localhost and ROUTER_IP.
-dns_names=$( (words "${ROUTER_DNS-icom-router}"; echo localhost) | awk '!seen[$0]++')
-if [ -f "$ca_dir/router.pem" ] && [ -f "$ca_dir/router.key" ]; then
-    echo "kept     $ca_dir/router.pem (the router certificate exists)"
-    sans=$(icom-certs inspect "$ca_dir/router.pem" --json) || die "cannot inspect $ca_dir/router.pem"
-    for name in $dns_names; do
+# Warns when CERT does not name each of the DNS names that follow.
+check_names() {
+    cert=$1
+    shift
+    sans=$(icom-certs inspect "$cert" --json) || die "cannot inspect $cert"
+    for name in "$@"; do
         case $sans in
             *"\"DNS:$name\""*) ;;
-            *) echo "warning: $ca_dir/router.pem does not name $name; reissue it with" \
-                "icom-certs router --force --dns ... and run this again" >&2 ;;
+            *) echo "warning: $cert does not name $name; to reissue it, remove it" \
+                "and its key and run this again" >&2 ;;
         esac
     done
-else
-    set --
-    for name in $dns_names; do
-        set -- "$@" --dns "$name"
+}
+
+# Copies SRC to DST when DST is missing or differs (keys 0600, the rest
+# 0644); sets changed=1 when it does.
+sync_file() {
+    src=$1
+    dst=$2
+    [ -f "$src" ] || die "$src is missing"
+    if [ -f "$dst" ] && cmp -s "$src" "$dst"; then
+        echo "same     $dst"
+        return 0
+    fi
+    case $dst in
+        *.key) mode=0600 ;;
+        *) mode=0644 ;;
+    esac
+    cp "$src" "$dst.tmp"
+    chmod "$mode" "$dst.tmp"
+    mv -f "$dst.tmp" "$dst"
+    echo "copied   $dst"
+    changed=1
+}
+
+# Checks that each word of a list is a usable name.
+check_list() {
+    what=$1
+    for name in $2; do
+        case $name in
+            '' | -* | *[!A-Za-z0-9-]*) die "$what: '$name' must be letters, digits and '-'" ;;
+        esac
     done
-    for ip in $(words "${ROUTER_IP:-}"); do
-        set -- "$@" --ip "$ip"
+}
+
+# Issues servers/NAME.pem and servers/NAME.key (icom-certs router with the
+# remaining arguments) unless they exist. icom-certs writes router.pem and
+# router.key, so a router.pem already there is set aside and put back.
+issue_server() {
+    name=$1
+    shift
+    cert=$ca_dir/servers/$name.pem
+    key=$ca_dir/servers/$name.key
+    if [ -f "$cert" ] && [ -f "$key" ]; then
+        echo "kept     $cert (the certificate of $name exists)"
+        return 0
+    fi
+    mkdir -p "$ca_dir/servers"
+    for f in router.pem router.key; do
+        if [ -e "$ca_dir/$f" ]; then mv -f "$ca_dir/$f" "$ca_dir/$f.aside"; fi
     done
     icom-certs router "$@"
+    mv -f "$ca_dir/router.key" "$key"
+    mv -f "$ca_dir/router.pem" "$cert"
+    for f in router.pem router.key; do
+        if [ -e "$ca_dir/$f.aside" ]; then mv -f "$ca_dir/$f.aside" "$ca_dir/$f"; fi
+    done
+}
+
+dns_names=$( (words "${ROUTER_DNS-icom-router}"; echo localhost) | awk '!seen[$0]++')
+routers=$(words "${ROUTERS:-}")
+nodes=$(words "${NATS_NODES:-}")
+changed=0
+
+if [ -z "$routers" ]; then
+    # 2. The router's certificate: ROUTER_DNS, localhost and ROUTER_IP.
+    if [ -f "$ca_dir/router.pem" ] && [ -f "$ca_dir/router.key" ]; then
+        echo "kept     $ca_dir/router.pem (the router certificate exists)"
+        # shellcheck disable=SC2086 # one name per word
+        check_names "$ca_dir/router.pem" $dns_names
+    else
+        set --
+        for name in $dns_names; do
+            set -- "$@" --dns "$name"
+        done
+        for ip in $(words "${ROUTER_IP:-}"); do
+            set -- "$@" --ip "$ip"
+        done
+        icom-certs router "$@"
+    fi
+else
+    # 2. Cluster mode: each router's QUIC certificate and NATS client
+    #    certificate, each NATS node's certificate.
+    check_list ROUTERS "$routers"
+    check_list NATS_NODES "$nodes"
+    [ -n "$nodes" ] || die "ROUTERS is set but NATS_NODES is empty: the routers need NATS"
+    shared=$(words "${ROUTER_DNS:-}")
+    for router in $routers; do
+        names=$( (echo "$router"; printf '%s\n' "$shared"; echo localhost) | sed '/^$/d' | awk '!seen[$0]++')
+        if [ -f "$ca_dir/servers/$router.pem" ]; then
+            # shellcheck disable=SC2086 # one name per word
+            check_names "$ca_dir/servers/$router.pem" $names
+        fi
+        set --
+        for name in $names; do
+            set -- "$@" --dns "$name"
+        done
+        for ip in $(words "${ROUTER_IP:-}"); do
+            set -- "$@" --ip "$ip"
+        done
+        issue_server "$router" "$@"
+        user=icom-$router
+        if [ -f "$ca_dir/$user.pem" ]; then
+            echo "kept     $ca_dir/$user.pem (the NATS client certificate of $router exists)"
+        else
+            icom-certs client "$user"
+        fi
+    done
+    for node in $nodes; do
+        issue_server "$node" --client-auth --dns "$node" --dns localhost
+    done
+    # A game server must never hold a router's NATS identity.
+    for id in $(words "${CLIENTS:-}"); do
+        for router in $routers; do
+            [ "$id" != "icom-$router" ] || die "CLIENTS: $id is the NATS user of router $router"
+        done
+    done
 fi
 
 # 3. One client certificate per server id in CLIENTS.
@@ -74,30 +196,38 @@ for id in $(words "${CLIENTS:-}"); do
     fi
 done
 
-# 4. The router's copy, replaced only where it differs.
-changed=0
-for file in ca.pem crl.pem router.pem router.key; do
-    src=$ca_dir/$file
-    dst=$out_dir/$file
-    [ -f "$src" ] || die "$src is missing"
-    if [ -f "$dst" ] && cmp -s "$src" "$dst"; then
-        echo "same     $dst"
-        continue
-    fi
-    case $file in
-        *.key) mode=0600 ;;
-        *) mode=0644 ;;
-    esac
-    cp "$src" "$dst.tmp"
-    chmod "$mode" "$dst.tmp"
-    mv -f "$dst.tmp" "$dst"
-    echo "copied   $dst"
-    changed=1
-done
+# 4. Each service's copy, replaced only where it differs.
+if [ -z "$routers" ]; then
+    for file in ca.pem crl.pem router.pem router.key; do
+        sync_file "$ca_dir/$file" "$out_dir/$file"
+    done
+    services=router
+else
+    nats_dir=${NATS_CERTS_DIR:-/etc/icom/nats}
+    for router in $routers; do
+        dir=$out_dir/$router
+        mkdir -p "$dir" || die "cannot create $dir"
+        sync_file "$ca_dir/ca.pem" "$dir/ca.pem"
+        sync_file "$ca_dir/crl.pem" "$dir/crl.pem"
+        sync_file "$ca_dir/servers/$router.pem" "$dir/router.pem"
+        sync_file "$ca_dir/servers/$router.key" "$dir/router.key"
+        sync_file "$ca_dir/icom-$router.pem" "$dir/nats.pem"
+        sync_file "$ca_dir/icom-$router.key" "$dir/nats.key"
+    done
+    for node in $nodes; do
+        dir=$nats_dir/$node
+        mkdir -p "$dir" || die "cannot create $dir"
+        sync_file "$ca_dir/ca.pem" "$dir/ca.pem"
+        sync_file "$ca_dir/servers/$node.pem" "$dir/server.pem"
+        sync_file "$ca_dir/servers/$node.key" "$dir/server.key"
+    done
+    services=$(printf '%s\n' "$routers" "$nodes" | tr '\n' ' ')
+    services=${services% }
+fi
 
 if [ "$changed" = 1 ]; then
-    echo "the router's files changed: a running router picks them up on SIGHUP" \
-        "(docker compose kill -s SIGHUP router)"
+    echo "the files changed: running services pick them up on SIGHUP" \
+        "(docker compose kill -s SIGHUP $services)"
 fi
 echo "client certificates are in $ca_dir: give each game server its SERVER_ID.pem," \
     "SERVER_ID.key and ca.pem"

@@ -1,7 +1,9 @@
 //! The deployment files, run as written against the real binaries: the
 //! Dockerfile's ENTRYPOINT + CMD, ENV, HEALTHCHECK and STOPSIGNAL; the compose
 //! `certs` service's script (deploy/docker/mint-certs.sh), twice; the systemd
-//! unit's ExecStart, ExecReload and KillSignal.
+//! unit's ExecStart, ExecReload and KillSignal; compose.cluster.yaml's
+//! services (certs, three NATS nodes with deploy/nats/, two routers with
+//! their cluster environment), routing events between the routers.
 //!
 //! Nothing here can run Docker or systemd, so the test plays the image: its
 //! /etc/icom and /var/lib/icom live in a temp dir, its /usr/local/bin is the
@@ -11,7 +13,9 @@
 //! the shipped config are the moved paths and free ports instead of 9090
 //! (QUIC) and 9091 (metrics), so tests can run side by side.
 //! scripts/test.d/20-deploy lints the same files (hadolint, shellcheck,
-//! systemd-analyze) and checks that compose.yaml runs what this test runs.
+//! systemd-analyze) and checks that compose.yaml runs what this test runs;
+//! this test reads compose.cluster.yaml itself (PyYAML from .venv-tools)
+//! and needs the tools venv's nats-server (scripts/tools-venv).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -303,14 +307,24 @@ struct Image {
     df: Dockerfile,
     root: tempfile::TempDir,
     bin: PathBuf,
+    /// A compose service's volumes: container path → the folder here that
+    /// stands for the volume (or its subpath), longest path first.
+    mounts: Vec<(String, PathBuf)>,
 }
 
 impl Image {
     fn new() -> Image {
+        Image::with_mounts(Vec::new())
+    }
+
+    /// A container of the image with `mounts` over its folders.
+    fn with_mounts(mut mounts: Vec<(String, PathBuf)>) -> Image {
+        mounts.sort_by_key(|(target, _)| std::cmp::Reverse(target.len()));
         let image = Image {
             df: Dockerfile::load(),
             root: tempfile::tempdir().unwrap(),
             bin: bin_dir(),
+            mounts,
         };
         for dir in IMAGE_DIRS
             .into_iter()
@@ -323,6 +337,13 @@ impl Image {
 
     /// Where an image path is on this machine.
     fn host(&self, path: &str) -> PathBuf {
+        for (target, dir) in &self.mounts {
+            if let Some(rest) = path.strip_prefix(target.as_str()) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    return dir.join(rest.trim_start_matches('/'));
+                }
+            }
+        }
         let moved = IMAGE_DIRS
             .iter()
             .any(|d| path == *d || path.starts_with(&format!("{d}/")));
@@ -330,11 +351,14 @@ impl Image {
         self.root.path().join(path.trim_start_matches('/'))
     }
 
-    /// `s` with every image folder replaced by where it is here.
+    /// `s` with every mount and image folder replaced by where it is here.
     fn moved(&self, s: &str) -> String {
-        IMAGE_DIRS.iter().fold(s.to_owned(), |s, d| {
-            s.replace(d, self.host(d).to_str().unwrap())
-        })
+        let s = self.mounts.iter().fold(s.to_owned(), |s, (target, dir)| {
+            s.replace(target.as_str(), dir.to_str().unwrap())
+        });
+        IMAGE_DIRS
+            .iter()
+            .fold(s, |s, d| s.replace(d, self.host(d).to_str().unwrap()))
     }
 
     /// The file a program name or image path runs, as the image's PATH finds it.
@@ -937,4 +961,524 @@ async fn the_systemd_unit_starts_reloads_and_stops_the_router() {
     client.expect_closed(CloseCode::Shutdown).await;
     let status = router.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
+}
+
+// ------------------------------------------------------- compose.cluster.yaml
+
+/// The cluster deployment: its compose file, and the NATS configs its nodes
+/// mount (a folder, bind-mounted).
+const CLUSTER_COMPOSE: &str = "compose.cluster.yaml";
+
+/// A compose file as JSON: PyYAML from the tools venv (scripts/tools-venv)
+/// reads the YAML, merge keys and all; then every `${VAR:-default}`,
+/// `${VAR-default}` and `${VAR}` takes its value from `vars`, else its
+/// default, else "", as `docker compose` does with an empty environment.
+fn compose_file(rel: &str, vars: &[(&str, &str)]) -> serde_json::Value {
+    let python = repo().join(".venv-tools/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/tools-venv (PyYAML reads the compose file)",
+        python.display()
+    );
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)",
+        ])
+        .arg(repo().join(rel))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "reading {rel}: {}", text(&out.stderr));
+    let mut doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    interpolate(&mut doc, vars);
+    doc
+}
+
+fn interpolate(v: &mut serde_json::Value, vars: &[(&str, &str)]) {
+    match v {
+        serde_json::Value::String(s) => {
+            while let Some(start) = s.find("${") {
+                let end = start + s[start..].find('}').expect("a closing brace");
+                let inner = &s[start + 2..end];
+                let (name, default) = match inner.split_once(":-") {
+                    Some((n, d)) => (n, d),
+                    None => inner.split_once('-').unwrap_or((inner, "")),
+                };
+                let value = vars
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map_or(default, |(_, v)| v)
+                    .to_owned();
+                s.replace_range(start..=end, &value);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|v| interpolate(v, vars)),
+        serde_json::Value::Object(o) => o.values_mut().for_each(|v| interpolate(v, vars)),
+        _ => {}
+    }
+}
+
+/// A service's `environment:` (a mapping or a list of K=V).
+fn service_env(svc: &serde_json::Value) -> Vec<(String, String)> {
+    match &svc["environment"] {
+        serde_json::Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().map_or(v.to_string(), str::to_owned)))
+            .collect(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.as_str().unwrap().split_once('=').unwrap();
+                (k.to_owned(), v.to_owned())
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn str_list(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A service's `volumes:` as container path → folder here: a named volume
+/// is `volumes/NAME` (with its subpath), a bind mount is the repository's
+/// folder.
+fn service_mounts(svc: &serde_json::Value, volumes: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for m in svc["volumes"].as_array().into_iter().flatten() {
+        let (kind, source, target, subpath) = match m {
+            serde_json::Value::String(short) => {
+                let parts: Vec<&str> = short.split(':').collect();
+                let kind = if parts[0].starts_with('.') || parts[0].starts_with('/') {
+                    "bind"
+                } else {
+                    "volume"
+                };
+                (kind, parts[0], parts[1], None)
+            }
+            long => (
+                long["type"].as_str().unwrap(),
+                long["source"].as_str().unwrap(),
+                long["target"].as_str().unwrap(),
+                long["volume"]["subpath"].as_str(),
+            ),
+        };
+        let dir = match kind {
+            "bind" => repo().join(source.trim_start_matches("./")),
+            "volume" => {
+                let dir = volumes.join(source);
+                let dir = subpath.map_or(dir.clone(), |p| dir.join(p));
+                std::fs::create_dir_all(&dir).unwrap();
+                dir
+            }
+            other => panic!("a volume of type {other}"),
+        };
+        out.push((target.to_owned(), dir));
+    }
+    out
+}
+
+/// One NATS node of the compose file, run as a process here: its configs
+/// copied with their ports and certificate folder moved.
+struct NatsNode {
+    name: String,
+    client: u16,
+    cluster: u16,
+    http: u16,
+    config: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Drop for NatsNode {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// GET `path` over HTTP/1.0 (the body comes unchunked), blocking.
+fn http10(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// Waits, at most [`icom_tests::NATS_WAIT`], until `done` holds; panics
+/// with `what` otherwise.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + icom_tests::NATS_WAIT;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `send` whose whole encoding is exactly `size` bytes: a bin32 payload.
+fn send_of_size(id: u64, to: &str, size: usize) -> icom_protocol::Send {
+    let with = |n: usize| {
+        let mut data = vec![0xc6];
+        data.extend_from_slice(&u32::try_from(n).unwrap().to_be_bytes());
+        data.resize(5 + n, 0x5a);
+        icom_tests::send(
+            id,
+            icom_protocol::Target::Server(to.into()),
+            "big",
+            bytes::Bytes::from(data),
+        )
+    };
+    let probe = with(size - 1024).encode().len();
+    let s = with(size - 1024 + (size - probe));
+    assert_eq!(s.encode().len(), size);
+    s
+}
+
+/// Sends `make(id)` for ids from `first` until the ack is ok: a recipient
+/// on another router is `not_found` until this router has heard of it.
+/// Panics on any other failure, or after [`icom_tests::NATS_WAIT`].
+async fn send_when_known(
+    c: &mut RawClient,
+    first: u64,
+    make: impl Fn(u64) -> icom_protocol::Send,
+) -> (u64, icom_protocol::Ack) {
+    let deadline = std::time::Instant::now() + icom_tests::NATS_WAIT;
+    for id in first.. {
+        let ack = c.send(&make(id)).await.unwrap();
+        if ack.ok {
+            return (id, ack);
+        }
+        let code = ack.error.as_ref().map(|e| e.code);
+        assert_eq!(code, Some(icom_protocol::AckCode::NotFound), "{ack:?}");
+        assert!(std::time::Instant::now() < deadline, "{ack:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_compose_file_runs_two_routers_over_three_nats_nodes() {
+    let doc = compose_file(CLUSTER_COMPOSE, &[("CLIENTS", "server_1 server_2")]);
+    assert_eq!(doc["name"], "icom-cluster");
+    let services = doc["services"].as_object().unwrap();
+    let volumes = tempfile::tempdir().unwrap();
+
+    // 1. The certs service, twice: the second run changes nothing.
+    let certs_svc = &services["certs"];
+    let certs = Image::with_mounts(service_mounts(certs_svc, volumes.path()));
+    let env = service_env(certs_svc);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let entrypoint = str_list(&certs_svc["entrypoint"]);
+    for round in 0..2 {
+        let out = certs.command(&entrypoint, &env).output().unwrap();
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{said}");
+        assert_eq!(said.contains("copied"), round == 0, "{said}");
+    }
+    let ca_dir = certs.host("/etc/icom/ca");
+
+    // 2. The NATS nodes: each node's command, its configs (a copy with its
+    //    ports moved, its certificates where its volume is, the other
+    //    nodes' names resolving to localhost), checked with -t, then run.
+    let mut nodes: Vec<NatsNode> = services
+        .iter()
+        .filter(|(_, s)| s["image"].as_str().is_some_and(|i| i.starts_with("nats:")))
+        .map(|(name, svc)| {
+            let dir = tempfile::tempdir().unwrap();
+            NatsNode {
+                name: name.clone(),
+                client: free_tcp_port(),
+                cluster: free_tcp_port(),
+                http: free_tcp_port(),
+                config: PathBuf::new(),
+                log: dir.path().join("nats.log"),
+                _dir: dir,
+                child: None,
+            }
+            .with_config(svc, volumes.path())
+        })
+        .collect();
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["nats-1", "nats-2", "nats-3"]);
+    let routes: Vec<(String, u16)> = nodes.iter().map(|n| (n.name.clone(), n.cluster)).collect();
+    let bin = icom_tests::nats_server_bin();
+    for node in &mut nodes {
+        node.resolve(&routes);
+        let out = Command::new(&bin)
+            .arg("-c")
+            .arg(&node.config)
+            .arg("-t")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nats-server -t {}: {}{}",
+            node.name,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let log = std::fs::File::create(&node.log).unwrap();
+        node.child = Some(
+            Command::new(&bin)
+                .arg("-c")
+                .arg(&node.config)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    // Healthy (the compose healthcheck's URL), and routed to the others.
+    let health_path = str_list(&services["nats-1"]["healthcheck"]["test"])
+        .iter()
+        .find_map(|a| a.strip_prefix("http://127.0.0.1:8222").map(str::to_owned))
+        .expect("the NATS healthcheck asks http://127.0.0.1:8222/...");
+    for node in &nodes {
+        let http = SocketAddr::from(([127, 0, 0, 1], node.http));
+        let others: BTreeMap<String, ()> = nodes
+            .iter()
+            .filter(|n| n.name != node.name)
+            .map(|n| (n.name.clone(), ()))
+            .collect();
+        let logs = || std::fs::read_to_string(&node.log).unwrap_or_default();
+        wait_until(
+            &format!("{} is not healthy:\n{}", node.name, logs()),
+            || http10(http, &health_path).is_some_and(|(s, _)| s == 200),
+        );
+        wait_until(
+            &format!("{} has no route to every other node", node.name),
+            || {
+                let Some((200, body)) = http10(http, "/routez") else {
+                    return false;
+                };
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let peers: BTreeMap<String, ()> = v["routes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["remote_name"].as_str().map(|n| (n.to_owned(), ())))
+                    .collect();
+                peers == others
+            },
+        );
+    }
+
+    // 3. The routers: the image's config, the service's volumes and its
+    //    environment (the cluster section), nats-N resolving to localhost.
+    let nats_dns = |s: &str| {
+        nodes.iter().fold(s.to_owned(), |s, n| {
+            s.replace(
+                &format!("{}:4222", n.name),
+                &format!("localhost:{}", n.client),
+            )
+        })
+    };
+    let mut routers = Vec::new();
+    for name in ["router-a", "router-b"] {
+        let svc = &services[name];
+        assert_eq!(
+            svc["image"], certs_svc["image"],
+            "{name}: the image of certs"
+        );
+        let image = Image::with_mounts(service_mounts(svc, volumes.path()));
+        let ports = Ports::free();
+        image.install_config(ports);
+        let env: Vec<(String, String)> = service_env(svc)
+            .into_iter()
+            .map(|(k, v)| (k, nats_dns(&v)))
+            .collect();
+        assert!(
+            env.iter()
+                .any(|(k, v)| k == "ICOM_CLUSTER__NAME" && v == name),
+            "{name}: ICOM_CLUSTER__NAME"
+        );
+        let env_ref: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+
+        // --check-config loads the cluster section from the environment
+        // and reads its files; without the NATS key it fails.
+        let config = image.df.config_path().to_owned();
+        let check = |extra: &[(&str, &str)]| {
+            let mut e = env_ref.clone();
+            e.extend_from_slice(extra);
+            let argv = [
+                image.df.entrypoint.clone(),
+                vec!["--check-config".to_owned(), config.clone()],
+            ]
+            .concat();
+            image.command(&argv, &e).output().unwrap()
+        };
+        let out = check(&[]);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let out = check(&[("ICOM_CLUSTER__KEY", "/etc/icom/certs/missing.key")]);
+        assert!(!out.status.success(), "{name}: the cluster key is not read");
+        assert!(
+            text(&out.stderr).contains("NATS TLS file"),
+            "{}",
+            text(&out.stderr)
+        );
+
+        let mut router = RouterProcess::spawn(&mut image.router_command(&env_ref));
+        router.wait_log("cluster: connected to NATS");
+        routers.push((name, image, ports, router, env));
+    }
+
+    // 4. A game server on each router; events cross over NATS, the largest
+    //    the router takes too (NATS's max_payload leaves room for it).
+    let client = |i: usize, id: &str| {
+        let (_, image, ports, _, _) = &routers[i];
+        let crypto = client_crypto(
+            &image.host("/etc/icom/certs/ca.pem"),
+            &ca_dir.join(format!("{id}.pem")),
+            &ca_dir.join(format!("{id}.key")),
+        );
+        RawClient::connect_with(ports.addr(), crypto)
+    };
+    let mut s1 = client(0, "server_1").await.unwrap();
+    assert_eq!(s1.hello().await.unwrap().server_id, "server_1");
+    let mut s2 = client(1, "server_2").await.unwrap();
+    assert_eq!(s2.hello().await.unwrap().server_id, "server_2");
+    let payload = bytes::Bytes::from(rmp_serde::to_vec("across").unwrap());
+    let to = icom_protocol::Target::Server("server_2".into());
+    let (id, ack) = send_when_known(&mut s1, 1, |id| {
+        icom_tests::send(id, to.clone(), "hello", payload.clone())
+    })
+    .await;
+    assert_eq!(ack.delivered, 1);
+    let d = s2.deliver().await.unwrap();
+    assert_eq!(
+        (d.from.as_str(), d.id, d.event.as_str()),
+        ("server_1", id, "hello")
+    );
+    assert_eq!(d.data, payload);
+    let max = ConfigFile::default().limits.max_event_bytes as usize;
+    let (_, ack) = send_when_known(&mut s2, 1, |id| send_of_size(id, "server_1", max)).await;
+    assert_eq!(ack.delivered, 1, "a {max}-byte event: {ack:?}");
+    let big = send_of_size(0, "server_1", max);
+    assert_eq!(s1.deliver().await.unwrap().data, big.data);
+
+    // 5. A game server's certificate is no NATS user: a router that
+    //    presents one is refused (NATS maps it to CN=server_1, not in the
+    //    users), and the node logs it.
+    let mounts = service_mounts(&services["router-a"], volumes.path());
+    let intruder = Image::with_mounts(
+        mounts
+            .into_iter()
+            .filter(|(target, _)| target == "/etc/icom/certs")
+            .collect(),
+    );
+    intruder.install_config(Ports::free());
+    let mut env: Vec<(String, String)> = routers[0].4.clone();
+    env.retain(|(k, _)| {
+        ![
+            "ICOM_CLUSTER__NAME",
+            "ICOM_CLUSTER__CERT",
+            "ICOM_CLUSTER__KEY",
+        ]
+        .contains(&k.as_str())
+    });
+    for (k, v) in [
+        ("ICOM_CLUSTER__NAME", "intruder".to_owned()),
+        (
+            "ICOM_CLUSTER__CERT",
+            ca_dir.join("server_1.pem").display().to_string(),
+        ),
+        (
+            "ICOM_CLUSTER__KEY",
+            ca_dir.join("server_1.key").display().to_string(),
+        ),
+        ("ICOM_CLUSTER__CONNECT_TIMEOUT_MS", "500".to_owned()),
+    ] {
+        env.push((k.to_owned(), v));
+    }
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut refused = RouterProcess::spawn(&mut intruder.router_command(&env_ref));
+    refused.wait_log("authorization violation");
+    wait_until("no NATS node logged an authentication error", || {
+        nodes.iter().any(|n| {
+            std::fs::read_to_string(&n.log)
+                .unwrap_or_default()
+                .contains("authentication error")
+        })
+    });
+    // It serves its own servers meanwhile (and takes SIGTERM once it does).
+    refused.wait_log("listening");
+    refused.signal("SIGTERM");
+    assert!(refused.wait_exit(Duration::from_secs(10)).success());
+
+    // 6. docker compose stop: SIGTERM, exit 0.
+    for (name, image, _, mut router, _) in routers {
+        router.signal(image.df.stopsignal.as_deref().unwrap());
+        let status = router.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "{name}: {status:?}");
+    }
+}
+
+impl NatsNode {
+    /// Copies the configs the service mounts into this node's folder,
+    /// moving its ports and its certificates' folder; names the config of
+    /// the service's command.
+    fn with_config(mut self, svc: &serde_json::Value, volumes: &Path) -> NatsNode {
+        let mounts = service_mounts(svc, volumes);
+        let command = str_list(&svc["command"]);
+        assert_eq!(command[0], "nats-server", "{}: {command:?}", self.name);
+        let config = flag_value(&command, "--config").expect("--config FILE");
+        let (conf_target, conf_src) = mounts
+            .iter()
+            .find(|(t, _)| config.starts_with(&format!("{t}/")))
+            .expect("the config's folder is mounted");
+        let conf_dir = self._dir.path().join("conf");
+        std::fs::create_dir_all(&conf_dir).unwrap();
+        for entry in std::fs::read_dir(conf_src).unwrap() {
+            let path = entry.unwrap().path();
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            for (target, dir) in &mounts {
+                if target != conf_target {
+                    text = text.replace(target.as_str(), dir.to_str().unwrap());
+                }
+            }
+            for (from, to) in [
+                ("\"0.0.0.0:4222\"", format!("\"127.0.0.1:{}\"", self.client)),
+                (
+                    "\"0.0.0.0:6222\"",
+                    format!("\"127.0.0.1:{}\"", self.cluster),
+                ),
+                ("\"127.0.0.1:8222\"", format!("\"127.0.0.1:{}\"", self.http)),
+            ] {
+                if path.file_name().unwrap() == "cluster.conf" {
+                    assert!(text.contains(from), "the test moves {from} in cluster.conf");
+                }
+                text = text.replace(from, &to);
+            }
+            std::fs::write(conf_dir.join(path.file_name().unwrap()), text).unwrap();
+        }
+        self.config = conf_dir.join(config.strip_prefix(&format!("{conf_target}/")).unwrap());
+        assert!(self.config.is_file(), "{}: no {config}", self.name);
+        self
+    }
+
+    /// The routes: every node's name resolves to localhost, at its moved
+    /// cluster port.
+    fn resolve(&self, routes: &[(String, u16)]) {
+        let dir = self.config.parent().unwrap();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            for (name, port) in routes {
+                text = text.replace(&format!("{name}:6222"), &format!("localhost:{port}"));
+            }
+            std::fs::write(&path, text).unwrap();
+        }
+    }
 }
