@@ -83,6 +83,7 @@ impl Nats {
     /// [`ClusterError`] for bad URLs or unreadable TLS files.
     pub(crate) async fn connect(
         cfg: Cluster,
+        max_event_bytes: usize,
         table: Arc<Table>,
         metrics: ClusterMetrics,
     ) -> Result<Arc<Nats>, ClusterError> {
@@ -90,7 +91,7 @@ impl Nats {
             client,
             up,
             beat_now,
-        } = link::connect(&cfg, metrics.link_up.clone()).await?;
+        } = link::connect(&cfg, max_event_bytes, metrics.link_up.clone()).await?;
         let epoch = now_ms();
         let (changes, changes_rx) = mpsc::channel(CHANGES_QUEUE);
         let forwarder = forward::Forwarder::new(

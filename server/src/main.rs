@@ -72,10 +72,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         let config = load(Some(path), &flags)?;
         icom_server::tls::load(&config).context("checking the TLS files")?;
         if let Some(tls) = config.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
-            for p in [&tls.ca, &tls.cert, &tls.key] {
-                std::fs::read(p)
-                    .with_context(|| format!("reading the NATS TLS file {}", p.display()))?;
-            }
+            icom_server::tls::check_nats_files(tls).context("checking the NATS TLS files")?;
         }
         println!("{}: ok", path.display());
         return Ok(());
@@ -99,7 +96,15 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         load(flags.config.as_deref(), &flags)?
     };
     install_tracing(config.log_format);
-    let server = Server::bind(config).await?;
+    // Binding waits for NATS in cluster mode (cluster.connect_timeout_ms):
+    // a stop asked for meanwhile ends the process cleanly.
+    let server = tokio::select! {
+        s = Server::bind(config) => s?,
+        () = stop_requested() => {
+            info!("stopped before listening");
+            return Ok(());
+        }
+    };
     let addr = server.local_addr();
     if flags.dev && flags.config.is_none() {
         println!("{}", dev::instructions(&dev_dir, addr));
@@ -157,6 +162,32 @@ fn install_tracing(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C elsewhere).
+#[cfg(unix)]
+async fn stop_requested() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Waits for Ctrl-C.
+#[cfg(not(unix))]
+async fn stop_requested() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

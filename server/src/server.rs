@@ -134,9 +134,14 @@ impl Server {
         let metrics_set = Metrics::new();
         let space: Arc<dyn Space> = match &config.cluster {
             None => Arc::new(Alone),
-            Some(c) => Nats::connect(c.clone(), table.clone(), metrics_set.cluster.clone())
-                .await
-                .map_err(|e| ServerError::Cluster(e.to_string()))?,
+            Some(c) => Nats::connect(
+                c.clone(),
+                config.limits.max_event_bytes,
+                table.clone(),
+                metrics_set.cluster.clone(),
+            )
+            .await
+            .map_err(|e| ServerError::Cluster(e.to_string()))?,
         };
         let shared = Arc::new(Shared::new(
             config,

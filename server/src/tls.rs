@@ -110,6 +110,42 @@ pub fn load(config: &Config) -> Result<TlsMaterial, TlsError> {
     })
 }
 
+/// Checks the router's TLS client identity towards NATS (`[cluster]`):
+/// the CA holds a certificate, and the chain and key load and belong
+/// together.
+///
+/// # Errors
+/// [`TlsError`] naming the file at fault.
+pub fn check_nats_files(tls: &crate::config::NatsTls) -> Result<(), TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca_path = tls.ca.display().to_string();
+    let cas = icom_certs::load_certs(&tls.ca)?;
+    if cas.is_empty() {
+        return Err(TlsError::NoCa(ca_path));
+    }
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots
+            .add(ca)
+            .map_err(|e| TlsError::Rustls(format!("{ca_path}: {e}")))?;
+    }
+    let chain = icom_certs::load_certs(&tls.cert)?;
+    let key = icom_certs::load_key(&tls.key)?;
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| {
+            TlsError::Rustls(format!(
+                "{} / {}: {e}",
+                tls.cert.display(),
+                tls.key.display()
+            ))
+        })?;
+    Ok(())
+}
+
 fn display_opt(p: &Option<std::path::PathBuf>) -> String {
     p.as_ref()
         .map(|p| p.display().to_string())

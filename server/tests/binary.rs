@@ -201,3 +201,50 @@ fn a_corrupt_store_is_a_clear_error_and_exit() {
         vec![0x5a; 4096]
     );
 }
+
+#[test]
+fn sigterm_while_waiting_for_nats_at_start_exits_zero() {
+    // No NATS at this address: the router waits for it (up to
+    // connect_timeout_ms) before it listens; a stop meanwhile is clean.
+    let nats_port = icom_tests::free_tcp_port();
+    let files = RouterFiles::new(&format!(
+        "[cluster]\nurls = [\"tls://127.0.0.1:{nats_port}\"]\nname = \"r1\"\n\
+         ca = \"ca.pem\"\ncert = \"router.pem\"\nkey = \"router.key\"\nconnect_timeout_ms = 60000\n"
+    ));
+    let mut router = RouterProcess::spawn(&mut files.command(BIN));
+    router.wait_log("connecting to NATS");
+    std::thread::sleep(Duration::from_millis(200));
+    router.signal("TERM");
+    let status = router.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn check_config_checks_the_nats_tls_files() {
+    let files = RouterFiles::new(
+        "[cluster]\nurls = [\"tls://127.0.0.1:4222\"]\nname = \"r1\"\n\
+         ca = \"ca.pem\"\ncert = \"nats.pem\"\nkey = \"nats.key\"\n",
+    );
+    let (mine, other) = (files.pki().client("r1"), files.pki().client("someone"));
+    std::fs::write(files.dir().join("nats.pem"), &mine.cert_pem).unwrap();
+    std::fs::write(files.dir().join("nats.key"), &mine.key_pem).unwrap();
+    let check = || {
+        Command::new(BIN)
+            .arg("--check-config")
+            .arg(files.config())
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A key that is not the certificate's.
+    std::fs::write(files.dir().join("nats.key"), &other.key_pem).unwrap();
+    let out = check();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NATS TLS"), "{err}");
+}

@@ -27,7 +27,15 @@ pub(super) struct Link {
 ///
 /// # Errors
 /// [`ClusterError`] for bad URLs or unreadable TLS files.
-pub(super) async fn connect(cfg: &Cluster, gauge: Gauge) -> Result<Link, ClusterError> {
+/// Room for the recipients and headers beside the largest event, in a
+/// NATS message.
+const EVENT_HEADROOM: usize = 64 << 10;
+
+pub(super) async fn connect(
+    cfg: &Cluster,
+    max_event_bytes: usize,
+    gauge: Gauge,
+) -> Result<Link, ClusterError> {
     let addrs = cfg
         .urls
         .iter()
@@ -69,10 +77,7 @@ pub(super) async fn connect(cfg: &Cluster, gauge: Gauge) -> Result<Link, Cluster
             }
         });
     if let Some(tls) = &cfg.tls {
-        for p in [&tls.ca, &tls.cert, &tls.key] {
-            std::fs::metadata(p)
-                .map_err(|e| ClusterError(format!("reading {}: {e}", p.display())))?;
-        }
+        crate::tls::check_nats_files(tls).map_err(|e| ClusterError(format!("NATS TLS: {e}")))?;
         options = options
             .require_tls(true)
             .add_root_certificates(tls.ca.clone())
@@ -82,12 +87,27 @@ pub(super) async fn connect(cfg: &Cluster, gauge: Gauge) -> Result<Link, Cluster
         .connect(addrs)
         .await
         .map_err(|e| ClusterError(format!("connecting to NATS: {e}")))?;
+    info!(urls = ?cfg.urls, "cluster: connecting to NATS");
     let started = Instant::now();
     while !up.load(Ordering::Acquire) && started.elapsed() < cfg.connect_timeout {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if !up.load(Ordering::Acquire) {
         warn!(urls = ?cfg.urls, "cluster: NATS not reachable yet; serving this router's servers and retrying");
+    } else {
+        // The largest event, its recipients and the batch header must fit
+        // in one NATS message.
+        let max_payload = client.server_info().max_payload;
+        let needed = max_event_bytes + EVENT_HEADROOM;
+        if max_payload < needed {
+            warn!(
+                max_payload,
+                max_event_bytes,
+                "cluster: NATS's max_payload is below limits.max_event_bytes + {EVENT_HEADROOM}: \
+                 the largest events cannot cross to other routers (set max_payload in NATS's \
+                 configuration, e.g. 2MB)"
+            );
+        }
     }
     Ok(Link {
         client,
