@@ -250,9 +250,19 @@ def cluster():
           and env.get("NATS_CERTS_DIR") == env.get("ROUTER_CERTS_DIR"),
           "certs: the CA in volume ca, every service's copy in volume certs",
           f"{name}: certs mounts ca at /etc/icom/ca and certs at ROUTER_CERTS_DIR = NATS_CERTS_DIR")
+    # Two CAs: the ICOM CA (game servers, routers' QUIC) and the NATS CA
+    # (every NATS certificate), so that a NATS certificate is no game server.
+    nats_ca = str(env.get("NATS_CA_DIR", ""))
+    ca_mount = next((t for t, v in m.items() if v[0] == "ca"), None)
+    check(ca_mount is not None and nats_ca.startswith(ca_mount.rstrip("/") + "/")
+          and nats_ca.rstrip("/") != str(env.get("ICOM_CERTS_DIR", "")).rstrip("/"),
+          f"certs: the NATS CA in {nats_ca}, in the volume ca, apart from the ICOM CA",
+          f"{name}: certs needs NATS_CA_DIR, a folder of the volume ca other than "
+          f"ICOM_CERTS_DIR (the NATS CA), has {nats_ca!r}")
 
     # routers.
     conf = (ROOT / "deploy/nats/cluster.conf").read_text()
+    game_ca = router_config()["tls"]["ca"]
     want_urls = [f"tls://{n}:4222" for n in sorted(nodes)]
     expose = one("EXPOSE")
     volume = json.loads(one("VOLUME"))[0]
@@ -276,6 +286,11 @@ def cluster():
               f"{rname}: its own certs (volume certs, subpath {rname}, read-only), never the CA",
               f"{name}: {rname} mounts certs with subpath {rname} read-only at /etc/icom/certs, "
               "its NATS files there, and never the volume ca")
+        cluster_ca = renv.get("ICOM_CLUSTER__CA")
+        check(cluster_ca == "/etc/icom/certs/nats-ca.pem" and cluster_ca != game_ca,
+              f"{rname}: cluster.ca is the NATS CA (nats-ca.pem), not tls.ca {game_ca}",
+              f"{name}: {rname} ICOM_CLUSTER__CA must be /etc/icom/certs/nats-ca.pem (the NATS "
+              f"CA that icom-mint-certs copies), not the game servers' CA {game_ca}, is {cluster_ca}")
         data_volumes.append(rm.get(volume, ("",))[0])
         ports = [str(p) for p in r.get("ports", [])]
         check(len(ports) == 1 and ports[0].endswith(":" + expose),
@@ -321,6 +336,13 @@ def cluster():
               f"deploy/nats/cluster.conf: add the route nats-route://{nname}:6222")
     check(set(doc.get("volumes", {})) >= {"ca", "certs", *data_volumes},
           "named volumes declared", f"{name}: declare the volumes ca, certs and {data_volumes}")
+
+
+def router_config():
+    """The config the image runs with (deploy/docker/icom-server.toml)."""
+    import tomllib
+
+    return tomllib.loads((ROOT / "deploy/docker/icom-server.toml").read_text())
 
 
 def compose_image():

@@ -17,19 +17,30 @@
 #   CLIENTS           server ids to issue client certificates for (default none)
 #
 # Cluster mode (compose.cluster.yaml), when ROUTERS is set: no router.pem in
-# the CA directory and no copy in ROUTER_CERTS_DIR itself; instead
+# the CA directory and no copy in ROUTER_CERTS_DIR itself; instead two CAs.
+# The ICOM CA (ICOM_CERTS_DIR), which the routers trust for game servers,
+# issues only the routers' QUIC certificates and the game servers' client
+# certificates. A second CA, the NATS CA (NATS_CA_DIR), issues every NATS
+# certificate, so that none of them is a game server to a router (a router
+# takes any client certificate of its CA, named by its CN) and no game
+# server's certificate gets through NATS's TLS.
 #   ROUTERS           router names (letters, digits, '-'). Each NAME gets a
-#                     QUIC certificate (NAME, ROUTER_DNS, localhost, ROUTER_IP)
-#                     and a NATS client certificate whose CN, icom-NAME, is its
-#                     NATS user; ROUTER_CERTS_DIR/NAME/ receives ca.pem,
-#                     crl.pem, router.pem, router.key, nats.pem, nats.key.
+#                     QUIC certificate from the ICOM CA (NAME, ROUTER_DNS,
+#                     localhost, ROUTER_IP) and a NATS client certificate from
+#                     the NATS CA whose CN, icom-NAME, is its NATS user;
+#                     ROUTER_CERTS_DIR/NAME/ receives ca.pem, crl.pem,
+#                     router.pem, router.key (ICOM), nats-ca.pem, nats.pem,
+#                     nats.key (NATS).
 #   NATS_NODES        NATS node names (letters, digits, '-'). Each NAME gets a
-#                     certificate for NAME and localhost that serves clients
-#                     and dials routes (icom-certs router --client-auth);
-#                     NATS_CERTS_DIR/NAME/ receives ca.pem, server.pem,
-#                     server.key.
+#                     certificate from the NATS CA for NAME and localhost that
+#                     serves clients and dials routes (icom-certs router
+#                     --client-auth); NATS_CERTS_DIR/NAME/ receives ca.pem
+#                     (the NATS CA), server.pem, server.key.
+#   NATS_CA_DIR       the NATS CA's directory, made with icom-certs init
+#                     (default ICOM_CERTS_DIR/nats-ca, so that it is kept with
+#                     the ICOM CA; never given to a service)
 #   NATS_CERTS_DIR    where the nodes' copies go (default /etc/icom/nats)
-# The routers' and nodes' certificates are kept in the CA directory under
+# The routers' and nodes' certificates are kept in their CA's directory under
 # servers/ (NAME.pem, NAME.key), apart from the client certificates.
 set -eu
 
@@ -103,27 +114,29 @@ check_list() {
     done
 }
 
-# Issues servers/NAME.pem and servers/NAME.key (icom-certs router with the
-# remaining arguments) unless they exist. icom-certs writes router.pem and
-# router.key, so a router.pem already there is set aside and put back.
+# Issues DIR/servers/NAME.pem and DIR/servers/NAME.key from the CA in DIR
+# (icom-certs router with the remaining arguments) unless they exist.
+# icom-certs writes router.pem and router.key, so a router.pem already there
+# is set aside and put back.
 issue_server() {
-    name=$1
-    shift
-    cert=$ca_dir/servers/$name.pem
-    key=$ca_dir/servers/$name.key
+    dir=$1
+    name=$2
+    shift 2
+    cert=$dir/servers/$name.pem
+    key=$dir/servers/$name.key
     if [ -f "$cert" ] && [ -f "$key" ]; then
         echo "kept     $cert (the certificate of $name exists)"
         return 0
     fi
-    mkdir -p "$ca_dir/servers"
+    mkdir -p "$dir/servers"
     for f in router.pem router.key; do
-        if [ -e "$ca_dir/$f" ]; then mv -f "$ca_dir/$f" "$ca_dir/$f.aside"; fi
+        if [ -e "$dir/$f" ]; then mv -f "$dir/$f" "$dir/$f.aside"; fi
     done
-    icom-certs router "$@"
-    mv -f "$ca_dir/router.key" "$key"
-    mv -f "$ca_dir/router.pem" "$cert"
+    icom-certs router --dir "$dir" "$@"
+    mv -f "$dir/router.key" "$key"
+    mv -f "$dir/router.pem" "$cert"
     for f in router.pem router.key; do
-        if [ -e "$ca_dir/$f.aside" ]; then mv -f "$ca_dir/$f.aside" "$ca_dir/$f"; fi
+        if [ -e "$dir/$f.aside" ]; then mv -f "$dir/$f.aside" "$dir/$f"; fi
     done
 }
 
@@ -149,11 +162,21 @@ if [ -z "$routers" ]; then
         icom-certs router "$@"
     fi
 else
-    # 2. Cluster mode: each router's QUIC certificate and NATS client
-    #    certificate, each NATS node's certificate.
+    # 2. Cluster mode: the NATS CA; each router's QUIC certificate (ICOM
+    #    CA) and NATS client certificate (NATS CA), each NATS node's
+    #    certificate (NATS CA).
     check_list ROUTERS "$routers"
     check_list NATS_NODES "$nodes"
     [ -n "$nodes" ] || die "ROUTERS is set but NATS_NODES is empty: the routers need NATS"
+    nats_ca=${NATS_CA_DIR:-$ca_dir/nats-ca}
+    mkdir -p "$nats_ca" || die "cannot create $nats_ca"
+    [ "$(cd "$nats_ca" && pwd -P)" != "$(cd "$ca_dir" && pwd -P)" ] ||
+        die "NATS_CA_DIR is ICOM_CERTS_DIR: NATS needs a CA of its own"
+    if [ -f "$nats_ca/ca.pem" ]; then
+        echo "kept     $nats_ca/ca.pem (the NATS CA exists)"
+    else
+        icom-certs init --dir "$nats_ca" --name "ICOM NATS CA"
+    fi
     shared=$(words "${ROUTER_DNS:-}")
     for router in $routers; do
         names=$( (echo "$router"; printf '%s\n' "$shared"; echo localhost) | sed '/^$/d' | awk '!seen[$0]++')
@@ -168,22 +191,16 @@ else
         for ip in $(words "${ROUTER_IP:-}"); do
             set -- "$@" --ip "$ip"
         done
-        issue_server "$router" "$@"
+        issue_server "$ca_dir" "$router" "$@"
         user=icom-$router
-        if [ -f "$ca_dir/$user.pem" ]; then
-            echo "kept     $ca_dir/$user.pem (the NATS client certificate of $router exists)"
+        if [ -f "$nats_ca/$user.pem" ]; then
+            echo "kept     $nats_ca/$user.pem (the NATS client certificate of $router exists)"
         else
-            icom-certs client "$user"
+            icom-certs client --dir "$nats_ca" "$user"
         fi
     done
     for node in $nodes; do
-        issue_server "$node" --client-auth --dns "$node" --dns localhost
-    done
-    # A game server must never hold a router's NATS identity.
-    for id in $(words "${CLIENTS:-}"); do
-        for router in $routers; do
-            [ "$id" != "icom-$router" ] || die "CLIENTS: $id is the NATS user of router $router"
-        done
+        issue_server "$nats_ca" "$node" --client-auth --dns "$node" --dns localhost
     done
 fi
 
@@ -211,15 +228,16 @@ else
         sync_file "$ca_dir/crl.pem" "$dir/crl.pem"
         sync_file "$ca_dir/servers/$router.pem" "$dir/router.pem"
         sync_file "$ca_dir/servers/$router.key" "$dir/router.key"
-        sync_file "$ca_dir/icom-$router.pem" "$dir/nats.pem"
-        sync_file "$ca_dir/icom-$router.key" "$dir/nats.key"
+        sync_file "$nats_ca/ca.pem" "$dir/nats-ca.pem"
+        sync_file "$nats_ca/icom-$router.pem" "$dir/nats.pem"
+        sync_file "$nats_ca/icom-$router.key" "$dir/nats.key"
     done
     for node in $nodes; do
         dir=$nats_dir/$node
         mkdir -p "$dir" || die "cannot create $dir"
-        sync_file "$ca_dir/ca.pem" "$dir/ca.pem"
-        sync_file "$ca_dir/servers/$node.pem" "$dir/server.pem"
-        sync_file "$ca_dir/servers/$node.key" "$dir/server.key"
+        sync_file "$nats_ca/ca.pem" "$dir/ca.pem"
+        sync_file "$nats_ca/servers/$node.pem" "$dir/server.pem"
+        sync_file "$nats_ca/servers/$node.key" "$dir/server.key"
     done
     services=$(printf '%s\n' "$routers" "$nodes" | tr '\n' ' ')
     services=${services% }

@@ -3,7 +3,8 @@
 //! `certs` service's script (deploy/docker/mint-certs.sh), twice; the systemd
 //! unit's ExecStart, ExecReload and KillSignal; compose.cluster.yaml's
 //! services (certs, three NATS nodes with deploy/nats/, two routers with
-//! their cluster environment), routing events between the routers.
+//! their cluster environment), routing events between the routers, each
+//! CA's certificates refused where the other CA's are taken.
 //!
 //! Nothing here can run Docker or systemd, so the test plays the image: its
 //! /etc/icom and /var/lib/icom live in a temp dir, its /usr/local/bin is the
@@ -1368,56 +1369,123 @@ async fn the_cluster_compose_file_runs_two_routers_over_three_nats_nodes() {
     let big = send_of_size(0, "server_1", max);
     assert_eq!(s1.deliver().await.unwrap().data, big.data);
 
-    // 5. A game server's certificate is no NATS user: a router that
-    //    presents one is refused (NATS maps it to CN=server_1, not in the
-    //    users), and the node logs it.
-    let mounts = service_mounts(&services["router-a"], volumes.path());
-    let intruder = Image::with_mounts(
-        mounts
-            .into_iter()
-            .filter(|(target, _)| target == "/etc/icom/certs")
-            .collect(),
-    );
-    intruder.install_config(Ports::free());
-    let mut env: Vec<(String, String)> = routers[0].4.clone();
-    env.retain(|(k, _)| {
-        ![
-            "ICOM_CLUSTER__NAME",
-            "ICOM_CLUSTER__CERT",
-            "ICOM_CLUSTER__KEY",
-        ]
-        .contains(&k.as_str())
-    });
-    for (k, v) in [
-        ("ICOM_CLUSTER__NAME", "intruder".to_owned()),
+    // 5. No NATS certificate is a game server: a node's (CN nats-1, with
+    //    clientAuth for its routes) and a router's NATS client certificate
+    //    (CN icom-router-a) are refused in the TLS handshake by the routers,
+    //    whose CA for game servers (ca.pem) did not issue them.
+    let (_, image_a, ports_a, _, env_a) = &routers[0];
+    let cluster_file = |key: &str| {
+        let (_, path) = env_a.iter().find(|(k, _)| k == key).unwrap();
+        image_a.host(path)
+    };
+    let node_certs = service_mounts(&services["nats-1"], volumes.path())
+        .into_iter()
+        .find(|(target, _)| target == "/etc/nats/certs")
+        .expect("nats-1 mounts its certificates at /etc/nats/certs")
+        .1;
+    for (what, cert, key) in [
         (
-            "ICOM_CLUSTER__CERT",
-            ca_dir.join("server_1.pem").display().to_string(),
+            "nats-1's certificate",
+            node_certs.join("server.pem"),
+            node_certs.join("server.key"),
         ),
         (
-            "ICOM_CLUSTER__KEY",
-            ca_dir.join("server_1.key").display().to_string(),
+            "router-a's NATS client certificate",
+            cluster_file("ICOM_CLUSTER__CERT"),
+            cluster_file("ICOM_CLUSTER__KEY"),
         ),
-        ("ICOM_CLUSTER__CONNECT_TIMEOUT_MS", "500".to_owned()),
     ] {
-        env.push((k.to_owned(), v));
+        let crypto = client_crypto(&image_a.host("/etc/icom/certs/ca.pem"), &cert, &key);
+        let said = match RawClient::connect_with(ports_a.addr(), crypto).await {
+            Ok(mut c) => c.hello().await,
+            Err(e) => Err(e),
+        };
+        match said {
+            Ok(w) => panic!(
+                "{what} ({}) was welcomed by router-a as the game server {:?}",
+                cert.display(),
+                w.server_id
+            ),
+            // A TLS alert (QUIC crypto error 0x100..0x200), not an
+            // application close after the handshake.
+            Err(icom_tests::RawError::Closed(quinn::ConnectionError::ConnectionClosed(c)))
+                if (0x100..0x200).contains(&u64::from(c.error_code)) => {}
+            Err(icom_tests::RawError::Closed(quinn::ConnectionError::TransportError(_))) => {}
+            Err(e) => panic!("{what}: expected a TLS refusal by router-a, got {e:?}"),
+        }
     }
-    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut refused = RouterProcess::spawn(&mut intruder.router_command(&env_ref));
-    refused.wait_log("authorization violation");
-    wait_until("no NATS node logged an authentication error", || {
+
+    // 6. And the other way round, a router (the image, router-a's certs
+    //    folder and cluster environment) that presents to NATS
+    //    - a game server's certificate: the NATS nodes refuse it in the TLS
+    //      handshake, since the ICOM CA is not theirs;
+    //    - nats-1's certificate (the NATS CA's, but CN=nats-1 is no user):
+    //      NATS refuses it as an authorization violation.
+    //    Either serves its own servers meanwhile (and takes SIGTERM), and
+    //    keeps retrying: each refusal comes again after `listening`.
+    let intruder = |cert: &Path, key: &Path| {
+        let mounts = service_mounts(&services["router-a"], volumes.path());
+        let image = Image::with_mounts(
+            mounts
+                .into_iter()
+                .filter(|(target, _)| target == "/etc/icom/certs")
+                .collect(),
+        );
+        image.install_config(Ports::free());
+        let mut env: Vec<(String, String)> = routers[0].4.clone();
+        env.retain(|(k, _)| {
+            ![
+                "ICOM_CLUSTER__NAME",
+                "ICOM_CLUSTER__CERT",
+                "ICOM_CLUSTER__KEY",
+            ]
+            .contains(&k.as_str())
+        });
+        for (k, v) in [
+            ("ICOM_CLUSTER__NAME", "intruder".to_owned()),
+            ("ICOM_CLUSTER__CERT", cert.display().to_string()),
+            ("ICOM_CLUSTER__KEY", key.display().to_string()),
+            ("ICOM_CLUSTER__CONNECT_TIMEOUT_MS", "500".to_owned()),
+        ] {
+            env.push((k.to_owned(), v));
+        }
+        let env_ref: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let router = RouterProcess::spawn(&mut image.router_command(&env_ref));
+        (image, router)
+    };
+    let node_logged = |what: &str| {
         nodes.iter().any(|n| {
             std::fs::read_to_string(&n.log)
                 .unwrap_or_default()
-                .contains("authentication error")
+                .contains(what)
         })
-    });
-    // It serves its own servers meanwhile (and takes SIGTERM once it does).
-    refused.wait_log("listening");
-    refused.signal("SIGTERM");
-    assert!(refused.wait_exit(Duration::from_secs(10)).success());
+    };
+    let stop = |mut router: RouterProcess| {
+        router.signal("SIGTERM");
+        assert!(router.wait_exit(Duration::from_secs(10)).success());
+    };
 
-    // 6. docker compose stop: SIGTERM, exit 0.
+    let (_image, mut game) = intruder(&ca_dir.join("server_1.pem"), &ca_dir.join("server_1.key"));
+    game.wait_log("listening");
+    wait_until(
+        "no NATS node refused the game server's certificate in the TLS handshake",
+        || node_logged("certificate signed by unknown authority"),
+    );
+    stop(game);
+
+    let (_image, mut node) = intruder(
+        &node_certs.join("server.pem"),
+        &node_certs.join("server.key"),
+    );
+    node.wait_log("listening");
+    node.wait_log("authorization violation");
+    wait_until("no NATS node logged an authentication error", || {
+        node_logged("authentication error")
+    });
+    stop(node);
+
+    // 7. docker compose stop: SIGTERM, exit 0.
     for (name, image, _, mut router, _) in routers {
         router.signal(image.df.stopsignal.as_deref().unwrap());
         let status = router.wait_exit(Duration::from_secs(10));
