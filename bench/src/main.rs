@@ -93,6 +93,17 @@ fn main() -> ExitCode {
 /// When a router, proxy or client cannot be started, or stdout written.
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     let router_threads = cli.router_threads.unwrap_or_else(router::default_workers);
+    if cli.cluster
+        && !matches!(
+            cli.scenario,
+            Scenario::Tput(_) | Scenario::Fanout(_) | Scenario::Lat(_)
+        )
+    {
+        anyhow::bail!(
+            "--cluster runs tput, fanout and lat across two routers; the other scenarios \
+             measure one router"
+        );
+    }
     // The bench starts its own router unless one is named.
     let placement = if cli.connection.names_a_router() {
         Placement::Remote(Box::new(Remote {

@@ -231,3 +231,15 @@ fn cluster_tput_fanout_and_lat_count_every_event_across_two_routers() {
     let v = bench(&["--cluster", "lat", "--rate", "200", "--requests", "20"]);
     assert!(v["rtt_p50_us"].is_number(), "{v}");
 }
+
+#[test]
+fn cluster_refuses_the_scenarios_that_measure_one_router() {
+    let bench = icom_tests::workspace_bin("icom-bench", "icom-bench");
+    let out = Command::new(bench)
+        .args(["--cluster", "join", "--servers", "5"])
+        .output()
+        .expect("icom-bench runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--cluster runs tput, fanout and lat"), "{err}");
+}
