@@ -20,6 +20,9 @@ struct Router {
     heard: Instant,
 }
 
+/// Other routers known at once, at most; notices of more are ignored.
+pub(crate) const MAX_ROUTERS: usize = 1024;
+
 /// A server that moved to `router`, not yet in that router's notices.
 #[derive(Debug)]
 struct Moving {
@@ -89,6 +92,8 @@ impl View {
         }
         let name: Arc<str> = match self.routers.get_key_value(router.as_str()) {
             Some((k, _)) => k.clone(),
+            // Names come from the network: a bounded number of routers.
+            None if self.routers.len() >= MAX_ROUTERS => return out,
             None => router.into(),
         };
         let state = self.routers.entry(name.clone()).or_insert_with(|| Router {
@@ -153,7 +158,9 @@ impl View {
                     } else {
                         state.members.remove(&id);
                         if let Some(to) = moved_to {
-                            if to != self.me {
+                            // Bounded like a notice: past it a move is not
+                            // held, and may show as offline then online.
+                            if to != self.me && self.moving.len() < super::wire::MAX_NAMES {
                                 self.moving.insert(
                                     id.clone(),
                                     Moving {
@@ -406,6 +413,22 @@ mod tests {
         );
         assert_eq!(a.touched, [Arc::from("s1")]);
         assert_eq!((owner(&v, "s1"), v.counts()), (None, (0, 0)));
+    }
+
+    #[test]
+    fn the_routers_known_are_bounded() {
+        let now = Instant::now();
+        let mut v = View::new("c", 1, HOLD);
+        for i in 0..MAX_ROUTERS {
+            v.apply(beat(&format!("r{i}"), 1, 0, &[]), now);
+        }
+        let a = v.apply(beat("one-too-many", 1, 0, &[("s", 1)]), now);
+        assert!(a.touched.is_empty());
+        assert_eq!(owner(&v, "s"), None);
+        assert_eq!(v.counts().0, MAX_ROUTERS);
+        // A known router is still heard.
+        v.apply(beat("r0", 1, 1, &[("s", 1)]), now);
+        assert_eq!(owner(&v, "s").as_deref(), Some("r0"));
     }
 
     #[test]
