@@ -50,17 +50,7 @@ impl std::fmt::Debug for TlsMaterial {
 /// [`TlsError`] naming the file at fault.
 pub fn load(config: &Config) -> Result<TlsMaterial, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let ca_path = config.tls.ca.display().to_string();
-    let cas = icom_certs::load_certs(&config.tls.ca)?;
-    if cas.is_empty() {
-        return Err(TlsError::NoCa(ca_path));
-    }
-    let mut roots = RootCertStore::empty();
-    for ca in cas {
-        roots
-            .add(ca)
-            .map_err(|e| TlsError::Rustls(format!("{ca_path}: {e}")))?;
-    }
+    let roots = roots(&config.tls.ca)?;
     let crl_ders: Vec<CertificateRevocationListDer<'static>> = match &config.tls.crl {
         Some(p) => icom_certs::load_crls(p)?,
         None => Vec::new(),
@@ -118,17 +108,7 @@ pub fn load(config: &Config) -> Result<TlsMaterial, TlsError> {
 /// [`TlsError`] naming the file at fault.
 pub fn check_nats_files(tls: &crate::config::NatsTls) -> Result<(), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let ca_path = tls.ca.display().to_string();
-    let cas = icom_certs::load_certs(&tls.ca)?;
-    if cas.is_empty() {
-        return Err(TlsError::NoCa(ca_path));
-    }
-    let mut roots = RootCertStore::empty();
-    for ca in cas {
-        roots
-            .add(ca)
-            .map_err(|e| TlsError::Rustls(format!("{ca_path}: {e}")))?;
-    }
+    let roots = roots(&tls.ca)?;
     let chain = icom_certs::load_certs(&tls.cert)?;
     let key = icom_certs::load_key(&tls.key)?;
     rustls::ClientConfig::builder_with_provider(provider)
@@ -144,6 +124,22 @@ pub fn check_nats_files(tls: &crate::config::NatsTls) -> Result<(), TlsError> {
             ))
         })?;
     Ok(())
+}
+
+/// The CA certificates of `path` as trust roots; at least one.
+fn roots(path: &std::path::Path) -> Result<RootCertStore, TlsError> {
+    let ca_path = path.display().to_string();
+    let cas = icom_certs::load_certs(path)?;
+    if cas.is_empty() {
+        return Err(TlsError::NoCa(ca_path));
+    }
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots
+            .add(ca)
+            .map_err(|e| TlsError::Rustls(format!("{ca_path}: {e}")))?;
+    }
+    Ok(roots)
 }
 
 fn display_opt(p: &Option<std::path::PathBuf>) -> String {
