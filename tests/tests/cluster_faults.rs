@@ -218,3 +218,53 @@ async fn without_nats_local_routing_goes_on_remote_sends_are_unreachable_and_the
     assert!(ack.ok && ack.delivered == 1, "{ack:?}");
     assert_eq!(b1.deliver().await.unwrap().id, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_routers_servers_that_move_before_its_timeout_never_show_offline() {
+    // A router timeout longer than the client takes to notice the silence
+    // (6 to 8 s), as with the defaults (10 s).
+    let rs = Routers::start_with(3, 1, |_, c| {
+        if let Some(cl) = &mut c.cluster {
+            cl.router_timeout_ms = 12_000;
+        }
+    })
+    .await;
+    let (files, doomed) = rs.spawn_binary("doomed", "").await;
+    let mut watcher = rs.router(0).raw("watcher").await;
+    let cfg = config(rs.router(0), "mover")
+        .with_routers([files.addr().to_string(), rs.router(0).addr().to_string()]);
+    let (mover, mut events) = connect_with(cfg).await;
+    watcher.view_becomes(&["mover"]).await;
+    doomed.signal("KILL");
+    let bound = tokio::time::Instant::now() + WAIT * 4;
+    while mover.router() != Some(rs.router(0).addr().to_string()) {
+        assert!(
+            tokio::time::Instant::now() < bound,
+            "the client did not move"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Until router 0 gives the dead router up, and after.
+    while rs.router(0).stats().routers > 0 {
+        assert!(
+            tokio::time::Instant::now() < bound,
+            "the dead router was never given up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut heard = Vec::new();
+    while let Ok(Ok(m)) =
+        tokio::time::timeout(Duration::from_millis(500), watcher.next_control()).await
+    {
+        if let Control::Presence(p) = m {
+            heard.push((p.server_id, p.online));
+        }
+    }
+    assert!(heard.is_empty(), "{heard:?}");
+    let ack = watcher
+        .send(&send(5, Target::Server("mover".into()), "after", data()))
+        .await
+        .unwrap();
+    assert!(ack.ok && ack.delivered == 1, "{ack:?}");
+    assert_eq!(next_event(&mut events).await.event, "after");
+}
