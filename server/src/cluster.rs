@@ -318,11 +318,11 @@ impl Every {
 impl Nats {
     async fn forward_to(
         &self,
-        router: &str,
+        router: &Arc<str>,
         ids: &[Arc<str>],
         wire: &Bytes,
     ) -> Vec<Result<Reached, String>> {
-        self.forwarder.forward(&router.into(), ids, wire).await
+        self.forwarder.forward(router, ids, wire).await
     }
 }
 
@@ -414,7 +414,7 @@ impl Space for Nats {
                 }
             }
             for (router, ids) in moved {
-                let reached = self.forward_to(&router, &ids, &wire).await;
+                let reached = self.forward_to(&Arc::from(router), &ids, &wire).await;
                 for (id, r) in ids.into_iter().zip(reached) {
                     out.push((id, r.unwrap_or(Reached::NotFound)));
                 }

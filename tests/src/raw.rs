@@ -252,6 +252,20 @@ impl RawClient {
         }
     }
 
+    /// The `presence` messages this client reads within `within`, in
+    /// order, as `(server_id, online)`; other control messages are
+    /// dropped.
+    pub async fn presence_within(&mut self, within: Duration) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        while let Ok(Ok(m)) = tokio::time::timeout_at(deadline, self.next_control()).await {
+            if let Control::Presence(p) = m {
+                out.push((p.server_id, p.online));
+            }
+        }
+        out
+    }
+
     /// Applies this client's `welcome.peers` and then the `presence`
     /// messages it reads until its view of who is connected is `want`;
     /// other control messages are dropped.
