@@ -40,6 +40,9 @@
 #                     (default ICOM_CERTS_DIR/nats-ca, so that it is kept with
 #                     the ICOM CA; never given to a service)
 #   NATS_CERTS_DIR    where the nodes' copies go (default /etc/icom/nats)
+#   NATS_DATA_DIR     if set, NATS_DATA_DIR/NAME/ is created for each node: its
+#                     JetStream store (ICOM's persistent events and offline
+#                     queues), owned by this script's user like the rest
 # The routers' and nodes' certificates are kept in their CA's directory under
 # servers/ (NAME.pem, NAME.key), apart from the client certificates.
 set -eu
@@ -238,6 +241,9 @@ else
         sync_file "$nats_ca/ca.pem" "$dir/ca.pem"
         sync_file "$nats_ca/servers/$node.pem" "$dir/server.pem"
         sync_file "$nats_ca/servers/$node.key" "$dir/server.key"
+        if [ -n "${NATS_DATA_DIR:-}" ]; then
+            mkdir -p "$NATS_DATA_DIR/$node" || die "cannot create $NATS_DATA_DIR/$node"
+        fi
     done
     services=$(printf '%s\n' "$routers" "$nodes" | tr '\n' ' ')
     services=${services% }

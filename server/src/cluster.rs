@@ -1,5 +1,5 @@
 //! Cluster mode: this router and others share one routing space over
-//! NATS (`[cluster]`). Core NATS only, no state of its own on disk:
+//! NATS (`[cluster]`). Live routing is core NATS, with no state on disk:
 //!
 //! - every router publishes on `<prefix>.view` which servers it holds: a
 //!   change at once (a delta), everything every `heartbeat_ms` (a beat);
@@ -13,13 +13,21 @@
 //!   (`<prefix>.rtr.<name>.deliver`, a NATS request), which puts it in the
 //!   recipients' outbound queues and answers per recipient.
 //!
+//! Persistent events and offline queues live in JetStream ([`Vault`]).
 //! docs/PROTOCOL.md §12 says what clients see of it.
 
+mod follow;
 mod forward;
+mod import;
 mod link;
+mod mirror;
 mod publish;
+mod vault;
 mod view;
 mod wire;
+
+pub use import::{import_store, Imported};
+pub(crate) use vault::Vault;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +45,7 @@ use self::publish::Local;
 use self::view::View;
 use self::wire::{Notice, Outcome, Takeover};
 use crate::clock::now_ms;
-use crate::config::Cluster;
+use crate::config::{Cluster, Config};
 use crate::metrics::{ClusterMetrics, Reason};
 use crate::outbound::PushError;
 use crate::router::{Owner, Peer, Table};
@@ -54,7 +62,7 @@ const TAKEOVER_HOLD: Duration = Duration::from_secs(1);
 /// Why the cluster link could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("cluster: {0}")]
-pub(crate) struct ClusterError(String);
+pub struct ClusterError(pub(crate) String);
 
 /// The routing space of a cluster on NATS.
 #[derive(Debug)]
@@ -77,21 +85,35 @@ pub(crate) struct Nats {
 
 impl Nats {
     /// Connects to NATS (waiting at most `connect_timeout` for a first
-    /// connection; the client keeps trying after that).
+    /// connection; the client keeps trying after that), and, if NATS is
+    /// there, prepares the shared store.
     ///
     /// # Errors
-    /// [`ClusterError`] for bad URLs or unreadable TLS files.
+    /// [`ClusterError`] for bad URLs, unreadable TLS files, or a NATS
+    /// that cannot hold the store (too old, no JetStream, too few nodes).
     pub(crate) async fn connect(
         cfg: Cluster,
-        max_event_bytes: usize,
+        config: &Config,
         table: Arc<Table>,
         metrics: ClusterMetrics,
-    ) -> Result<Arc<Nats>, ClusterError> {
+    ) -> Result<(Arc<Nats>, Arc<Vault>), ClusterError> {
         let link::Link {
             client,
             up,
             beat_now,
-        } = link::connect(&cfg, max_event_bytes, metrics.link_up.clone()).await?;
+            connects,
+        } = link::connect(&cfg, config.limits.max_event_bytes, metrics.link_up.clone()).await?;
+        let vault = Vault::new(
+            &cfg,
+            config,
+            client.clone(),
+            table.clone(),
+            up.clone(),
+            connects,
+        );
+        if up.load(Ordering::Acquire) {
+            vault.prepare().await?;
+        }
         let epoch = now_ms();
         let (changes, changes_rx) = mpsc::channel(CHANGES_QUEUE);
         let forwarder = forward::Forwarder::new(
@@ -100,7 +122,7 @@ impl Nats {
             &cfg.prefix,
             cfg.request_timeout,
         );
-        Ok(Arc::new(Nats {
+        let nats = Arc::new(Nats {
             view: Mutex::new(View::new(&cfg.name, epoch, cfg.router_timeout)),
             cfg,
             client,
@@ -113,7 +135,8 @@ impl Nats {
             metrics,
             stopping: AtomicBool::new(false),
             forwarder,
-        }))
+        });
+        Ok((nats, Arc::new(vault)))
     }
 
     fn subject(&self, router: &str, what: &str) -> String {
@@ -300,10 +323,10 @@ struct Quiet {
 
 /// Whether a minute has passed since the last time it was ready.
 #[derive(Default)]
-struct Every(Option<Instant>);
+pub(super) struct Every(Option<Instant>);
 
 impl Every {
-    fn ready(&mut self) -> bool {
+    pub(super) fn ready(&mut self) -> bool {
         let now = Instant::now();
         match self.0 {
             Some(last) if now.duration_since(last) < Duration::from_secs(60) => false,
@@ -425,10 +448,6 @@ impl Space for Nats {
 
     fn reachable(&self) -> bool {
         self.up.load(Ordering::Acquire)
-    }
-
-    fn stores(&self) -> bool {
-        false
     }
 
     fn stopping(&self) {

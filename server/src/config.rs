@@ -469,6 +469,9 @@ mod tests {
                 "the cluster example does not document {k}"
             );
         }
+        // store_replicas has no fixed default (3, or 1 with --dev): the
+        // example shows 3.
+        assert_eq!(section.store_replicas, Some(3));
         assert_eq!(
             ClusterFile {
                 urls: Vec::new(),
@@ -476,6 +479,7 @@ mod tests {
                 ca: None,
                 cert: None,
                 key: None,
+                store_replicas: None,
                 ..section
             },
             ClusterFile::default(),

@@ -7,23 +7,18 @@ use icom_protocol::{Ack, AckCode, Deliver, Persist, Send, Target};
 use tracing::{debug, warn};
 
 use crate::clock::now_ms;
+use crate::keep::Persistent;
 use crate::policy::{Request, Verdict};
 use crate::router::Tally;
 use crate::shared::Shared;
 use crate::space::Reached;
+use crate::store::StoreError;
 
 /// Routes one decoded send from `from` and returns its ack.
 pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
     let config = shared.config();
     if let Err(e) = send.validate(&config.groups) {
         return Ack::failed(send.id, AckCode::Invalid, e.to_string());
-    }
-    if (send.persist.is_some() || send.ttl_ms.is_some()) && !shared.space.stores() {
-        return Ack::failed(
-            send.id,
-            AckCode::Unsupported,
-            "persistent and ttl sends are not available in cluster mode yet",
-        );
     }
     let resolved = match shared.table.resolve(from, &send.to, &config.groups) {
         Ok(r) => r,
@@ -88,15 +83,20 @@ pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
     if let Some(pid) = persist_id {
         // Stored before any live delivery: a server that connects meanwhile
         // finds it in its replay.
-        let store = shared.store.clone();
-        let (target, from_owned, w, p) =
-            (send.to.clone(), from.to_owned(), wire.clone(), pid.clone());
         let stored = shared
-            .blocking(move || store.persist(&p, &target, &from_owned, expires_ms, w))
+            .keep
+            .persist(Persistent {
+                persist_id: pid.clone(),
+                target: send.to.clone(),
+                from: from.to_owned(),
+                expires_ms,
+                wire: wire.clone(),
+            })
             .await;
         if let Err(e) = stored {
-            warn!(code = "congested", sender = from, "not stored: {e}");
-            return Ack::failed(send.id, AckCode::Congested, e.to_string());
+            let code = store_code(&e);
+            warn!(code = code.as_str(), sender = from, "not stored: {e}");
+            return Ack::failed(send.id, code, e.to_string());
         }
         tally.ack.persist_id = Some(pid);
     }
@@ -165,26 +165,23 @@ async fn queue_copies(
     expires_ms: Option<u64>,
     wire: &Bytes,
 ) {
-    let store = shared.store.clone();
-    let (from_owned, w) = (from.to_owned(), wire.clone());
     let verdicts = shared
-        .blocking(move || {
-            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-            store.enqueue(&ids, &from_owned, expires_ms, &w)
-        })
+        .keep
+        .enqueue(ids, from.to_owned(), expires_ms, wire.clone())
         .await;
     match verdicts {
         Ok(v) => {
             for verdict in v {
                 match verdict {
                     Ok(()) => tally.ack.queued += 1,
-                    Err(why) => tally.fail(AckCode::Congested, why),
+                    Err(e) => tally.fail(store_code(&e), e.to_string()),
                 }
             }
         }
         Err(e) => {
-            warn!(code = "congested", sender = from, "not queued: {e}");
-            tally.fail(AckCode::Congested, e.to_string());
+            let code = store_code(&e);
+            warn!(code = code.as_str(), sender = from, "not queued: {e}");
+            tally.fail(code, e.to_string());
         }
     }
 }
@@ -192,13 +189,6 @@ async fn queue_copies(
 /// Answers a `forget`.
 pub(crate) async fn forget(shared: &Shared, from: &str, id: u64, persist_id: String) -> Ack {
     let config = shared.config();
-    if !shared.space.stores() {
-        return Ack::failed(
-            id,
-            AckCode::Unsupported,
-            "persistent events are not available in cluster mode yet",
-        );
-    }
     if !config.policy.may_persist(from, &config.groups) {
         warn!(code = "forbidden", sender = from, persist_id = %persist_id, "forget refused by policy");
         return Ack::failed(
@@ -207,9 +197,7 @@ pub(crate) async fn forget(shared: &Shared, from: &str, id: u64, persist_id: Str
             format!("the policy does not let '{from}' persist or forget"),
         );
     }
-    let store = shared.store.clone();
-    let p = persist_id.clone();
-    match shared.blocking(move || store.forget(&p)).await {
+    match shared.keep.forget(persist_id.clone()).await {
         Ok(true) => Ack {
             id,
             ok: true,
@@ -223,6 +211,15 @@ pub(crate) async fn forget(shared: &Shared, from: &str, id: u64, persist_id: Str
             AckCode::NotFound,
             format!("no persistent event '{persist_id}'"),
         ),
-        Err(e) => Ack::failed(id, AckCode::Congested, e.to_string()),
+        Err(e) => Ack::failed(id, store_code(&e), e.to_string()),
+    }
+}
+
+/// The ack code of a store that failed: `unreachable` when a cluster's
+/// shared store did not answer, else `congested`.
+fn store_code(e: &StoreError) -> AckCode {
+    match e {
+        StoreError::Unavailable(_) => AckCode::Unreachable,
+        _ => AckCode::Congested,
     }
 }

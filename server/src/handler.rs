@@ -342,38 +342,42 @@ async fn on_control(shared: &Shared, peer: &Peer, msg: Control) -> Result<(), St
 /// order. A queued copy is deleted once the peer's QUIC stack has
 /// acknowledged its whole stream. Returns how many were opened.
 async fn replay(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Option<u32> {
-    let store = shared.store.clone();
-    let groups = shared.config().groups.clone();
-    let id = peer.server_id.to_string();
-    let due = shared
-        .blocking(move || Ok(store.due_for(&id, &groups, now_ms())))
-        .await
-        .ok()?;
+    let due = match shared.keep.due_for(peer, shared.config()).await {
+        Ok(due) => due,
+        Err(e) => {
+            warn!("cannot read the stored events due: {e}");
+            return None;
+        }
+    };
     let count = due.len() as u32;
     for item in due {
         let Written::Whole(stream) = write_event(&peer.conn, item.wire).await? else {
             return None;
         };
         if item.queued {
-            let (shared, store) = (shared.clone(), shared.store.clone());
-            tokio::spawn(
-                async move {
-                    if let Ok(None) = stream.stopped().await {
-                        let seq = item.seq;
-                        let done = shared.blocking(move || store.delivered(seq)).await;
-                        if let Err(e) = done {
-                            warn!("could not delete a delivered queued event: {e}");
-                        }
-                    }
-                }
-                .in_current_span(),
-            );
+            delete_when_acked(shared.clone(), stream, item.seq);
         }
     }
     if count > 0 {
         info!(count, "replayed stored events");
     }
     Some(count)
+}
+
+/// Deletes the queued copy `seq` once the peer's QUIC stack acknowledged
+/// the whole `stream` that carried it; kept if the stream was stopped or
+/// the connection ended first.
+pub(crate) fn delete_when_acked(shared: Arc<Shared>, stream: SendStream, seq: u64) {
+    tokio::spawn(
+        async move {
+            if let Ok(None) = stream.stopped().await {
+                if let Err(e) = shared.keep.delivered(seq).await {
+                    warn!("could not delete a delivered queued event: {e}");
+                }
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 /// Opens one stream per queued delivery.

@@ -13,6 +13,7 @@ mod connection;
 pub mod dev;
 mod dispatch;
 mod handler;
+mod keep;
 mod metrics;
 mod outbound;
 pub mod policy;
@@ -25,6 +26,7 @@ mod space;
 pub mod store;
 pub mod tls;
 
+pub use cluster::{import_store, ClusterError, Imported};
 pub use config::{Config, ConfigError, ConfigFile, LogFormat};
 pub use server::{
     ReloadHandle, ReloadReport, Server, ServerError, Stats, StatsHandle, SHUTDOWN_GRACE,

@@ -46,6 +46,11 @@ struct Flags {
     /// This router's name in the cluster (`cluster.name`).
     #[arg(long, value_name = "NAME")]
     cluster_name: Option<String>,
+    /// Copy the store of a single router (DIR/icom.redb: persistent events
+    /// and offline queues) into the cluster's shared store, then exit. Stop
+    /// that router first.
+    #[arg(long, value_name = "DIR")]
+    import_store: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -96,6 +101,18 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         load(flags.config.as_deref(), &flags)?
     };
     install_tracing(config.log_format);
+    if let Some(dir) = &flags.import_store {
+        let done = icom_server::import_store(&config, dir)
+            .await
+            .with_context(|| format!("importing {}", dir.display()))?;
+        println!(
+            "imported {} persistent events and {} queued copies from {} into the cluster's store",
+            done.persistent,
+            done.queued,
+            dir.join(icom_server::store::STORE_FILE).display()
+        );
+        return Ok(());
+    }
     // Binding waits for NATS in cluster mode (cluster.connect_timeout_ms):
     // a stop asked for meanwhile ends the process cleanly.
     let server = tokio::select! {

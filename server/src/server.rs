@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::Nats;
 use crate::config::{Config, ConfigError};
+use crate::keep::{Keep, Local};
 use crate::metrics::Metrics;
 use crate::router::Table;
 use crate::shared::Shared;
@@ -99,6 +100,11 @@ pub struct Stats {
     pub remote_servers: usize,
     /// In a cluster: whether NATS is connected (alone: always true).
     pub cluster_reachable: bool,
+    /// Persistent events stored (in a cluster: the cluster's, as this
+    /// router's view of the shared store has them).
+    pub stored_persistent: usize,
+    /// Copies queued for offline servers (the same).
+    pub stored_queued: usize,
 }
 
 impl Server {
@@ -109,7 +115,6 @@ impl Server {
     /// [`ServerError`] for bad TLS files or an address in use.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let material = tls::load(&config)?;
-        let store = Arc::new(Store::open(&config.data_dir, config.store)?);
         let metrics = match config.metrics {
             Some(addr) => Some(
                 crate::metrics::bind(addr)
@@ -132,21 +137,27 @@ impl Server {
         let local_addr = endpoint.local_addr().map_err(bind_error)?;
         let table = Arc::new(Table::default());
         let metrics_set = Metrics::new();
-        let space: Arc<dyn Space> = match &config.cluster {
-            None => Arc::new(Alone),
-            Some(c) => Nats::connect(
-                c.clone(),
-                config.limits.max_event_bytes,
-                table.clone(),
-                metrics_set.cluster.clone(),
-            )
-            .await
-            .map_err(|e| ServerError::Cluster(e.to_string()))?,
+        let (space, keep): (Arc<dyn Space>, Arc<dyn Keep>) = match &config.cluster {
+            None => {
+                let store = Arc::new(Store::open(&config.data_dir, config.store)?);
+                (Arc::new(Alone), Arc::new(Local::new(store)))
+            }
+            Some(c) => {
+                let (space, vault) = Nats::connect(
+                    c.clone(),
+                    &config,
+                    table.clone(),
+                    metrics_set.cluster.clone(),
+                )
+                .await
+                .map_err(|e| ServerError::Cluster(e.to_string()))?;
+                (space, vault)
+            }
         };
         let shared = Arc::new(Shared::new(
             config,
             Arc::new(material.crls),
-            store,
+            keep,
             (table, space, metrics_set),
         ));
         Ok(Server {
@@ -200,7 +211,8 @@ impl Server {
         tracker.spawn(crate::presence::run(self.shared.clone(), shutdown.clone()));
         let space_done = CancellationToken::new();
         let space = tokio::spawn(self.shared.space.clone().run(space_done.clone()));
-        let (persistent, queued, bytes) = self.shared.store.counts();
+        let keep = tokio::spawn(self.shared.keep.clone().run(space_done.clone()));
+        let (persistent, queued, bytes) = self.shared.keep.counts();
         info!(addr = %self.local_addr, persistent, queued, bytes, "listening");
         self.shared.metrics.set_ready(true);
         loop {
@@ -256,6 +268,7 @@ impl Server {
         // The space last: the others hear that this router's servers left.
         space_done.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(4), space).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), keep).await;
         info!("stopped");
     }
 }
@@ -327,6 +340,8 @@ impl StatsHandle {
             routers: usize::try_from(self.shared.metrics.cluster.routers.get()).unwrap_or(0),
             remote_servers: self.shared.table.remote_count(),
             cluster_reachable: self.shared.space.reachable(),
+            stored_persistent: gauges.stored_persistent,
+            stored_queued: gauges.stored_queued,
         }
     }
 }
@@ -365,9 +380,8 @@ async fn sweep(shared: Arc<Shared>, shutdown: CancellationToken) {
             () = tokio::time::sleep(every) => {}
             () = shutdown.cancelled() => return,
         }
-        let store = shared.store.clone();
         let now = crate::clock::now_ms();
-        match shared.blocking(move || store.sweep(now)).await {
+        match shared.keep.sweep(now).await {
             Ok(0) => {}
             Ok(n) => info!(expired = n, "swept expired stored events"),
             Err(e) => warn!("sweeping the store failed: {e}"),

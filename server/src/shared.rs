@@ -1,24 +1,17 @@
 //! What the listener and every connection share: the routing table, the
-//! store and its work slots, the metrics, the live configuration and
+//! store of owed events, the metrics, the live configuration and
 //! revocation lists, and the shutdown token.
 
 use std::sync::{Arc, RwLock};
 
 use icom_protocol::{read, write};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::keep::Keep;
 use crate::metrics::{Gauges, Metrics};
 use crate::router::Table;
 use crate::space::Space;
-use crate::store::{Store, StoreError};
-
-/// Store work running on blocking threads at once. The database takes one
-/// write transaction at a time, so more would only be threads waiting for
-/// its lock (each with a stack and its allocator's thread cache); the rest
-/// wait in [`Shared::blocking`], as tasks.
-const STORE_SLOTS: usize = 4;
 
 /// Revocation lists, as loaded.
 pub(crate) type Crls = Arc<Vec<webpki::CertRevocationList<'static>>>;
@@ -30,9 +23,8 @@ pub(crate) struct Shared {
     /// The routing space beyond this router (nothing, alone).
     pub(crate) space: Arc<dyn Space>,
     pub(crate) metrics: Metrics,
-    pub(crate) store: Arc<Store>,
-    /// Store work running at once (see [`Shared::blocking`]).
-    store_slots: Semaphore,
+    /// Persistent events and queued copies (the router's file, alone).
+    pub(crate) keep: Arc<dyn Keep>,
     config: RwLock<Arc<Config>>,
     crls: RwLock<Crls>,
     pub(crate) shutdown: CancellationToken,
@@ -42,7 +34,7 @@ impl Shared {
     pub(crate) fn new(
         config: Config,
         crls: Crls,
-        store: Arc<Store>,
+        keep: Arc<dyn Keep>,
         parts: (Arc<Table>, Arc<dyn Space>, Metrics),
     ) -> Shared {
         let (table, space, metrics) = parts;
@@ -50,8 +42,7 @@ impl Shared {
             table,
             space,
             metrics,
-            store,
-            store_slots: Semaphore::new(STORE_SLOTS),
+            keep,
             config: RwLock::new(Arc::new(config)),
             crls: RwLock::new(crls),
             shutdown: CancellationToken::new(),
@@ -84,7 +75,7 @@ impl Shared {
             events += e;
             bytes += b;
         }
-        let (persistent, queued, stored) = self.store.counts();
+        let (persistent, queued, stored) = self.keep.counts();
         Gauges {
             connections: peers.len(),
             outbound_events: events,
@@ -93,20 +84,6 @@ impl Shared {
             stored_queued: queued,
             store_bytes: stored,
         }
-    }
-
-    /// Runs store work off the async threads, at most [`STORE_SLOTS`] at
-    /// once.
-    pub(crate) async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let Ok(_slot) = self.store_slots.acquire().await else {
-            return Err(StoreError::Io("the store is closed".into()));
-        };
-        tokio::task::spawn_blocking(f)
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Io(format!("store task failed: {e}"))))
     }
 }
 

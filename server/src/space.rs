@@ -51,10 +51,6 @@ pub(crate) trait Space: Send + Sync + std::fmt::Debug {
     /// Whether the other routers can be reached now (alone: always).
     fn reachable(&self) -> bool;
 
-    /// Whether persistent and ttl sends can be taken (stored here, alone;
-    /// a cluster does not store events yet).
-    fn stores(&self) -> bool;
-
     /// The router is stopping: its connections are about to close with
     /// `SHUTDOWN`, and their servers should not be announced as gone one
     /// by one (they are moving to other routers).
@@ -86,10 +82,6 @@ impl Space for Alone {
     }
 
     fn reachable(&self) -> bool {
-        true
-    }
-
-    fn stores(&self) -> bool {
         true
     }
 

@@ -62,6 +62,10 @@ pub enum StoreError {
     /// A bound was reached.
     #[error("{0}")]
     Full(String),
+    /// In a cluster: the shared store (JetStream) did not take or confirm
+    /// the write in time. It may still have been stored.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -70,7 +74,7 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 
 /// What a record is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-enum Kind {
+pub(crate) enum Kind {
     /// A persistent event, with its target (matched on connect).
     Persistent { persist_id: String, target: Target },
     /// A copy for one offline server.
@@ -79,16 +83,17 @@ enum Kind {
 
 /// The header of a record; the encoded `deliver` follows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Header {
-    kind: Kind,
-    from: String,
-    expires_ms: Option<u64>,
+pub(crate) struct Header {
+    pub(crate) kind: Kind,
+    pub(crate) from: String,
+    pub(crate) expires_ms: Option<u64>,
 }
 
+/// A record: what it is, and its encoded `deliver`.
 #[derive(Debug, Clone)]
-struct Stored {
-    header: Header,
-    wire: Bytes,
+pub(crate) struct Stored {
+    pub(crate) header: Header,
+    pub(crate) wire: Bytes,
 }
 
 #[derive(Debug, Default)]
@@ -391,6 +396,19 @@ impl Store {
         )
     }
 
+    /// Every record not expired at `now_ms`, in stored order (to import).
+    pub(crate) fn export(&self, now_ms: u64) -> Vec<(u64, Stored)> {
+        let mem = lock(&self.mem);
+        let mut all: Vec<(&u64, &Stored)> = mem
+            .persistent
+            .iter()
+            .chain(mem.queued.values().flatten())
+            .filter(|(_, s)| s.header.expires_ms.is_none_or(|e| e > now_ms))
+            .collect();
+        all.sort_by_key(|(seq, _)| **seq);
+        all.into_iter().map(|(seq, s)| (*seq, s.clone())).collect()
+    }
+
     fn delete_rows(&self, seqs: &[u64]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(io)?;
         {
@@ -457,7 +475,7 @@ impl Mem {
 
 /// A record: a 4-byte big-endian header length, the header (MessagePack),
 /// then the encoded `deliver`.
-fn encode(s: &Stored) -> Vec<u8> {
+pub(crate) fn encode(s: &Stored) -> Vec<u8> {
     // The header holds strings, integers and a target: it always encodes.
     let header = rmp_serde::to_vec_named(&s.header).unwrap_or_default();
     let mut out = Vec::with_capacity(4 + header.len() + s.wire.len());
@@ -467,7 +485,7 @@ fn encode(s: &Stored) -> Vec<u8> {
     out
 }
 
-fn decode(v: &[u8]) -> Result<Stored, String> {
+pub(crate) fn decode(v: &[u8]) -> Result<Stored, String> {
     let len = v
         .first_chunk::<4>()
         .map(|h| u32::from_be_bytes(*h) as usize)

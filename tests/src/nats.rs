@@ -597,7 +597,7 @@ fn node_config(node: &Node, count: usize, routes: &[String], tls: Option<&str>) 
     let tls = tls.unwrap_or("");
     let mut config = format!(
         "server_name: \"{name}\"\nlisten: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{http}\"\n{tls}\n\
-         jetstream {{\n  store_dir: {store}\n  max_mem: 64MB\n  max_file: 256MB\n}}\n",
+         jetstream {{\n  store_dir: {store}\n  max_mem: 64MB\n  max_file: 2GB\n}}\n",
         name = node.name,
         client = node.client_port,
         http = node.http_port,

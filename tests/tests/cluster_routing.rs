@@ -2,14 +2,14 @@
 //! (docs/PROTOCOL.md §12): a sender on one router and recipients on the
 //! other get the same acks and deliveries as on one router, for every
 //! target kind; requests and replies, presence, the policy and takeovers
-//! cross routers; persistent and ttl sends get `unsupported`.
+//! cross routers (persistent and ttl sends: tests/cluster_store.rs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use icom_protocol::{AckCode, CloseCode, Persist, Send, Target};
+use icom_protocol::{AckCode, CloseCode, Send, Target};
 use icom_server::policy::{Mode, RuleFile};
 use icom_tests::{send, RawClient, Routers};
 
@@ -202,30 +202,6 @@ async fn the_policy_is_checked_at_the_senders_router() {
         .unwrap();
     assert!(ack.ok, "{ack:?}");
     assert_eq!(a1.deliver().await.unwrap().id, 3);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn persistent_and_ttl_sends_are_unsupported_in_cluster_mode() {
-    let rs = Routers::start(1, 2).await;
-    let mut c = connect_all(&rs, &[("a1", 0), ("b1", 1)]).await;
-    let (a1, rest) = c.split_first_mut().unwrap();
-    let b1 = &rest[0];
-    for s in [
-        Send {
-            persist: Some(Persist::Auto),
-            ..send(1, Target::Server("b1".into()), "jip", data("x"))
-        },
-        Send {
-            ttl_ms: Some(60_000),
-            ..send(2, Target::Server("b1".into()), "later", data("x"))
-        },
-    ] {
-        let ack = a1.send(&s).await.unwrap();
-        assert!(!ack.ok);
-        assert_eq!(ack.delivered, 0);
-        assert_eq!(ack.error.unwrap().code, AckCode::Unsupported);
-    }
-    assert!(b1.no_delivery_within(Duration::from_millis(300)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! The connection to NATS: TLS, reconnects without end, and the link's
 //! state (up or down) as a flag the router reads without waiting.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,8 @@ pub(super) struct Link {
     pub(super) up: Arc<AtomicBool>,
     /// Notified on every (re)connect.
     pub(super) beat_now: Arc<Notify>,
+    /// Counts (re)connects.
+    pub(super) connects: Arc<AtomicU64>,
 }
 
 /// Connects to NATS (waiting at most `connect_timeout` for a first
@@ -46,7 +48,8 @@ pub(super) async fn connect(
         .collect::<Result<Vec<_>, _>>()?;
     let up = Arc::new(AtomicBool::new(false));
     let beat_now = Arc::new(Notify::new());
-    let (flag, wake, gauge) = (up.clone(), beat_now.clone(), gauge);
+    let connects = Arc::new(AtomicU64::new(0));
+    let (flag, wake, gauge, count) = (up.clone(), beat_now.clone(), gauge, connects.clone());
     let mut options = ConnectOptions::new()
         .name(format!("icom-router {}", cfg.name))
         .retry_on_initial_connect()
@@ -58,11 +61,13 @@ pub(super) async fn connect(
             Duration::from_millis((100 * attempts as u64).min(2000))
         })
         .event_callback(move |event| {
-            let (flag, wake, gauge) = (flag.clone(), wake.clone(), gauge.clone());
+            let (flag, wake, gauge, count) =
+                (flag.clone(), wake.clone(), gauge.clone(), count.clone());
             async move {
                 match event {
                     Event::Connected => {
                         info!("cluster: connected to NATS");
+                        count.fetch_add(1, Ordering::AcqRel);
                         flag.store(true, Ordering::Release);
                         gauge.set(1);
                         wake.notify_one();
@@ -113,5 +118,6 @@ pub(super) async fn connect(
         client,
         up,
         beat_now,
+        connects,
     })
 }

@@ -37,6 +37,14 @@ pub struct ClusterFile {
     /// The longest a connect waits for NATS at start, in ms; the router
     /// serves its own servers meanwhile and keeps trying.
     pub connect_timeout_ms: u64,
+    /// Copies JetStream keeps of every stored event (persistent events,
+    /// offline queues), on as many NATS nodes: 1 to 5. Default 3 (1 with
+    /// `--dev`).
+    pub store_replicas: Option<u8>,
+    /// The longest a persistent or ttl send waits for JetStream to confirm
+    /// the write (a stream leader election included), in ms; past it the
+    /// send gets `unreachable`.
+    pub store_timeout_ms: u64,
 }
 
 impl Default for ClusterFile {
@@ -52,6 +60,8 @@ impl Default for ClusterFile {
             router_timeout_ms: 10_000,
             request_timeout_ms: 2000,
             connect_timeout_ms: 5000,
+            store_replicas: None,
+            store_timeout_ms: 5000,
         }
     }
 }
@@ -76,6 +86,10 @@ pub struct Cluster {
     pub request_timeout: Duration,
     /// Wait for NATS at start.
     pub connect_timeout: Duration,
+    /// JetStream replicas of the shared store.
+    pub store_replicas: usize,
+    /// Wait for JetStream to confirm a write.
+    pub store_timeout: Duration,
 }
 
 /// The files of the router's TLS client identity towards NATS.
@@ -198,6 +212,12 @@ impl ClusterFile {
                 0,
                 600_000,
             ),
+            (
+                "cluster.store_timeout_ms",
+                self.store_timeout_ms,
+                100,
+                60_000,
+            ),
         ] {
             if !(min..=max).contains(&v) {
                 return bad(format!("{name} = {v} must be between {min} and {max}"));
@@ -209,6 +229,12 @@ impl ClusterFile {
                 self.router_timeout_ms, self.heartbeat_ms
             ));
         }
+        let store_replicas = self.store_replicas.unwrap_or(if dev { 1 } else { 3 });
+        if !(1..=5).contains(&store_replicas) {
+            return bad(format!(
+                "cluster.store_replicas = {store_replicas} must be between 1 and 5"
+            ));
+        }
         Ok(Cluster {
             urls: self.urls.clone(),
             name: self.name.clone(),
@@ -218,6 +244,8 @@ impl ClusterFile {
             router_timeout: ms(self.router_timeout_ms),
             request_timeout: ms(self.request_timeout_ms),
             connect_timeout: ms(self.connect_timeout_ms),
+            store_replicas: store_replicas.into(),
+            store_timeout: ms(self.store_timeout_ms),
         })
     }
 }
@@ -285,5 +313,20 @@ mod tests {
         f.router_timeout_ms = 3000;
         f.request_timeout_ms = 0;
         assert!(f.validate(true).is_err());
+    }
+
+    #[test]
+    fn store_replicas_default_to_three_and_one_in_dev() {
+        let mut f = file(&["nats://127.0.0.1:1"]);
+        assert_eq!(f.validate(true).unwrap().store_replicas, 1);
+        f.ca = Some("ca.pem".into());
+        f.cert = Some("r.pem".into());
+        f.key = Some("r.key".into());
+        assert_eq!(f.validate(false).unwrap().store_replicas, 3);
+        f.store_replicas = Some(6);
+        let e = f.validate(false).unwrap_err().to_string();
+        assert!(e.contains("between 1 and 5"), "{e}");
+        f.store_replicas = Some(5);
+        assert_eq!(f.validate(true).unwrap().store_replicas, 5);
     }
 }

@@ -1,0 +1,245 @@
+//! Following the cluster's store: this router reads the stream from its
+//! start into a fresh [`Mirror`], puts it in place once it has read past
+//! a barrier written just before, and from then on applies each new
+//! message as it comes. After NATS comes back it reads the stream again
+//! (a deletion it missed meanwhile may have expired from the stream).
+//!
+//! A record that arrives for a server connected here, after its replay,
+//! is one that a router which did not know the server was here yet could
+//! not deliver: a queued copy goes to it at once (and is deleted once
+//! acknowledged), a persistent event goes to a server that connected in
+//! the last [`RECENT`]. The client drops what it already had.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use icom_protocol::lock;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::mirror::{includes, Applied, Mirror};
+use super::vault::{Vault, RECENT};
+use super::Every;
+use crate::connection::{write_event, Written};
+use crate::store::{Kind, Stored};
+
+/// Consecutive consumer errors after which the stream is read anew.
+const MAX_ERRORS: u32 = 10;
+
+/// Follows the store until `shutdown`.
+pub(super) async fn run(vault: Arc<Vault>, shutdown: CancellationToken) {
+    let mut said = Every::default();
+    loop {
+        let wait = if !vault.up.load(Ordering::Acquire) {
+            Duration::from_millis(100)
+        } else if !vault.ready.load(Ordering::Acquire) {
+            match vault.prepare().await {
+                Ok(()) => {
+                    info!(stream = %vault.stream, "cluster: the shared store is ready");
+                    continue;
+                }
+                Err(e) => {
+                    if said.ready() {
+                        error!("{e} (retrying; said once a minute)");
+                    }
+                    Duration::from_secs(2)
+                }
+            }
+        } else {
+            let generation = vault.connects.load(Ordering::Acquire);
+            match follow(&vault, generation, &shutdown).await {
+                Ok(()) => return,
+                Err(why) => {
+                    warn!("cluster: {why}; reading the shared store again");
+                    Duration::from_millis(500)
+                }
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Reads the stream into a fresh mirror, then follows it; `Ok` at
+/// shutdown, `Err` when it must start over.
+async fn follow(
+    vault: &Arc<Vault>,
+    generation: u64,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let barrier = vault
+        .publish(&format!("sync.{}", vault.router), Bytes::new(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = vault
+        .js
+        .get_stream_no_info(&vault.stream)
+        .await
+        .map_err(|e| format!("the stream {}: {e}", vault.stream))?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: format!("{}.>", vault.root),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("a consumer of {}: {e}", vault.stream))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("reading {}: {e}", vault.stream))?;
+    let mut fresh = Some(Mirror::default());
+    let mut errors = 0;
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    let mut bad = Every::default();
+    loop {
+        tokio::select! {
+            m = messages.next() => {
+                let msg = match m {
+                    None => return Err("the stream's consumer ended".into()),
+                    Some(Err(e)) => {
+                        errors += 1;
+                        if errors >= MAX_ERRORS {
+                            return Err(format!("the stream's consumer keeps failing: {e}"));
+                        }
+                        debug!("cluster: the store's consumer: {e}");
+                        continue;
+                    }
+                    Some(Ok(m)) => m,
+                };
+                errors = 0;
+                let Ok(seq) = msg.info().map(|i| i.stream_sequence) else { continue };
+                let tail = msg
+                    .subject
+                    .strip_prefix(vault.root.as_str())
+                    .and_then(|t| t.strip_prefix('.'))
+                    .unwrap_or_default();
+                let outcome = match fresh.as_mut() {
+                    Some(f) => {
+                        let r = f.apply(seq, tail, &msg.payload).map(|_| ());
+                        if seq >= barrier {
+                            if let Some(f) = fresh.take() {
+                                put_in_place(vault, f);
+                            }
+                        }
+                        r
+                    }
+                    None => apply(vault, seq, tail, &msg.payload),
+                };
+                if let Err(e) = outcome {
+                    if bad.ready() {
+                        warn!(seq, subject = %msg.subject, "cluster: a record in the store does not decode, skipped (said once a minute): {e}");
+                    }
+                }
+            }
+            _ = check.tick() => {
+                if vault.connects.load(Ordering::Acquire) != generation {
+                    return Err("NATS reconnected".into());
+                }
+            }
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Puts a mirror read from the stream's start in place; what it holds
+/// that the old one did not reach is new to this router.
+fn put_in_place(vault: &Arc<Vault>, fresh: Mirror) {
+    let (news, applied) = {
+        let mut st = lock(&vault.state);
+        let before = st.mirror.applied();
+        st.mirror = fresh;
+        let applied = st.mirror.applied();
+        st.booked.reached(applied);
+        (st.mirror.records_after(before), applied)
+    };
+    let (persistent, queued, bytes) = vault_counts(vault);
+    debug!(
+        applied,
+        persistent, queued, bytes, "cluster: the store's mirror is in place"
+    );
+    vault.applied.send_replace(applied);
+    for (seq, record) in news {
+        deliver(vault, seq, &record);
+    }
+}
+
+fn vault_counts(vault: &Vault) -> (usize, usize, usize) {
+    lock(&vault.state).mirror.counts()
+}
+
+/// Applies one new message to the mirror in place.
+fn apply(vault: &Arc<Vault>, seq: u64, tail: &str, body: &[u8]) -> Result<(), String> {
+    let (applied, record) = {
+        let mut st = lock(&vault.state);
+        let applied = st.mirror.apply(seq, tail, body);
+        st.booked.reached(seq);
+        let record = st.mirror.get(seq).cloned();
+        (applied, record)
+    };
+    vault.applied.send_replace(seq);
+    debug!(seq, tail, ?applied, "cluster: applied a store message");
+    match (applied?, record) {
+        (Applied::Nothing, _) | (_, None) => {}
+        (_, Some(record)) => deliver(vault, seq, &record),
+    }
+    Ok(())
+}
+
+/// Delivers the new record `seq` to the servers connected here that it
+/// is for and that their replay did not cover.
+fn deliver(vault: &Arc<Vault>, seq: u64, record: &Stored) {
+    match &record.header.kind {
+        Kind::Queued { recipient } => {
+            let Some(peer) = vault.table.local(recipient) else {
+                return;
+            };
+            {
+                let st = lock(&vault.state);
+                if let Some(j) = st.joiners.get(recipient.as_str()) {
+                    // Its replay has it, or will.
+                    if j.session == peer.session && j.replay_seq >= seq {
+                        return;
+                    }
+                }
+            }
+            let (vault, wire) = (vault.clone(), record.wire.clone());
+            tokio::spawn(async move {
+                let Some(Written::Whole(stream)) = write_event(&peer.conn, wire).await else {
+                    return;
+                };
+                if let Ok(None) = stream.stopped().await {
+                    use crate::keep::Keep as _;
+                    if let Err(e) = vault.delivered(seq).await {
+                        warn!("could not delete a delivered queued event: {e}");
+                    }
+                }
+            });
+        }
+        Kind::Persistent { .. } => {
+            let sessions: Vec<(Arc<str>, u64)> = {
+                let st = lock(&vault.state);
+                st.joiners
+                    .iter()
+                    .filter(|(id, j)| {
+                        j.replay_seq < seq
+                            && j.at.elapsed() < RECENT
+                            && includes(record, id, &j.config.groups)
+                    })
+                    .map(|(id, j)| (id.clone(), j.session))
+                    .collect()
+            };
+            for (id, session) in sessions {
+                if let Some(peer) = vault.table.local(&id).filter(|p| p.session == session) {
+                    let _ = peer.outbound.push(record.wire.clone());
+                }
+            }
+        }
+    }
+}

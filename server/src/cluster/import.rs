@@ -1,0 +1,118 @@
+//! Growing from one router to a cluster: `icom-server --import-store DIR`
+//! copies a single router's store (persistent events and offline queues,
+//! DIR/icom.redb) into the cluster's shared store, in stored order, so
+//! that a community keeps its JIP queue.
+//!
+//! Running it twice is harmless: a persistent event replaces itself, and
+//! a queued copy is written on a subject made of its place in the file
+//! and its bytes, so it replaces itself too.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::mirror::{persistent_tail, queued_tail};
+use super::vault::Vault;
+use super::{link, ClusterError};
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::router::Table;
+use crate::store::{encode, Kind, Store, STORE_FILE};
+
+/// What an import copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    /// Persistent events.
+    pub persistent: usize,
+    /// Copies queued for offline servers.
+    pub queued: usize,
+}
+
+/// Copies the store in `data_dir` into the shared store of `config`'s
+/// cluster. The router that owns `data_dir` must be stopped (the file is
+/// locked while it runs).
+///
+/// # Errors
+/// [`ClusterError`]: no `[cluster]`, no store file, NATS unreachable, or
+/// a write refused (the message says which event, and how many were
+/// copied before it).
+pub async fn import_store(config: &Config, data_dir: &Path) -> Result<Imported, ClusterError> {
+    let cfg = config
+        .cluster
+        .clone()
+        .ok_or_else(|| ClusterError("importing needs a [cluster] section (or --nats)".into()))?;
+    let file = data_dir.join(STORE_FILE);
+    if !file.is_file() {
+        return Err(ClusterError(format!(
+            "no store to import: {} does not exist",
+            file.display()
+        )));
+    }
+    let store = Store::open(data_dir, config.store)
+        .map_err(|e| ClusterError(format!("{e} (is its router still running?)")))?;
+    let records = store.export(now_ms());
+    drop(store);
+    let gauge = Metrics::new().cluster.link_up.clone();
+    let link = link::connect(&cfg, config.limits.max_event_bytes, gauge).await?;
+    let started = Instant::now();
+    while !link.up.load(Ordering::Acquire) {
+        if started.elapsed() > cfg.connect_timeout.max(Duration::from_secs(1)) {
+            return Err(ClusterError(format!(
+                "NATS not reachable at {:?}",
+                cfg.urls
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let vault = Vault::new(
+        &cfg,
+        config,
+        link.client.clone(),
+        Arc::new(Table::default()),
+        link.up.clone(),
+        link.connects.clone(),
+    );
+    vault.prepare().await?;
+    let mut done = Imported {
+        persistent: 0,
+        queued: 0,
+    };
+    for (seq, record) in records {
+        let tail = match &record.header.kind {
+            Kind::Persistent { persist_id, .. } => persistent_tail(persist_id),
+            Kind::Queued { recipient } => {
+                queued_tail(recipient, &format!("r{seq}-{:016x}", fnv(&record.wire)))
+            }
+        };
+        let ttl = record
+            .header
+            .expires_ms
+            .map(|e| Duration::from_secs(e.saturating_sub(now_ms()).div_ceil(1000).max(1)));
+        vault
+            .publish(&tail, Bytes::from(encode(&record)), ttl)
+            .await
+            .map_err(|e| {
+                ClusterError(format!(
+                    "record {seq}: {e} (copied before it: {} persistent, {} queued)",
+                    done.persistent, done.queued
+                ))
+            })?;
+        match record.header.kind {
+            Kind::Persistent { .. } => done.persistent += 1,
+            Kind::Queued { .. } => done.queued += 1,
+        }
+    }
+    let _ = link.client.flush().await;
+    Ok(done)
+}
+
+/// FNV-1a, 64 bits: a stable name for a record's bytes.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,170 @@
+//! Where the events the router owes are kept: persistent events (the JIP
+//! queue) and the copies queued for offline servers. One router keeps
+//! them in its own file ([`Local`], redb); the routers of a cluster share
+//! them in JetStream ([`crate::cluster::Vault`]). Either way a write is
+//! durable before the ack that promises it goes out, and dispatch and
+//! replay are one code path above this seam.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use icom_protocol::Target;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::router::Peer;
+use crate::space::Pending;
+use crate::store::{Due, Store, StoreError};
+
+/// What a persistent send stores.
+#[derive(Debug, Clone)]
+pub(crate) struct Persistent {
+    /// Its id: a later one with the same id replaces it.
+    pub(crate) persist_id: String,
+    /// Who it is for (matched when a server connects).
+    pub(crate) target: Target,
+    /// Its sender.
+    pub(crate) from: String,
+    /// When it expires (ms since the epoch), if it has a ttl.
+    pub(crate) expires_ms: Option<u64>,
+    /// The encoded `deliver`.
+    pub(crate) wire: Bytes,
+}
+
+/// Per recipient: queued, or why not (the bound it hit, or the store
+/// failing for this copy).
+pub(crate) type Verdicts = Vec<Result<(), StoreError>>;
+
+/// The store of owed events, behind the seam.
+pub(crate) trait Keep: Send + Sync + std::fmt::Debug {
+    /// Stores a persistent event, replacing one of the same id.
+    fn persist(&self, event: Persistent) -> Pending<'_, Result<(), StoreError>>;
+
+    /// Removes the persistent event `persist_id`; false if there is none.
+    fn forget(&self, persist_id: String) -> Pending<'_, Result<bool, StoreError>>;
+
+    /// Queues a copy of `wire` for each of `recipients` (offline named
+    /// servers of a send with a ttl).
+    fn enqueue(
+        &self,
+        recipients: Vec<String>,
+        from: String,
+        expires_ms: Option<u64>,
+        wire: Bytes,
+    ) -> Pending<'_, Result<Verdicts, StoreError>>;
+
+    /// Everything due to `peer`, just registered, in stored order. In a
+    /// cluster this first catches up with every write acked anywhere
+    /// before the call.
+    fn due_for<'a>(
+        &'a self,
+        peer: &'a Arc<Peer>,
+        config: Arc<Config>,
+    ) -> Pending<'a, Result<Vec<Due>, StoreError>>;
+
+    /// The queued copy `seq` was delivered whole: delete it.
+    fn delivered(&self, seq: u64) -> Pending<'_, Result<(), StoreError>>;
+
+    /// Deletes what expired by `now_ms`; returns how many.
+    fn sweep(&self, now_ms: u64) -> Pending<'_, Result<usize, StoreError>>;
+
+    /// Persistent events, queued copies, bytes (in a cluster: the whole
+    /// cluster's, as this router knows them).
+    fn counts(&self) -> (usize, usize, usize);
+
+    /// The store's own work, until `shutdown` (a cluster's follows the
+    /// shared store).
+    fn run(self: Arc<Self>, _shutdown: CancellationToken) -> Pending<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// Store work running on blocking threads at once. The database takes one
+/// write transaction at a time, so more would only be threads waiting for
+/// its lock (each with a stack and its allocator's thread cache); the rest
+/// wait as tasks.
+const STORE_SLOTS: usize = 4;
+
+/// One router's own store: the redb file in its data dir.
+#[derive(Debug)]
+pub(crate) struct Local {
+    store: Arc<Store>,
+    slots: Semaphore,
+}
+
+impl Local {
+    pub(crate) fn new(store: Arc<Store>) -> Local {
+        Local {
+            store,
+            slots: Semaphore::new(STORE_SLOTS),
+        }
+    }
+
+    /// Runs store work off the async threads, at most [`STORE_SLOTS`] at
+    /// once.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let Ok(_slot) = self.slots.acquire().await else {
+            return Err(StoreError::Io("the store is closed".into()));
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Io(format!("store task failed: {e}"))))
+    }
+}
+
+impl Keep for Local {
+    fn persist(&self, e: Persistent) -> Pending<'_, Result<(), StoreError>> {
+        Box::pin(
+            self.blocking(move |s| {
+                s.persist(&e.persist_id, &e.target, &e.from, e.expires_ms, e.wire)
+            }),
+        )
+    }
+
+    fn forget(&self, persist_id: String) -> Pending<'_, Result<bool, StoreError>> {
+        Box::pin(self.blocking(move |s| s.forget(&persist_id)))
+    }
+
+    fn enqueue(
+        &self,
+        recipients: Vec<String>,
+        from: String,
+        expires_ms: Option<u64>,
+        wire: Bytes,
+    ) -> Pending<'_, Result<Verdicts, StoreError>> {
+        Box::pin(self.blocking(move |s| {
+            let ids: Vec<&str> = recipients.iter().map(String::as_str).collect();
+            let verdicts = s.enqueue(&ids, &from, expires_ms, &wire)?;
+            Ok(verdicts
+                .into_iter()
+                .map(|v| v.map_err(StoreError::Full))
+                .collect())
+        }))
+    }
+
+    fn due_for<'a>(
+        &'a self,
+        peer: &'a Arc<Peer>,
+        config: Arc<Config>,
+    ) -> Pending<'a, Result<Vec<Due>, StoreError>> {
+        let id = peer.server_id.clone();
+        Box::pin(self.blocking(move |s| Ok(s.due_for(&id, &config.groups, crate::clock::now_ms()))))
+    }
+
+    fn delivered(&self, seq: u64) -> Pending<'_, Result<(), StoreError>> {
+        Box::pin(self.blocking(move |s| s.delivered(seq)))
+    }
+
+    fn sweep(&self, now_ms: u64) -> Pending<'_, Result<usize, StoreError>> {
+        Box::pin(self.blocking(move |s| s.sweep(now_ms)))
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        self.store.counts()
+    }
+}
