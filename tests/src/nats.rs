@@ -412,6 +412,31 @@ impl NatsCluster {
             .map(str::to_owned)
     }
 
+    /// The node that leads JetStream stream `stream`, as the first live
+    /// node that knows says (from `/jsz?streams=true`); `None` if none
+    /// does (no leader, or no such stream).
+    pub async fn stream_leader(&mut self, stream: &str) -> Option<usize> {
+        for i in 0..self.len() {
+            if !self.running(i) {
+                continue;
+            }
+            let Some(jsz) = self.monitor_json(i, "/jsz?streams=true").await else {
+                continue;
+            };
+            let leader = jsz["account_details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+                .find(|s| s["name"] == stream)
+                .and_then(|s| s["cluster"]["leader"].as_str().map(str::to_owned));
+            if let Some(name) = leader.filter(|l| !l.is_empty()) {
+                return self.nodes.iter().position(|n| n.name == name);
+            }
+        }
+        None
+    }
+
     /// GETs `path` from node `i`'s monitoring endpoint (bounded by 5 s)
     /// and parses the body as JSON; `None` on any failure.
     pub async fn monitor_json(&self, i: usize, path: &str) -> Option<Value> {

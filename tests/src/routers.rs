@@ -35,6 +35,8 @@ pub fn cluster_section(nats: &NatsCluster, name: &str) -> ClusterFile {
         router_timeout_ms: TEST_ROUTER_TIMEOUT_MS,
         request_timeout_ms: 2000,
         connect_timeout_ms: 5000,
+        // As many copies of the shared store as there are nodes, up to 3.
+        store_replicas: Some(u8::try_from(nats.urls().len().min(3)).unwrap_or(3)),
         ..ClusterFile::default()
     }
 }
@@ -100,9 +102,11 @@ impl Routers {
         let section = toml::to_string(&table).expect("the cluster section serialises");
         let files =
             RouterFiles::with_pki(self.routers[0].shared_pki(), &format!("{extra}\n{section}"));
+        // Counted before the start: the new router's first beat may be
+        // heard before its `listening` line is read.
+        let before = self.routers[0].stats().routers;
         let process =
             RouterProcess::start(&mut files.command(workspace_bin("icom-server", "icom-server")));
-        let before = self.routers[0].stats().routers;
         assert!(
             eventually(|| self.routers[0].stats().routers > before).await,
             "router 0 did not hear of the router process {name}"

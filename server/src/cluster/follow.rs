@@ -12,10 +12,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use icom_protocol::lock;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +28,14 @@ use crate::store::{Kind, Stored};
 
 /// Consecutive consumer errors after which the stream is read anew.
 const MAX_ERRORS: u32 = 10;
+
+/// A mirror this long behind a barrier written has lost the stream (its
+/// consumer went with a NATS node): it reads the stream again.
+const STALL: Duration = Duration::from_secs(2);
+
+/// With nothing read for this long, the follower writes a barrier of its
+/// own, to find out whether it still follows the stream.
+const PROBE: Duration = Duration::from_secs(5);
 
 /// Follows the store until `shutdown`.
 pub(super) async fn run(vault: Arc<Vault>, shutdown: CancellationToken) {
@@ -73,10 +80,7 @@ async fn follow(
     generation: u64,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
-    let barrier = vault
-        .publish(&format!("sync.{}", vault.router), Bytes::new(), None)
-        .await
-        .map_err(|e| e.to_string())?;
+    let barrier = vault.barrier().await.map_err(|e| e.to_string())?;
     let stream = vault
         .js
         .get_stream_no_info(&vault.stream)
@@ -98,6 +102,10 @@ async fn follow(
     let mut errors = 0;
     let mut check = tokio::time::interval(Duration::from_millis(500));
     let mut bad = Every::default();
+    let mut last_read = Instant::now();
+    let mut behind_since: Option<Instant> = None;
+    let mut probe: Option<tokio::task::JoinHandle<()>> = None;
+    let started = Instant::now();
     loop {
         tokio::select! {
             m = messages.next() => {
@@ -114,6 +122,7 @@ async fn follow(
                     Some(Ok(m)) => m,
                 };
                 errors = 0;
+                last_read = Instant::now();
                 let Ok(seq) = msg.info().map(|i| i.stream_sequence) else { continue };
                 let tail = msg
                     .subject
@@ -141,6 +150,25 @@ async fn follow(
             _ = check.tick() => {
                 if vault.connects.load(Ordering::Acquire) != generation {
                     return Err("NATS reconnected".into());
+                }
+                if fresh.is_some() && started.elapsed() >= 5 * STALL {
+                    return Err("reading the stream from its start did not get past its barrier".into());
+                }
+                let applied = *vault.applied.borrow();
+                if fresh.is_none() && vault.wanted.load(Ordering::Acquire) > applied {
+                    let since = *behind_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= STALL {
+                        return Err(format!("this router's copy of the store stopped at {applied}"));
+                    }
+                } else {
+                    behind_since = None;
+                }
+                if last_read.elapsed() >= PROBE && probe.as_ref().is_none_or(|p| p.is_finished()) {
+                    last_read = Instant::now();
+                    let v = vault.clone();
+                    probe = Some(tokio::spawn(async move {
+                        let _ = v.barrier().await;
+                    }));
                 }
             }
             () = shutdown.cancelled() => return Ok(()),

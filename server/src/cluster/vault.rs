@@ -95,6 +95,9 @@ pub(crate) struct Vault {
     pub(super) connects: Arc<AtomicU64>,
     /// Whether the stream is known to exist with this router's settings.
     pub(super) ready: AtomicBool,
+    /// The highest barrier written: a mirror that does not reach it soon
+    /// has lost the stream and reads it again.
+    pub(super) wanted: AtomicU64,
 }
 
 /// The stream's name for a subject prefix.
@@ -157,6 +160,7 @@ impl Vault {
             up,
             connects,
             ready: AtomicBool::new(false),
+            wanted: AtomicU64::new(0),
         }
     }
 
@@ -261,11 +265,18 @@ impl Vault {
         }
     }
 
-    /// Writes a barrier and waits until the mirror has read past it.
-    pub(super) async fn catch_up(&self) -> Result<(), StoreError> {
+    /// Writes a barrier; returns its sequence.
+    pub(super) async fn barrier(&self) -> Result<u64, StoreError> {
         let seq = self
             .publish(&format!("sync.{}", self.router), Bytes::new(), None)
             .await?;
+        self.wanted.fetch_max(seq, Ordering::AcqRel);
+        Ok(seq)
+    }
+
+    /// Writes a barrier and waits until the mirror has read past it.
+    pub(super) async fn catch_up(&self) -> Result<(), StoreError> {
+        let seq = self.barrier().await?;
         let mut rx = self.applied.subscribe();
         let reached = tokio::time::timeout(self.timeout, rx.wait_for(|a| *a >= seq))
             .await

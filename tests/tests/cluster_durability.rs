@@ -1,0 +1,159 @@
+//! Nothing acked is lost in cluster mode (docs/PROTOCOL.md §12.6): a
+//! router SIGKILLed while it takes persistent and queued sends, and the
+//! NATS node that leads the store's stream SIGKILLed likewise. Every send
+//! acked `ok` reaches the late joiner; what was stored but not acked may
+//! arrive too, and a copy may arrive twice (the client drops duplicates by
+//! `(from, id)`: counted here, on a raw connection).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use icom_protocol::{AckCode, Persist, Send, Target};
+use icom_tests::{eventually, RawClient, Routers};
+
+/// Sends to the offline server `late`, in turn, a persistent event (its
+/// own id) and a copy with a ttl, until the connection ends or `stop`;
+/// the ids acked `ok` are recorded, and the codes of the others.
+async fn load(
+    mut c: RawClient,
+    acked: Arc<Mutex<Vec<u64>>>,
+    refused: Arc<Mutex<HashMap<AckCode, usize>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let data = Bytes::from(rmp_serde::to_vec("x").unwrap());
+    for id in 1.. {
+        if stop.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let base = icom_tests::send(id, Target::Server("late".into()), "load", data.clone());
+        let s = if id % 2 == 0 {
+            Send {
+                persist: Some(Persist::Id(format!("p{id}"))),
+                ..base
+            }
+        } else {
+            Send {
+                ttl_ms: Some(600_000),
+                ..base
+            }
+        };
+        match c.send(&s).await {
+            Ok(ack) if ack.ok => acked.lock().unwrap().push(id),
+            Ok(ack) => {
+                let code = ack.error.map_or(AckCode::Unknown, |e| e.code);
+                *refused.lock().unwrap().entry(code).or_default() += 1;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// The ids `late` is replayed, and how many came more than once.
+async fn replayed_to_late(c: &mut RawClient) -> (BTreeSet<u64>, usize) {
+    let got = c.replayed().await.unwrap();
+    let mut ids = BTreeSet::new();
+    let mut dups = 0;
+    for d in got {
+        assert_eq!(d.from, "sender");
+        if !ids.insert(d.id) {
+            dups += 1;
+        }
+    }
+    (ids, dups)
+}
+
+type Load = (
+    Arc<Mutex<Vec<u64>>>,
+    Arc<Mutex<HashMap<AckCode, usize>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
+
+fn shared() -> Load {
+    (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(HashMap::new())),
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_sigkilled_under_durable_load_loses_nothing_it_acked() {
+    let rs = Routers::start(3, 2).await;
+    let (files, doomed) = rs.spawn_binary("doomed", "").await;
+    let mut sender = RawClient::welcomed(files.addr(), files.pki(), "sender").await;
+    assert!(sender.replayed().await.unwrap().is_empty());
+    let (acked, refused, stop) = shared();
+    let task = tokio::spawn(load(sender, acked.clone(), refused.clone(), stop));
+    assert!(
+        eventually(|| acked.lock().unwrap().len() >= 100).await,
+        "the load did not get going: {:?}",
+        refused.lock().unwrap()
+    );
+    doomed.signal("KILL");
+    task.await.unwrap();
+    let acked: Vec<u64> = acked.lock().unwrap().clone();
+
+    let mut late = rs.router(0).raw("late").await;
+    let (got, dups) = replayed_to_late(&mut late).await;
+    let lost: Vec<&u64> = acked.iter().filter(|id| !got.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "acked and lost: {lost:?} ({} acked)",
+        acked.len()
+    );
+    println!(
+        "router killed: {} acked, {} replayed ({} stored but not acked), {dups} duplicates, refused {:?}",
+        acked.len(),
+        got.len(),
+        got.len() - acked.len(),
+        refused.lock().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_leader_sigkilled_under_durable_load_loses_nothing_acked() {
+    let mut rs = Routers::start(3, 2).await;
+    let mut sender = rs.router(0).raw("sender").await;
+    assert!(sender.replayed().await.unwrap().is_empty());
+    let (acked, refused, stop) = shared();
+    let task = tokio::spawn(load(sender, acked.clone(), refused.clone(), stop.clone()));
+    assert!(eventually(|| acked.lock().unwrap().len() >= 50).await);
+    let leader = rs
+        .nats
+        .stream_leader("icom_store")
+        .await
+        .expect("the store's stream has a leader");
+    rs.nats.kill(leader);
+    let at_kill = acked.lock().unwrap().len();
+    // Sends go on once another node leads the stream.
+    assert!(
+        eventually(|| acked.lock().unwrap().len() >= at_kill + 50).await,
+        "no sends acked after the leader died: {:?}",
+        refused.lock().unwrap()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    task.await.unwrap();
+    let acked: Vec<u64> = acked.lock().unwrap().clone();
+
+    let mut late = rs.router(1).raw("late").await;
+    let (got, dups) = replayed_to_late(&mut late).await;
+    let lost: Vec<&u64> = acked.iter().filter(|id| !got.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "acked and lost: {lost:?} ({} acked)",
+        acked.len()
+    );
+    let refused = refused.lock().unwrap().clone();
+    assert!(
+        refused.keys().all(|c| *c == AckCode::Unreachable),
+        "a send refused for another reason than the store's election: {refused:?}"
+    );
+    println!(
+        "stream leader killed: {} acked, {} replayed, {dups} duplicates, refused {refused:?}",
+        acked.len(),
+        got.len(),
+    );
+}
