@@ -159,6 +159,10 @@ pub(crate) enum Scenario {
     Join(JoinArgs),
     /// The same sender straight into a sink (no router): the ceiling.
     Limit(TputArgs),
+    /// Durable sends: persistent and ttl-queued events to an offline
+    /// server, each acked once it is on disk, beside plain sends in the
+    /// same run: sends/s of each.
+    Persist(PersistArgs),
     /// A scenario through the impairment proxy (round-trip time, loss).
     Wan(WanArgs),
     /// Mixed traffic through churn for minutes; samples memory and
@@ -187,6 +191,30 @@ pub(crate) struct TputArgs {
     /// library, to see the router's share alone (in-process router only).
     #[arg(long)]
     pub(crate) raw: bool,
+}
+
+/// `icom-bench persist`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PersistArgs {
+    /// Events to send in each of the three phases (plain, persistent,
+    /// ttl), after a warm-up of a tenth as many.
+    #[arg(long, default_value_t = 50_000, value_name = "N")]
+    pub(crate) events: u64,
+    /// Size of each event's data (encoded MessagePack), in bytes.
+    #[arg(long, default_value_t = 200, value_name = "BYTES")]
+    pub(crate) size: usize,
+    /// Events in flight at once (sent, not yet acked; plain ones not yet
+    /// delivered either).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub(crate) window: usize,
+    /// Persist ids used in turn: each persistent send replaces the event
+    /// stored under its id `ids` sends before, so the store holds at most
+    /// this many.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub(crate) ids: u64,
+    /// The ttl of the queued sends, in ms.
+    #[arg(long, default_value_t = 600_000, value_name = "MS")]
+    pub(crate) ttl_ms: u64,
 }
 
 /// `icom-bench fanout`.

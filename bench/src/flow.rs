@@ -166,7 +166,7 @@ pub(crate) async fn fanout(env: &Env, args: &FanoutArgs) -> anyhow::Result<Repor
 
 /// Sends `events` to `to` from `sender` while every receiver counts
 /// `events * per_receiver / receivers.len()` deliveries.
-async fn phase(
+pub(crate) async fn phase(
     sender: &Client,
     to: &Target,
     events: u64,

@@ -32,6 +32,7 @@ pub(crate) async fn run(env: &Env, args: &JoinArgs) -> anyhow::Result<Report> {
         Needs {
             connections: args.servers,
             metrics: Some(metrics),
+            ..Needs::default()
         },
     )
     .await?;

@@ -12,6 +12,8 @@
 //! - `idle`: K idle servers, and the router's memory per connection;
 //! - `join`: K servers connecting at once, until presence has settled;
 //! - `limit`: the sender straight into a sink, no router: the ceiling;
+//! - `persist`: persistent and ttl-queued sends to an offline server,
+//!   each acked once on disk, beside plain sends ([`persist`]);
 //! - `wan`: any of tput, fanout, lat, limit through the impairment proxy;
 //! - `soak`: mixed traffic through churn, sampling memory and descriptors;
 //! - `--cluster` before any of tput, fanout, lat: the same across two
@@ -33,6 +35,7 @@ mod lat;
 mod limit;
 mod os;
 mod payload;
+mod persist;
 mod pump;
 mod raw;
 mod report;
@@ -130,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::Idle(a) => idle::run(&env, a).await?,
         Scenario::Join(a) => join::run(&env, a).await?,
         Scenario::Limit(a) => limit::run(&env, a).await?,
+        Scenario::Persist(a) => persist::run(&env, a).await?,
         Scenario::Soak(a) => soak::run(&env, a).await?,
         Scenario::Wan(a) => match &a.scenario {
             WanScenario::Tput(t) => flow::tput(&env, t).await?,

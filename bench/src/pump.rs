@@ -19,6 +19,8 @@ pub(crate) struct Sent {
     pub(crate) failed: u64,
     /// The sum of the acks' `delivered`.
     pub(crate) deliveries: u64,
+    /// The sum of the acks' `queued`: copies stored for offline servers.
+    pub(crate) queued: u64,
     pub(crate) first_error: Option<String>,
     /// When the last ack came.
     pub(crate) done: Option<Instant>,
@@ -123,6 +125,31 @@ pub(crate) struct Flow {
     /// Permits per delivery in flight, and the deliveries of one event:
     /// each send takes that many; each delivery gives one back.
     pub(crate) credit: Option<(Arc<Semaphore>, u32)>,
+    /// Plain, persistent or with a ttl.
+    pub(crate) keep: Keep,
+}
+
+/// Whether the router is asked to store the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Plain sends.
+    Nothing,
+    /// Persistent, under ids `bench-0` … `bench-<n-1>` in turn: each send
+    /// stores one event, replacing the one sent `n` sends before.
+    Persist(u64),
+    /// With this ttl: a copy is queued for each offline named recipient.
+    Ttl(Duration),
+}
+
+impl Keep {
+    /// The options of the `i`-th send.
+    fn options(self, i: u64) -> SendOptions {
+        match self {
+            Keep::Nothing => SendOptions::new(),
+            Keep::Persist(n) => SendOptions::new().persist(format!("bench-{}", i % n.max(1))),
+            Keep::Ttl(ttl) => SendOptions::new().ttl(ttl),
+        }
+    }
 }
 
 impl Flow {
@@ -132,6 +159,7 @@ impl Flow {
             events,
             size,
             credit: None,
+            keep: Keep::Nothing,
         }
     }
 }
@@ -146,6 +174,7 @@ pub(crate) async fn pump(client: &Client, flow: Flow) -> Sent {
         events,
         size,
         credit,
+        keep,
     } = flow;
     let (publisher, mut outcomes) = client.publisher();
     let reader = {
@@ -159,6 +188,7 @@ pub(crate) async fn pump(client: &Client, flow: Flow) -> Sent {
                         Ok(ack) => {
                             s.acked += 1;
                             s.deliveries += u64::from(ack.delivered);
+                            s.queued += u64::from(ack.queued);
                             ack.delivered
                         }
                         Err(e) => {
@@ -177,9 +207,9 @@ pub(crate) async fn pump(client: &Client, flow: Flow) -> Sent {
             s
         })
     };
-    let options = SendOptions::new();
+    let plain = SendOptions::new();
     let mut unsent = Sent::default();
-    for _ in 0..events {
+    for i in 0..events {
         if let Some((credit, n)) = &credit {
             match credit.acquire_many(*n).await {
                 Ok(p) => p.forget(),
@@ -187,7 +217,14 @@ pub(crate) async fn pump(client: &Client, flow: Flow) -> Sent {
             }
         }
         let data = MsgPack(payload::stamped(size));
-        if let Err(e) = publisher.publish(&to, EVENT, data, &options).await {
+        let stored;
+        let options = if keep == Keep::Nothing {
+            &plain
+        } else {
+            stored = keep.options(i);
+            &stored
+        };
+        if let Err(e) = publisher.publish(&to, EVENT, data, options).await {
             unsent.failed += 1;
             unsent.first_error.get_or_insert_with(|| e.to_string());
             if let Some((credit, n)) = &credit {

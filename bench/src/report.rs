@@ -92,6 +92,12 @@ impl Report {
         self.notes.extend(other.notes);
     }
 
+    /// The same report without the figures named in `keys`.
+    pub(crate) fn without(mut self, keys: &[&str]) -> Report {
+        self.rows.retain(|r| !keys.contains(&r.key.as_str()));
+        self
+    }
+
     /// The value of a figure added earlier.
     pub(crate) fn get(&self, key: &str) -> Option<&Value> {
         self.rows.iter().find(|r| r.key == key).map(|r| &r.value)

@@ -54,6 +54,10 @@ pub(crate) struct Needs {
     pub(crate) connections: u32,
     /// Where the router serves `/metrics`, if the scenario reads them.
     pub(crate) metrics: Option<SocketAddr>,
+    /// Events the router must be able to store at once (persistent, or
+    /// queued for one offline server), and the bytes of each: the store's
+    /// bounds are raised to fit.
+    pub(crate) stored: Option<(u64, usize)>,
 }
 
 /// A CPU, memory and descriptor reading of the router.
@@ -106,6 +110,20 @@ impl Router {
             if let Some(addr) = needs.metrics {
                 f.metrics.enabled = true;
                 f.metrics.listen = addr;
+            }
+            if let Some((events, size)) = needs.stored {
+                // A stored record is the encoded `deliver`: the data and
+                // its header fields (under 200 bytes for the bench's).
+                let bytes = events.saturating_mul(size as u64 + 256);
+                let s = &mut f.store;
+                s.queue_events = s
+                    .queue_events
+                    .max(u32::try_from(events).unwrap_or(u32::MAX));
+                s.max_persistent = s
+                    .max_persistent
+                    .max(u32::try_from(events).unwrap_or(u32::MAX));
+                s.queue_bytes = s.queue_bytes.max(bytes);
+                s.max_bytes = s.max_bytes.max(bytes.saturating_mul(2));
             }
         };
         match placement {

@@ -86,6 +86,27 @@ fn limit_counts_what_the_sink_received() {
 }
 
 #[test]
+fn persist_counts_every_durable_send_stored_and_every_plain_one_delivered() {
+    let v = bench(&[
+        "persist", "--events", "300", "--window", "32", "--ids", "50",
+    ]);
+    assert_eq!(v["scenario"], "persist");
+    for phase in ["persist", "ttl"] {
+        assert_eq!(n(&v, &format!("{phase}_sent")), 300, "{v}");
+        assert_eq!(n(&v, &format!("{phase}_acked")), 300, "{v}");
+        assert_eq!(n(&v, &format!("{phase}_queued")), 300, "{v}");
+        assert_eq!(n(&v, &format!("{phase}_failed")), 0, "{v}");
+        assert!(v[format!("{phase}_vs_plain")].is_number(), "{v}");
+    }
+    assert_eq!(n(&v, "plain_acked"), 300);
+    assert_eq!(n(&v, "plain_delivered"), 300);
+    assert!(
+        v["persist_router_cpu_s_per_million_events"].is_number(),
+        "{v}"
+    );
+}
+
+#[test]
 fn fanout_delivers_every_broadcast_to_every_receiver() {
     let v = bench(&[
         "fanout",
