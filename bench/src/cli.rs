@@ -51,6 +51,10 @@ pub(crate) struct Cli {
     /// (scripts/test installs it).
     #[arg(long, conflicts_with = "spawn")]
     pub(crate) cluster: bool,
+    /// With --cluster: NATS nodes, 1 or 3 (a JetStream cluster; the
+    /// shared store then keeps 3 replicas).
+    #[arg(long, default_value_t = 1, requires = "cluster", value_parser = clap::value_parser!(u8).range(1..=3))]
+    pub(crate) nats_nodes: u8,
     /// The icom-server binary [default: beside this executable].
     #[arg(long, value_name = "FILE")]
     pub(crate) server_bin: Option<PathBuf>,

@@ -1,10 +1,11 @@
-//! `--cluster`: the cross-router scenarios. A NATS node (mutual TLS, on
-//! loopback; the `nats-server` of `.venv-tools`, or `$ICOM_NATS_SERVER`)
-//! and two in-process routers of one cluster on it, both on the bench's
-//! router runtime, so that "router CPU" is both routers together. The
-//! sender (`server_1`) connects to the first, every other client to the
-//! second: each event crosses NATS once. The NATS node's own CPU is
-//! reported beside the routers'.
+//! `--cluster`: the cross-router scenarios. NATS (one node, or three with
+//! `--nats-nodes 3`; mutual TLS, on loopback; the `nats-server` of
+//! `.venv-tools`, or `$ICOM_NATS_SERVER`) and two in-process routers of
+//! one cluster on it, both on the bench's router runtime, so that "router
+//! CPU" is both routers together. The sender (`server_1`) connects to the
+//! first, every other client to the second: each event crosses NATS once.
+//! The shared store keeps as many replicas as there are nodes. NATS's own
+//! CPU (every node) is reported beside the routers'.
 
 use std::time::Duration;
 
@@ -23,7 +24,8 @@ pub(crate) const SENDER: &str = "server_1";
 
 /// How the report says the cluster was measured.
 pub(crate) const METHOD: &str = "; the sender on one router, the other clients on the other, \
-    over one nats-server node with mutual TLS; NATS CPU = that process's utime+stime";
+    over nats-server with mutual TLS (the report's nats_nodes; the store's replicas as many); \
+    NATS CPU = the nodes' utime+stime";
 
 /// The second router and the NATS node.
 pub(crate) struct Peer {
@@ -38,9 +40,10 @@ pub(crate) struct Peer {
 /// When a router cannot start, or they do not meet within 20 s.
 pub(crate) async fn start(
     runtime: &Runtime,
+    nodes: usize,
     tweak: impl Fn(&mut ConfigFile) + Clone + Send + Sync + 'static,
 ) -> anyhow::Result<(TestCluster, Peer)> {
-    let nats = NatsCluster::start(1).await;
+    let nats = NatsCluster::start(nodes).await;
     let router = |name: &str| {
         let (section, tweak) = (cluster_section(&nats, name), tweak.clone());
         move |c: &mut ConfigFile| {
@@ -104,9 +107,16 @@ impl Peer {
         .context("the sender's router did not hear of the receivers within 20 s")
     }
 
-    /// The NATS node's CPU time so far.
+    /// The NATS nodes' CPU time so far.
     pub(crate) fn nats_cpu(&self) -> Option<Duration> {
-        Proc::Pid(self.nats.pid(0)?).cpu()
+        (0..self.nats.len())
+            .map(|i| Proc::Pid(self.nats.pid(i)?).cpu())
+            .sum()
+    }
+
+    /// How many NATS nodes there are.
+    pub(crate) fn nats_nodes(&self) -> usize {
+        self.nats.len()
     }
 
     /// Stops the second router (NATS stops when this is dropped).

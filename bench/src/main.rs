@@ -16,8 +16,8 @@
 //!   each acked once on disk, beside plain sends ([`persist`]);
 //! - `wan`: any of tput, fanout, lat, limit through the impairment proxy;
 //! - `soak`: mixed traffic through churn, sampling memory and descriptors;
-//! - `--cluster` before any of tput, fanout, lat: the same across two
-//!   routers of one cluster on NATS ([`cluster`]).
+//! - `--cluster` before any of tput, fanout, lat, persist: the same across
+//!   two routers of one cluster on NATS ([`cluster`]).
 //!
 //! The layers, lowest first: [`cli`] (the arguments), [`report`], [`os`],
 //! [`payload`]; [`wan`] (the proxy) and [`router`]; [`env`] (what a
@@ -99,14 +99,18 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     if cli.cluster
         && !matches!(
             cli.scenario,
-            Scenario::Tput(_) | Scenario::Fanout(_) | Scenario::Lat(_)
+            Scenario::Tput(_) | Scenario::Fanout(_) | Scenario::Lat(_) | Scenario::Persist(_)
         )
     {
         anyhow::bail!(
-            "--cluster runs tput, fanout and lat across two routers; the other scenarios \
-             measure one router"
+            "--cluster runs tput, fanout, lat and persist across two routers; the other \
+             scenarios measure one router"
         );
     }
+    anyhow::ensure!(
+        matches!(cli.nats_nodes, 1 | 3),
+        "--nats-nodes is 1 or 3 (JetStream needs a majority)"
+    );
     // The bench starts its own router unless one is named.
     let placement = if cli.connection.names_a_router() {
         Placement::Remote(Box::new(Remote {
@@ -115,7 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             pid: cli.router_pid,
         }))
     } else if cli.cluster {
-        Placement::Cluster(router_threads)
+        Placement::Cluster(router_threads, usize::from(cli.nats_nodes))
     } else if cli.spawn {
         Placement::Spawn(env::server_bin(cli.server_bin.as_ref())?)
     } else {

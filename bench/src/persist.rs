@@ -10,8 +10,10 @@
 //!   for it each.
 //!
 //! A durable send counts once its ack says ok and `queued: 1`: the router
-//! acks it only after the store's write is committed to disk. The store's
-//! bounds are raised to hold every event of the run.
+//! acks it only after the store's write is committed to disk (with
+//! `--cluster`, once JetStream acked it: a majority of the stream's
+//! replicas has it). The store's bounds are raised to hold every event of
+//! the run.
 
 use std::time::{Duration, Instant};
 
@@ -175,6 +177,9 @@ fn durable_counts(r: &mut Report, events: u64, sent: &Sent) {
 /// Adds the router's CPU per event and its busy cores between two
 /// readings.
 fn cpu_per_event(r: &mut Report, before: Usage, after: Usage, elapsed: Duration, count: u64) {
+    if let (Some(a), Some(b)) = (before.nats_cpu, after.nats_cpu) {
+        crate::cluster::add_nats_cpu(r, b.saturating_sub(a), count, "events");
+    }
     if let (Some(a), Some(b)) = (before.cpu, after.cpu) {
         let cpu = b.saturating_sub(a);
         r.add(

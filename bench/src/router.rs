@@ -40,7 +40,7 @@ pub(crate) enum Placement {
     /// On a runtime of its own in this process, with this many threads.
     InProcess(usize),
     /// Two routers of one cluster on that runtime, over a NATS node.
-    Cluster(usize),
+    Cluster(usize, usize),
     /// The `icom-server` binary at this path, as a child process.
     Spawn(PathBuf),
     /// Somewhere else: connect with these settings.
@@ -69,7 +69,7 @@ pub(crate) struct Usage {
     pub(crate) bench_cpu: Option<Duration>,
     pub(crate) memory: Option<Memory>,
     pub(crate) fds: Option<u64>,
-    /// With `--cluster`: the NATS node's CPU time.
+    /// With `--cluster`: the NATS nodes' CPU time.
     pub(crate) nats_cpu: Option<Duration>,
 }
 
@@ -127,10 +127,10 @@ impl Router {
             }
         };
         match placement {
-            Placement::InProcess(threads) | Placement::Cluster(threads) => {
+            Placement::InProcess(threads) | Placement::Cluster(threads, _) => {
                 let runtime = router_runtime(ROUTER_THREADS, *threads)?;
-                let (cluster, peer) = if let Placement::Cluster(_) = placement {
-                    let (first, peer) = crate::cluster::start(&runtime, tweak).await?;
+                let (cluster, peer) = if let Placement::Cluster(_, nodes) = placement {
+                    let (first, peer) = crate::cluster::start(&runtime, *nodes, tweak).await?;
                     (first, Some(Box::new(peer)))
                 } else {
                     let one = runtime
@@ -346,10 +346,9 @@ impl Router {
                 } else {
                     "router"
                 },
-                if peer.is_some() {
-                    crate::cluster::METHOD
-                } else {
-                    ""
+                match peer {
+                    Some(p) => format!("{}; nats_nodes={}", crate::cluster::METHOD, p.nats_nodes()),
+                    None => String::new(),
                 },
             ),
             Kind::Child { pid, .. } => format!(

@@ -262,5 +262,37 @@ fn cluster_refuses_the_scenarios_that_measure_one_router() {
         .expect("icom-bench runs");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--cluster runs tput, fanout and lat"), "{err}");
+    assert!(
+        err.contains("--cluster runs tput, fanout, lat and persist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cluster_persist_stores_every_durable_send_in_jetstream_with_three_replicas() {
+    let v = bench(&[
+        "--cluster",
+        "--nats-nodes",
+        "3",
+        "persist",
+        "--events",
+        "200",
+        "--window",
+        "32",
+    ]);
+    for phase in ["persist", "ttl"] {
+        assert_eq!(
+            (
+                n(&v, &format!("{phase}_acked")),
+                n(&v, &format!("{phase}_queued"))
+            ),
+            (200, 200),
+            "{v}"
+        );
+        assert!(v[format!("{phase}_nats_cpu_s")].is_number(), "{v}");
+    }
+    assert!(
+        v["method"].as_str().unwrap().contains("nats_nodes=3"),
+        "{v}"
+    );
 }
