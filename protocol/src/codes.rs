@@ -24,12 +24,14 @@ pub enum AckCode {
     /// list; an unknown group; id 0; `ttl_ms` 0.
     Invalid,
     /// In a cluster: a recipient, or part of a broadcast, is on another
-    /// router and this router cannot reach the cluster right now. What
-    /// could be delivered on this router was.
+    /// router and this router cannot reach the cluster right now (what
+    /// could be delivered on this router was); or the cluster's shared
+    /// store did not confirm a persistent or ttl write in time (it may
+    /// still have been stored).
     Unreachable,
-    /// The router cannot take this kind of send in its present mode: a
-    /// persistent or ttl send to a router in cluster mode, until the
-    /// cluster stores events. Nothing was stored or delivered.
+    /// The router cannot take this kind of send in its present mode.
+    /// Nothing was stored or delivered. (No router of this revision sends
+    /// it.)
     Unsupported,
     /// A code this version does not know (sent by a newer router).
     Unknown,
