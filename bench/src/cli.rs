@@ -55,6 +55,10 @@ pub(crate) struct Cli {
     /// shared store then keeps 3 replicas).
     #[arg(long, default_value_t = 1, requires = "cluster", value_parser = clap::value_parser!(u8).range(1..=3))]
     pub(crate) nats_nodes: u8,
+    /// With --cluster: JetStream flushes every write to disk before it
+    /// acks it (`sync_interval: always`) instead of every 2 minutes.
+    #[arg(long, requires = "cluster")]
+    pub(crate) nats_sync_always: bool,
     /// The icom-server binary [default: beside this executable].
     #[arg(long, value_name = "FILE")]
     pub(crate) server_bin: Option<PathBuf>,

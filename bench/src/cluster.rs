@@ -27,10 +27,20 @@ pub(crate) const METHOD: &str = "; the sender on one router, the other clients o
     over nats-server with mutual TLS (the report's nats_nodes; the store's replicas as many); \
     NATS CPU = the nodes' utime+stime";
 
+/// The NATS nodes to start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Nodes {
+    /// How many.
+    pub(crate) count: usize,
+    /// JetStream with `sync_interval: always`.
+    pub(crate) synced: bool,
+}
+
 /// The second router and the NATS node.
 pub(crate) struct Peer {
     second: Option<TestCluster>,
     nats: NatsCluster,
+    synced: bool,
 }
 
 /// Starts NATS and the two routers (on `runtime`), each configured by
@@ -40,10 +50,14 @@ pub(crate) struct Peer {
 /// When a router cannot start, or they do not meet within 20 s.
 pub(crate) async fn start(
     runtime: &Runtime,
-    nodes: usize,
+    nodes: Nodes,
     tweak: impl Fn(&mut ConfigFile) + Clone + Send + Sync + 'static,
 ) -> anyhow::Result<(TestCluster, Peer)> {
-    let nats = NatsCluster::start(nodes).await;
+    let nats = if nodes.synced {
+        NatsCluster::start_synced(nodes.count).await
+    } else {
+        NatsCluster::start(nodes.count).await
+    };
     let router = |name: &str| {
         let (section, tweak) = (cluster_section(&nats, name), tweak.clone());
         move |c: &mut ConfigFile| {
@@ -74,6 +88,7 @@ pub(crate) async fn start(
         Peer {
             second: Some(second),
             nats,
+            synced: nodes.synced,
         },
     ))
 }
@@ -114,9 +129,17 @@ impl Peer {
             .sum()
     }
 
-    /// How many NATS nodes there are.
-    pub(crate) fn nats_nodes(&self) -> usize {
-        self.nats.len()
+    /// How NATS runs, for the report.
+    pub(crate) fn nats_label(&self) -> String {
+        format!(
+            "nats_nodes={}{}",
+            self.nats.len(),
+            if self.synced {
+                ", sync_interval=always"
+            } else {
+                ""
+            }
+        )
     }
 
     /// Stops the second router (NATS stops when this is dropped).

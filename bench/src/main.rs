@@ -119,7 +119,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             pid: cli.router_pid,
         }))
     } else if cli.cluster {
-        Placement::Cluster(router_threads, usize::from(cli.nats_nodes))
+        Placement::Cluster(
+            router_threads,
+            cluster::Nodes {
+                count: usize::from(cli.nats_nodes),
+                synced: cli.nats_sync_always,
+            },
+        )
     } else if cli.spawn {
         Placement::Spawn(env::server_bin(cli.server_bin.as_ref())?)
     } else {

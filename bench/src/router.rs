@@ -40,7 +40,7 @@ pub(crate) enum Placement {
     /// On a runtime of its own in this process, with this many threads.
     InProcess(usize),
     /// Two routers of one cluster on that runtime, over a NATS node.
-    Cluster(usize, usize),
+    Cluster(usize, crate::cluster::Nodes),
     /// The `icom-server` binary at this path, as a child process.
     Spawn(PathBuf),
     /// Somewhere else: connect with these settings.
@@ -347,7 +347,7 @@ impl Router {
                     "router"
                 },
                 match peer {
-                    Some(p) => format!("{}; nats_nodes={}", crate::cluster::METHOD, p.nats_nodes()),
+                    Some(p) => format!("{}; {}", crate::cluster::METHOD, p.nats_label()),
                     None => String::new(),
                 },
             ),

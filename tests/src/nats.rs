@@ -128,7 +128,16 @@ impl NatsCluster {
     /// cluster has not formed within [`NATS_WAIT`]; the panic shows the
     /// nodes' logs.
     pub async fn start(nodes: usize) -> NatsCluster {
-        NatsCluster::launch(nodes, true).await
+        NatsCluster::launch(nodes, true, false).await
+    }
+
+    /// As [`Self::start`], with JetStream flushing every write to disk
+    /// before it acks it (`sync_interval: always`).
+    ///
+    /// # Panics
+    /// As [`Self::start`].
+    pub async fn start_synced(nodes: usize) -> NatsCluster {
+        NatsCluster::launch(nodes, true, true).await
     }
 
     /// As [`Self::start`], without TLS anywhere (`nats://` URLs), for
@@ -137,10 +146,10 @@ impl NatsCluster {
     /// # Panics
     /// As [`Self::start`].
     pub async fn start_plain(nodes: usize) -> NatsCluster {
-        NatsCluster::launch(nodes, false).await
+        NatsCluster::launch(nodes, false, false).await
     }
 
-    async fn launch(count: usize, tls: bool) -> NatsCluster {
+    async fn launch(count: usize, tls: bool, synced: bool) -> NatsCluster {
         assert!(count > 0, "a NATS cluster needs at least one node");
         let bin = nats_server_bin();
         // A port found free can be taken before the node binds it (by a
@@ -148,7 +157,7 @@ impl NatsCluster {
         // other ports.
         let mut attempt = 1;
         loop {
-            let mut cluster = NatsCluster::configure(count, tls);
+            let mut cluster = NatsCluster::configure(count, tls, synced);
             for node in &mut cluster.nodes {
                 node.spawn(&bin);
             }
@@ -167,7 +176,7 @@ impl NatsCluster {
 
     /// A temporary directory with every node's config (and the PKI files
     /// for TLS), nothing started yet.
-    fn configure(count: usize, tls: bool) -> NatsCluster {
+    fn configure(count: usize, tls: bool, synced: bool) -> NatsCluster {
         let dir = tempfile::tempdir().expect("a temp dir");
         let (pki, files, node_tls) = if tls {
             let (pki, files, node_tls) = write_tls_files(dir.path());
@@ -203,7 +212,7 @@ impl NatsCluster {
             .map(|n| format!("\"nats-route://127.0.0.1:{}\"", n.cluster_port))
             .collect();
         for node in &nodes {
-            let config = node_config(node, count, &routes, node_tls.as_deref());
+            let config = node_config(node, count, &routes, node_tls.as_deref(), synced);
             std::fs::write(&node.config, config).expect("writing a node's config");
         }
         NatsCluster {
@@ -618,11 +627,22 @@ async fn http10_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 }
 
 /// One node's config file.
-fn node_config(node: &Node, count: usize, routes: &[String], tls: Option<&str>) -> String {
+fn node_config(
+    node: &Node,
+    count: usize,
+    routes: &[String],
+    tls: Option<&str>,
+    synced: bool,
+) -> String {
     let tls = tls.unwrap_or("");
+    let sync = if synced {
+        "  sync_interval: always\n"
+    } else {
+        ""
+    };
     let mut config = format!(
         "server_name: \"{name}\"\nlisten: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{http}\"\n{tls}\n\
-         jetstream {{\n  store_dir: {store}\n  max_mem: 64MB\n  max_file: 2GB\n}}\n",
+         jetstream {{\n  store_dir: {store}\n  max_mem: 64MB\n  max_file: 2GB\n{sync}}}\n",
         name = node.name,
         client = node.client_port,
         http = node.http_port,
