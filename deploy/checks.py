@@ -324,18 +324,33 @@ def cluster():
               f"{name}: {nname} must run nats-server --config /etc/nats/icom/{nname}.conf")
         nm = mounts(n)
         check(nm.get("/etc/nats/icom") == ("./deploy/nats", None, True)
-              and nm.get("/etc/nats/certs") == ("certs", nname, True) and len(nm) == 2,
-              f"{nname}: deploy/nats and its own certs, read-only",
-              f"{name}: {nname} mounts ./deploy/nats:/etc/nats/icom:ro and certs subpath {nname} "
-              "read-only at /etc/nats/certs, nothing else")
+              and nm.get("/etc/nats/certs") == ("certs", nname, True)
+              and nm.get("/data") == ("nats-data", nname, False) and len(nm) == 3,
+              f"{nname}: deploy/nats and its own certs, read-only; its JetStream store at /data",
+              f"{name}: {nname} mounts ./deploy/nats:/etc/nats/icom:ro, certs subpath {nname} "
+              f"read-only at /etc/nats/certs and nats-data subpath {nname} at /data, nothing else")
         check(n.get("user") == user and "ports" not in n,
               f"{nname}: runs as {user} (who owns the key files), publishes nothing",
               f"{name}: {nname} must run as {user} and publish no port")
         check(f'"nats-route://{nname}:6222"' in conf,
               f"deploy/nats/cluster.conf: a route to {nname}",
               f"deploy/nats/cluster.conf: add the route nats-route://{nname}:6222")
-    check(set(doc.get("volumes", {})) >= {"ca", "certs", *data_volumes},
-          "named volumes declared", f"{name}: declare the volumes ca, certs and {data_volumes}")
+    # The nodes' JetStream stores: made by the certs service, in a volume it
+    # mounts where the image's user owns the folder (so the volume is that
+    # user's), one folder per node; cluster.conf keeps JetStream there.
+    data_dir = env.get("NATS_DATA_DIR", "")
+    check(data_dir != "" and mounts(certs).get(data_dir, ("",))[0] == "nats-data"
+          and data_dir == "/var/lib/icom",
+          "certs: makes the nodes' JetStream folders in nats-data (NATS_DATA_DIR)",
+          f"{name}: certs must mount nats-data at NATS_DATA_DIR=/var/lib/icom (owned by the "
+          "image's user) to make each node's JetStream folder")
+    nats_conf = (ROOT / "deploy/nats/cluster.conf").read_text()
+    check(re.search(r'jetstream\s*\{[^}]*store_dir:\s*"/data"', nats_conf) is not None,
+          "deploy/nats/cluster.conf: JetStream on, its store at /data",
+          "deploy/nats/cluster.conf: jetstream { store_dir: \"/data\" } (ICOM's durable store)")
+    check(set(doc.get("volumes", {})) >= {"ca", "certs", "nats-data", *data_volumes},
+          "named volumes declared",
+          f"{name}: declare the volumes ca, certs, nats-data and {data_volumes}")
 
 
 def router_config():

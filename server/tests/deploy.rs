@@ -1188,6 +1188,13 @@ async fn the_cluster_compose_file_runs_two_routers_over_three_nats_nodes() {
         assert_eq!(said.contains("copied"), round == 0, "{said}");
     }
     let ca_dir = certs.host("/etc/icom/ca");
+    // It made each node's JetStream folder in the volume the nodes mount.
+    for node in ["nats-1", "nats-2", "nats-3"] {
+        assert!(
+            certs.host("/var/lib/icom").join(node).is_dir(),
+            "the certs service did not make {node}'s JetStream folder"
+        );
+    }
 
     // 2. The NATS nodes: each node's command, its configs (a copy with its
     //    ports moved, its certificates where its volume is, the other
@@ -1368,6 +1375,19 @@ async fn the_cluster_compose_file_runs_two_routers_over_three_nats_nodes() {
     assert_eq!(ack.delivered, 1, "a {max}-byte event: {ack:?}");
     let big = send_of_size(0, "server_1", max);
     assert_eq!(s1.deliver().await.unwrap().data, big.data);
+    // A durable send: the routers may use the JetStream stream (the nodes'
+    // permissions), and a copy queued on one router is stored for all.
+    let later = icom_protocol::Send {
+        ttl_ms: Some(60_000),
+        ..icom_tests::send(
+            90,
+            icom_protocol::Target::Server("server_9".into()),
+            "later",
+            payload.clone(),
+        )
+    };
+    let ack = s1.send(&later).await.unwrap();
+    assert!(ack.ok && ack.queued == 1, "{ack:?}");
 
     // 5. No NATS certificate is a game server: a node's (CN nats-1, with
     //    clientAuth for its routes) and a router's NATS client certificate

@@ -39,7 +39,7 @@ const PROBE: Duration = Duration::from_secs(5);
 
 /// Follows the store until `shutdown`.
 pub(super) async fn run(vault: Arc<Vault>, shutdown: CancellationToken) {
-    let mut said = Every::default();
+    let (mut said, mut again) = (Every::default(), Every::default());
     loop {
         let wait = if !vault.up.load(Ordering::Acquire) {
             Duration::from_millis(100)
@@ -61,7 +61,13 @@ pub(super) async fn run(vault: Arc<Vault>, shutdown: CancellationToken) {
             match follow(&vault, generation, &shutdown).await {
                 Ok(()) => return,
                 Err(why) => {
-                    warn!("cluster: {why}; reading the shared store again");
+                    if again.ready() {
+                        warn!(
+                            "cluster: {why}; reading the shared store again (said once a minute)"
+                        );
+                    } else {
+                        debug!("cluster: {why}; reading the shared store again");
+                    }
                     Duration::from_millis(500)
                 }
             }
@@ -81,11 +87,11 @@ async fn follow(
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
     let barrier = vault.barrier().await.map_err(|e| e.to_string())?;
-    let stream = vault
-        .js
-        .get_stream_no_info(&vault.stream)
-        .await
-        .map_err(|e| format!("the stream {}: {e}", vault.stream))?;
+    let stream = vault.js.get_stream(&vault.stream).await.map_err(|e| {
+        // Deleted under the routers' feet: made again before it is read.
+        vault.ready.store(false, Ordering::Release);
+        format!("the stream {}: {e}", vault.stream)
+    })?;
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: format!("{}.>", vault.root),
