@@ -2,8 +2,9 @@
 //! router SIGKILLed while it takes persistent and queued sends, and the
 //! NATS node that leads the store's stream SIGKILLed likewise. Every send
 //! acked `ok` reaches the late joiner; what was stored but not acked may
-//! arrive too, and a copy may arrive twice (the client drops duplicates by
-//! `(from, id)`: counted here, on a raw connection).
+//! arrive too, and a copy may arrive twice: counted on a raw connection in
+//! the first test; in the second the client library, which drops
+//! duplicates by `(from, id)`, hands each event on once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
