@@ -248,3 +248,31 @@ fn check_config_checks_the_nats_tls_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("NATS TLS"), "{err}");
 }
+
+#[test]
+fn a_router_refuses_to_start_on_a_nats_without_jetstream_and_says_so() {
+    // A NATS with JetStream off cannot hold the cluster's store: the
+    // router exits with a message that says what to change.
+    let port = icom_tests::free_tcp_port();
+    let mut nats = Command::new(icom_tests::nats_server_bin())
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--dev", "--listen", "127.0.0.1:0"])
+        .args(["--nats", &format!("nats://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let _ = nats.kill();
+    let _ = nats.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("creating the stream icom_store") && err.contains("JetStream"),
+        "{err}"
+    );
+}

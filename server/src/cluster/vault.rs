@@ -194,7 +194,10 @@ impl Vault {
                     " (cluster.store_replicas = {}: NATS needs at least that many JetStream nodes)",
                     self.replicas
                 )
-            } else if e.contains("not enabled") || e.contains("no responders") {
+            } else if ["not enabled", "no responders", "unavailable"]
+                .iter()
+                .any(|m| e.contains(m))
+            {
                 " (is JetStream enabled on the NATS servers?)".to_owned()
             } else {
                 String::new()
