@@ -3,13 +3,13 @@
 //! and how an event reaches each recipient. The one module that knows
 //! where a server is.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use icom_protocol::{
     encode_frame, lock, read, write, Ack, AckCode, AckError, CloseCode, Control, Groups, Presence,
-    Recipients,
+    Recipients, RosterEntry, MAX_ROSTER_PAGE,
 };
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, warn};
@@ -108,10 +108,22 @@ impl Table {
     /// before its welcome. An older connection with the same identity is
     /// replaced (closed with `REPLACED`, no presence change); otherwise the
     /// identity is recorded as come online, for the next batch.
-    pub(crate) fn register(&self, peer: Arc<Peer>, welcome: impl FnOnce(Vec<String>) -> Control) {
+    ///
+    /// With `replace` false, an identity that is online (here, or on
+    /// another router as far as this one knows) is left as it is: nothing
+    /// is registered or queued, and the result is [`InUse`].
+    pub(crate) fn register(
+        &self,
+        peer: Arc<Peer>,
+        replace: bool,
+        welcome: impl FnOnce(Vec<String>) -> Control,
+    ) -> Result<(), InUse> {
         let old = {
             let mut map = write(&self.peers);
             let was_online = map.online(&peer.server_id);
+            if was_online && !replace {
+                return Err(InUse);
+            }
             let old = map.local.insert(peer.server_id.clone(), peer.clone());
             let mut changes = lock(&self.changes);
             // What the others have been told: an identity with an odd
@@ -149,6 +161,7 @@ impl Table {
             old.outbound.close();
             old.close(CloseCode::Replaced);
         }
+        Ok(())
     }
 
     /// Removes the identity if it is still held by `session`, and records
@@ -249,6 +262,48 @@ impl Table {
         (changes.len(), sent)
     }
 
+    /// One page of `who` for `me` (docs/PROTOCOL.md §3.6): the identities
+    /// online now, `me` left out, ordered, from the first after `after`, at
+    /// most [`MAX_ROSTER_PAGE`]; each with its router's name (`here` for
+    /// those connected to this router). Says whether more follow. One pass
+    /// over the table, keeping the smallest ids in a bounded heap.
+    pub(crate) fn roster(
+        &self,
+        me: &str,
+        after: Option<&str>,
+        here: Option<&str>,
+    ) -> (Vec<RosterEntry>, bool) {
+        let map = read(&self.peers);
+        let mut page: BinaryHeap<&Arc<str>> = BinaryHeap::new();
+        let mut more = false;
+        for id in map.ids() {
+            if **id == *me || after.is_some_and(|a| **id <= *a) {
+                continue;
+            }
+            if page.len() < MAX_ROSTER_PAGE {
+                page.push(id);
+                continue;
+            }
+            more = true;
+            if page.peek().is_some_and(|largest| id < *largest) {
+                page.pop();
+                page.push(id);
+            }
+        }
+        let entries = page
+            .into_sorted_vec()
+            .into_iter()
+            .map(|id| RosterEntry {
+                server_id: id.to_string(),
+                router: match map.remote.get(id) {
+                    Some(owner) if !map.local.contains_key(id) => Some(owner.router.to_string()),
+                    _ => here.map(str::to_owned),
+                },
+            })
+            .collect();
+        (entries, more)
+    }
+
     /// Every peer connected here.
     pub(crate) fn all(&self) -> Vec<Arc<Peer>> {
         read(&self.peers).local.values().cloned().collect()
@@ -296,6 +351,11 @@ impl Table {
         Ok(out)
     }
 }
+
+/// Why [`Table::register`] did not register a peer: its identity is
+/// online, and the peer asked not to replace it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InUse;
 
 /// Where one send goes.
 #[derive(Debug, Default)]
