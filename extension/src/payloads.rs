@@ -162,6 +162,30 @@ impl Payloads {
         Ok(Handle { id, size, pages })
     }
 
+    /// A command's answer: `text` itself when it is at most `inline` bytes;
+    /// else `text` is stored and the answer is its handle,
+    /// `{"handle", "size", "pages"}`, to fetch with `icom:fetch`.
+    ///
+    /// # Errors
+    /// The store has no room for it.
+    pub(crate) fn answer(
+        &self,
+        text: String,
+        inline: usize,
+        now: Instant,
+    ) -> Result<String, String> {
+        if text.len() <= inline {
+            return Ok(text);
+        }
+        let handle = self.insert(text, now).map_err(|r| r.error.to_string())?;
+        Ok(serde_json::json!({
+            "handle": handle.id.to_string(),
+            "size": handle.size,
+            "pages": handle.pages,
+        })
+        .to_string())
+    }
+
     /// One page of a payload. The payload leaves the store once each of its
     /// pages has been fetched.
     ///
