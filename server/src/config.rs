@@ -541,5 +541,8 @@ mod tests {
         let policy_text = std::fs::read_to_string(root.join("policy.example.toml")).unwrap();
         let policy: ConfigFile = toml::from_str(&policy_text).expect("the policy example parses");
         Config::try_from(policy).expect("the policy example validates");
+        let dev_text = std::fs::read_to_string(root.join("dev.example.toml")).unwrap();
+        let dev: ConfigFile = toml::from_str(&dev_text).expect("the dev example parses");
+        Config::from_file(dev, true).expect("the dev example validates");
     }
 }

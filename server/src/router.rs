@@ -471,3 +471,73 @@ impl PresenceBatch {
 pub(crate) fn frame(msg: &Control) -> Bytes {
     Bytes::from(encode_frame(msg))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table holding `ids` as servers of other routers (router `r<n % 3>`),
+    /// which need no connection.
+    fn remote_table(ids: &[String]) -> Table {
+        let table = Table::default();
+        for (n, id) in ids.iter().enumerate() {
+            let owner = Owner {
+                router: format!("r{}", n % 3).into(),
+                since: 1,
+            };
+            let _ = table.set_remote(&Arc::from(id.as_str()), Some(owner));
+        }
+        table
+    }
+
+    #[test]
+    fn the_roster_pages_through_every_server_once_in_order() {
+        let mut ids: Vec<String> = (0..2 * MAX_ROSTER_PAGE + 7)
+            .map(|n| format!("s{n:05}"))
+            .collect();
+        // In the table in no particular order.
+        ids.reverse();
+        let table = remote_table(&ids);
+        let mut got: Vec<RosterEntry> = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let (page, more) = table.roster("s00003", after.as_deref(), Some("here"));
+            pages += 1;
+            assert!(page.len() <= MAX_ROSTER_PAGE);
+            after = page.last().map(|e| e.server_id.clone());
+            got.extend(page);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(pages, 3);
+        ids.sort();
+        ids.retain(|id| id != "s00003");
+        let listed: Vec<&str> = got.iter().map(|e| e.server_id.as_str()).collect();
+        assert_eq!(listed, ids, "each once, in order, the asker left out");
+        // Each with the router that holds it.
+        let e = got.iter().find(|e| e.server_id == "s00000").unwrap();
+        let n = 2 * MAX_ROSTER_PAGE + 6; // s00000 was the last inserted
+        assert_eq!(e.router.as_deref(), Some(format!("r{}", n % 3).as_str()));
+    }
+
+    #[test]
+    fn a_short_roster_is_one_page_and_after_skips_what_came_before() {
+        let table = remote_table(&["b".into(), "a".into(), "c".into()]);
+        let (page, more) = table.roster("x", None, None);
+        assert!(!more);
+        let ids: Vec<&str> = page.iter().map(|e| e.server_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        let (page, more) = table.roster("x", Some("a"), None);
+        assert!(!more);
+        assert_eq!(page.len(), 2);
+        assert_eq!(page[0].server_id, "b");
+        // Past the last: empty, and nothing more.
+        assert_eq!(table.roster("x", Some("c"), None), (Vec::new(), false));
+        assert_eq!(
+            Table::default().roster("x", None, None),
+            (Vec::new(), false)
+        );
+    }
+}

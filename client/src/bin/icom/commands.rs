@@ -41,12 +41,23 @@ pub(crate) async fn send(client: &Client, target: Target, args: EventArgs) -> an
 /// JSON lines; `count` lines at most, for `timeout` ms at most.
 pub(crate) async fn listen(
     mut events: icom_client::Events,
-    mut presence: Option<Presences>,
+    presence: Option<(Vec<Presence>, Presences)>,
     count: Option<u64>,
     timeout: Option<u64>,
 ) -> anyhow::Result<u8> {
     let deadline = timeout.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
     let mut seen = 0u64;
+    let (early, mut presence) = match presence {
+        Some((early, stream)) => (early, Some(stream)),
+        None => (Vec::new(), None),
+    };
+    for change in early {
+        if count.is_some_and(|n| seen >= n) {
+            return Ok(OK);
+        }
+        print_line(&change)?;
+        seen += 1;
+    }
     while count.is_none_or(|n| seen < n) {
         let next = async {
             let line = async {

@@ -6,12 +6,13 @@ mod cli;
 mod commands;
 mod exit;
 
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use icom_client::{Client, ConnectError, ForgetError, Target};
+use icom_client::{Client, ConnectError, ForgetError, Presence, Presences, Target};
 
 use crate::cli::{config, Cli, Command};
 use crate::commands::{listen, peers, ping, print_ack, print_line, send, status, EventLine};
@@ -47,6 +48,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// The presence changes from the welcome on: those the client took in
+/// before the stream began (between the welcome and now), then the stream.
+fn since_welcome(client: &Client) -> (Vec<Presence>, Presences) {
+    let presence = client.presence();
+    let welcomed: BTreeSet<String> = client
+        .welcome()
+        .map(|w| w.peers.into_iter().collect())
+        .unwrap_or_default();
+    let now: BTreeSet<String> = presence.peers().into_iter().collect();
+    let change = |id: &String, online| Presence {
+        server_id: id.clone(),
+        online,
+    };
+    let left = welcomed.difference(&now).map(|id| change(id, false));
+    let came = now.difference(&welcomed).map(|id| change(id, true));
+    (left.chain(came).collect(), presence)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     let config = config(&cli.conn)?;
     let routers = config.router_list()?.join(", ");
@@ -61,8 +80,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Err(e) => return Err(anyhow::Error::new(e).context(format!("connecting to {routers}"))),
     };
     // From the welcome on, so that no change is missed.
-    let presence =
-        matches!(cli.command, Command::Listen { presence: true, .. }).then(|| client.presence());
+    let presence = matches!(cli.command, Command::Listen { presence: true, .. })
+        .then(|| since_welcome(&client));
     let result = match cli.command {
         Command::Send { to, group, event } => {
             let target = match (group, to.len()) {
