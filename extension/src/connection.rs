@@ -85,6 +85,8 @@ mod tests {
         // the no-argument form works too
         let (out, code) = ext.call("icom:status", Some(vec![]));
         assert_eq!(code, 0, "{out}");
+        // nobody is known without a session
+        assert_eq!(ext.call("icom:peers", None), ("[]".to_owned(), 0));
     }
 
     #[test]

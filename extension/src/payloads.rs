@@ -287,6 +287,26 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_is_itself_when_short_and_a_handle_when_long() {
+        let store = Payloads::new(limits());
+        let now = Instant::now();
+        assert_eq!(store.answer("[\"a\"]".into(), 10, now).unwrap(), "[\"a\"]");
+        let long = format!("[{}]", vec!["\"eu-1\""; 40].join(","));
+        let notice: serde_json::Value =
+            serde_json::from_str(&store.answer(long.clone(), 10, now).unwrap()).unwrap();
+        let handle: u64 = notice["handle"].as_str().unwrap().parse().unwrap();
+        assert_eq!(notice["size"], long.len());
+        let pages = notice["pages"].as_u64().unwrap() as usize;
+        let joined: String = (0..pages)
+            .map(|p| store.page(handle, p, now).unwrap())
+            .collect();
+        assert_eq!(joined, long);
+        // No room: an error, not a panic.
+        let huge = "x".repeat(2000);
+        assert!(store.answer(huge, 10, now).is_err());
+    }
+
+    #[test]
     fn pages_join_back_to_the_text_on_char_boundaries() {
         let text: String = "ab✓東京🚁\"".repeat(50);
         let store = Payloads::new(PayloadLimits {
