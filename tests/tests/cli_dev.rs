@@ -1,7 +1,8 @@
 //! `icom-server --dev` and `icom --dev` together, as the README's first
 //! steps run them: the CLI's own operator identity (`ops`) never replaces a
 //! game server's connection, and `--dev --config` layers a file with groups
-//! and a policy over the dev layout (`config/dev.example.toml`).
+//! and a policy over the dev layout (`config/dev.example.toml`), again on a
+//! reload.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -117,7 +118,7 @@ fn dev_mode_takes_a_config_file_with_groups_and_a_policy() {
     let dir = tempfile::tempdir().unwrap();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/dev.example.toml");
     std::fs::copy(&example, dir.path().join("dev.toml")).unwrap();
-    let (_router, addr) = dev_router(dir.path(), &["--config", "dev.toml"]);
+    let (mut router, addr) = dev_router(dir.path(), &["--config", "dev.toml"]);
     // The file has no [tls], listen or data_dir: --dev filled them in.
     assert!(dir.path().join("icom-dev/data").is_dir());
     let listening = listener(dir.path(), &addr, "server_1", &["--count", "2"]);
@@ -159,4 +160,19 @@ fn dev_mode_takes_a_config_file_with_groups_and_a_policy() {
         events,
         ["supply_drop from server_2", "global_alert from ops"]
     );
+
+    // Edited and reloaded, the file is layered over the dev layout again.
+    let to_self = ["--to", "server_2", "--event", "bank"];
+    assert_eq!(code(&send("server_2", &to_self)), 3, "forbidden so far");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let edited = text.replace(
+        r#"events = ["supply_*"]"#,
+        r#"events = ["supply_*", "bank"]"#,
+    );
+    assert_ne!(edited, text, "the example's rule was edited");
+    std::fs::write(dir.path().join("dev.toml"), edited).unwrap();
+    router.signal("HUP");
+    router.wait_log("reloaded");
+    let out = send("server_2", &to_self);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
