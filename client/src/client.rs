@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use icom_protocol::{
-    lock, validate_persist_id, Ack, Control, Forget, Ping, Roster, RosterEntry, Target, Welcome,
-    Who, FEATURE_WHO,
+    lock, validate_persist_id, validate_server_id, Ack, Control, Forget, Ping, Roster, RosterEntry,
+    Target, Welcome, Who, FEATURE_WHO, MAX_SERVER_ID_LEN,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -359,6 +359,21 @@ async fn roster_on(core: &Arc<Core>, live: &Live) -> Result<Vec<RosterEntry>, Ro
             Err(WaitError::Lost) => return Err(RosterError::ConnectionLost),
             Err(WaitError::Timeout) => return Err(RosterError::Timeout(timeout)),
         };
+        // Names from the network: server ids, and router names as short
+        // (so that what is kept stays bounded with the count).
+        if let Some(bad) = page.servers.iter().find(|e| {
+            validate_server_id(&e.server_id).is_err()
+                || e.router
+                    .as_ref()
+                    .is_some_and(|r| r.len() > MAX_SERVER_ID_LEN)
+        }) {
+            let name = bad
+                .server_id
+                .chars()
+                .take(MAX_SERVER_ID_LEN)
+                .collect::<String>();
+            return Err(RosterError::Invalid(format!("a server named {name:?}")));
+        }
         let last = page.servers.last().map(|e| e.server_id.clone());
         servers.extend(page.servers);
         if servers.len() > MAX_PEERS {
