@@ -34,7 +34,7 @@ pub(crate) async fn run(
             }
             Ok(Control::Presence(p)) => {
                 tracing::debug!(server_id = %p.server_id, online = p.online, "presence");
-                core.presence(&p);
+                core.presence(&live, &p);
             }
             Ok(Control::Replayed(r)) => {
                 if let Some(tx) = replayed.take() {

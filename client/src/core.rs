@@ -1,9 +1,10 @@
 //! The core every clone of a client, its events and its tasks share: the
 //! configuration, the endpoint, the [`Session`] behind one lock, the gate
 //! that operations wait at for a connection, the in-flight window, the
-//! connection state and the channel of presence changes. The tasks that drive a connection (supervisor,
-//! control, inbound) and the operations (send, publish, ping, forget)
-//! build on it; it depends on none of them.
+//! connection state and the channel of presence changes. The tasks that
+//! drive a connection (supervisor, control, inbound) and the operations
+//! (send, publish, ping, forget, roster) build on it; it depends on none
+//! of them.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -240,10 +241,15 @@ impl Core {
         }
     }
 
-    /// A `presence`: the peer set follows it; requests to a server that
-    /// left fail.
-    pub(crate) fn presence(&self, p: &Presence) {
+    /// A `presence` on `live`: the peer set follows it; requests to a
+    /// server that left fail. One from a connection no longer in use (its
+    /// last frames, read as it went) is ignored: the next `welcome` says
+    /// what holds.
+    pub(crate) fn presence(&self, live: &Live, p: &Presence) {
         let mut session = lock(&self.session);
+        if session.link() != Link::Up(live.generation) {
+            return;
+        }
         let (changed, failed) = session.presence(p);
         if changed {
             self.announce([p.clone()]);

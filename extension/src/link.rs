@@ -1,7 +1,7 @@
 //! The network side: one session with the router at a time, run on the
 //! extension's tokio runtime, turning the client's states, events and
-//! presence changes into callbacks. The commands' own tasks are in [`crate::exchange`]. Nothing
-//! here runs on the game thread.
+//! presence changes into callbacks. The commands' own tasks are in
+//! [`crate::exchange`]. Nothing here runs on the game thread.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -319,13 +319,13 @@ fn on_presence(shared: &Shared, first: (String, bool), presence: &mut Presences)
                 None => break,
             }
         }
-        let online = batch.iter().filter(|(_, on)| *on).count();
-        tracing::info!(
-            target: "icom::connection",
-            online,
-            offline = batch.len() - online,
-            "servers connected or left"
-        );
+        if let [(server_id, online)] = batch.as_slice() {
+            tracing::info!(target: "icom::connection", server_id = %server_id, online, "presence");
+        } else {
+            let online = batch.iter().filter(|(_, on)| *on).count();
+            let offline = batch.len() - online;
+            tracing::info!(target: "icom::connection", online, offline, "presence, several at once");
+        }
         shared.push(Callback::presence(&batch));
         if batch.len() < PRESENCE_BATCH {
             return;

@@ -1,6 +1,7 @@
 //! `icom`: the ICOM client for operators and scripts. Sends, broadcasts,
 //! listens, pings, requests, forgets, lists who is connected and reports
-//! its connection, through the `icom-client` library. (The benchmarks are the `icom-bench` binary, in `bench/`.)
+//! its connection, through the `icom-client` library. (The benchmarks are
+//! the `icom-bench` binary, in `bench/`.)
 
 mod cli;
 mod commands;
