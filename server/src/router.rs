@@ -262,7 +262,7 @@ impl Table {
         (changes.len(), sent)
     }
 
-    /// One page of `who` for `me` (docs/PROTOCOL.md §3.6): the identities
+    /// One page of `who` for `me` (docs/PROTOCOL.md §3.1): the identities
     /// online now, `me` left out, ordered, from the first after `after`, at
     /// most [`MAX_ROSTER_PAGE`]; each with its router's name (`here` for
     /// those connected to this router). Says whether more follow. One pass

@@ -1,5 +1,5 @@
 //! Who is connected, and an identity that must not be taken over
-//! (docs/PROTOCOL.md §1.4, §3.6): `welcome.features`, `who` answered with
+//! (docs/PROTOCOL.md §1.4, §3.1, §3.2): `welcome.features`, `who` answered with
 //! the table as it is now, and `hello.replace: false` refused with
 //! `IN_USE` while the connection it would have replaced goes on.
 
