@@ -11,6 +11,7 @@ class CfgFunctions {
             class fetch {};
             class forget {};
             class handleCallback {};
+            class peers {};
             class reply {};
             class request {};
             class returnCredit {};

@@ -224,6 +224,7 @@ async fn serve(
         groups: Vec::new(),
         peers: Vec::new(),
         limits,
+        features: None,
     }));
     let _ = acks.send(Control::Replayed(Replayed { count: 0 }));
     tokio::spawn(write_control(send, rx));

@@ -1,23 +1,30 @@
 //! The client: a cheap handle to the shared [`Core`], with the public
-//! operations (send, request, publish, forget, ping), the state, and close.
+//! operations (send, request, publish, forget, ping, roster), the state,
+//! who else is connected, and close.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use icom_protocol::{lock, validate_persist_id, Ack, Control, Forget, Ping, Target, Welcome};
+use icom_protocol::{
+    lock, validate_persist_id, validate_server_id, Ack, Control, Forget, Ping, Roster, RosterEntry,
+    Target, Welcome, Who, FEATURE_WHO, MAX_SERVER_ID_LEN,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::ClientConfig;
+use crate::connection::Live;
 use crate::core::{Core, Reply, WaitError, ATTEMPTS};
 use crate::data::ToData;
 use crate::error::{
-    refusal, ConfigError, ConnectError, ForgetError, PingError, RequestError, SendError,
-    Unavailable,
+    refusal, ConfigError, ConnectError, ForgetError, PingError, RequestError, RosterError,
+    SendError, Unavailable,
 };
 use crate::event::{Event, Events};
 use crate::outbound::{send, transmit, SendOptions};
+use crate::presence::Presences;
 use crate::publish::{Outcomes, Publisher};
+use crate::session::MAX_PEERS;
 use crate::state::{State, States};
 use crate::supervisor::{self, First};
 
@@ -271,10 +278,43 @@ impl Client {
         self.core().gate.current().map(|live| live.welcome.clone())
     }
 
-    /// The other servers connected to the router, as far as this client
-    /// knows (from `welcome` and `presence`).
+    /// The other servers connected, as far as this client knows (from
+    /// `welcome` and `presence`), in order: a snapshot. While the client is
+    /// disconnected, the set as it was when the connection was lost; the
+    /// next `welcome` replaces it ([`Client::presence`] reports what
+    /// changed).
     pub fn peers(&self) -> Vec<String> {
         self.core().peers()
+    }
+
+    /// The changes of [`Client::peers`] from now on: servers that came and
+    /// left, and after a reconnect the difference only. See [`Presences`].
+    pub fn presence(&self) -> Presences {
+        Presences::new(self.core().clone())
+    }
+
+    /// Asks the router who is connected now, every server but this one, in
+    /// order of id, each with the router it is on in a cluster
+    /// ([`RosterEntry::router`], `None` for a router on its own). Unlike
+    /// [`Client::peers`], this is the router's table at the moment it
+    /// answers (a page of up to 1000 servers at a time).
+    ///
+    /// # Errors
+    /// [`RosterError`]: [`RosterError::Unsupported`] from a router that
+    /// predates `who`.
+    pub async fn roster(&self) -> Result<Vec<RosterEntry>, RosterError> {
+        let core = self.core();
+        for _ in 0..ATTEMPTS {
+            let live = core.gate.get().await?;
+            if !live.welcome.has(FEATURE_WHO) {
+                return Err(RosterError::Unsupported);
+            }
+            match roster_on(core, &live).await {
+                Err(RosterError::ConnectionLost) => core.gone(&live),
+                done => return done,
+            }
+        }
+        Err(RosterError::ConnectionLost)
     }
 
     /// Closes the connection (`NORMAL`), stops reconnecting, fails what
@@ -294,6 +334,65 @@ impl Client {
 
     fn core(&self) -> &Arc<Core> {
         &self.handle.core
+    }
+}
+
+/// Every page of `who` on `live`, one after the other.
+async fn roster_on(core: &Arc<Core>, live: &Live) -> Result<Vec<RosterEntry>, RosterError> {
+    let timeout = core.ack_timeout;
+    let mut servers: Vec<RosterEntry> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let id = core.next_id();
+        let Some(waiter) = core.register::<Roster>(id, live, None) else {
+            return Err(RosterError::ConnectionLost);
+        };
+        let who = Control::Who(Who {
+            id,
+            after: after.clone(),
+        });
+        if live.write_control(&who).await.is_err() {
+            return Err(RosterError::ConnectionLost);
+        }
+        let page = match waiter.wait(timeout).await {
+            Ok(page) => page,
+            Err(WaitError::Lost) => return Err(RosterError::ConnectionLost),
+            Err(WaitError::Timeout) => return Err(RosterError::Timeout(timeout)),
+        };
+        // Names from the network: server ids, and router names as short
+        // (so that what is kept stays bounded with the count).
+        if let Some(bad) = page.servers.iter().find(|e| {
+            validate_server_id(&e.server_id).is_err()
+                || e.router
+                    .as_ref()
+                    .is_some_and(|r| r.len() > MAX_SERVER_ID_LEN)
+        }) {
+            let name = bad
+                .server_id
+                .chars()
+                .take(MAX_SERVER_ID_LEN)
+                .collect::<String>();
+            return Err(RosterError::Invalid(format!("a server named {name:?}")));
+        }
+        let last = page.servers.last().map(|e| e.server_id.clone());
+        servers.extend(page.servers);
+        if servers.len() > MAX_PEERS {
+            return Err(RosterError::Invalid(format!(
+                "more than {MAX_PEERS} servers"
+            )));
+        }
+        if !page.more {
+            return Ok(servers);
+        }
+        // The next page starts after this one's last id, which must move on.
+        match last {
+            Some(last) if after.as_ref().is_none_or(|a| last > *a) => after = Some(last),
+            _ => {
+                return Err(RosterError::Invalid(
+                    "a page says more follow, but does not move on".into(),
+                ))
+            }
+        }
     }
 }
 

@@ -17,6 +17,9 @@ use crate::routers::Routers;
 pub const DEV_DIR: &str = "icom-dev";
 /// The router address of the dev layout.
 pub const DEV_ROUTER: &str = "127.0.0.1:9090";
+/// The operator identity `icom-server --dev` mints for the `icom` CLI
+/// (beside the game servers `server_1` and `server_2`).
+pub const DEV_OPERATOR: &str = "ops";
 
 /// Everything a client needs to connect, and how it behaves. Durations are
 /// in milliseconds, so that the TOML file stays plain.
@@ -56,6 +59,16 @@ pub struct ClientConfig {
     pub key: PathBuf,
     /// Names the client software in `hello`.
     pub agent: String,
+    /// Whether connecting replaces a connection of this identity that is
+    /// up (docs/PROTOCOL.md §1.4). True, the default, is what a game
+    /// server needs: after a restart, its new connection takes over from
+    /// its dead one at once. False is for tools that borrow an identity
+    /// (the `icom` CLI): the router then refuses the connection with
+    /// `IN_USE` ([`ConnectError::InUse`](crate::ConnectError::InUse)) and
+    /// leaves the connected one alone; on a reconnect, the client keeps
+    /// trying, as after a refusal. A router older than `hello.replace`
+    /// replaces all the same.
+    pub replace: bool,
     /// How long a connection attempt may take, up to `welcome`.
     pub connect_timeout_ms: u64,
     /// How long to wait for the router's `ack` (or `pong`).
@@ -172,6 +185,7 @@ impl Default for ClientConfig {
             cert: PathBuf::new(),
             key: PathBuf::new(),
             agent: concat!("icom-client/", env!("CARGO_PKG_VERSION")).into(),
+            replace: true,
             connect_timeout_ms: 10_000,
             ack_timeout_ms: 30_000,
             max_in_flight: 8192,

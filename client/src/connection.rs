@@ -161,6 +161,9 @@ pub(crate) async fn establish(
     let hello = Control::Hello(Hello {
         protocol: PROTOCOL_VERSION,
         agent: cfg.agent.clone(),
+        // Only a client that must not replace says so: a router before
+        // `replace` gets the hello it always got.
+        replace: (!cfg.replace).then_some(false),
     });
     if let Err(e) = send.write_all(&encode_frame(&hello)).await {
         return Err(lost(&conn, e.to_string()));

@@ -1,4 +1,4 @@
-//! The control stream, router → client: acks, pongs, presence and
+//! The control stream, router → client: acks, pongs, rosters, presence and
 //! `replayed`, each handed to whoever waits for it.
 
 use std::sync::Arc;
@@ -29,9 +29,12 @@ pub(crate) async fn run(
             Ok(Control::Pong(pong)) => {
                 let _ = core.answer(pong.nonce, ());
             }
+            Ok(Control::Roster(roster)) => {
+                let _ = core.answer(roster.id, roster);
+            }
             Ok(Control::Presence(p)) => {
                 tracing::debug!(server_id = %p.server_id, online = p.online, "presence");
-                core.presence(&p);
+                core.presence(&live, &p);
             }
             Ok(Control::Replayed(r)) => {
                 if let Some(tx) = replayed.take() {

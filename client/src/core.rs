@@ -1,16 +1,18 @@
 //! The core every clone of a client, its events and its tasks share: the
 //! configuration, the endpoint, the [`Session`] behind one lock, the gate
-//! that operations wait at for a connection, the in-flight window and the
-//! connection state. The tasks that drive a connection (supervisor,
-//! control, inbound) and the operations (send, publish, ping, forget)
-//! build on it; it depends on none of them.
+//! that operations wait at for a connection, the in-flight window, the
+//! connection state and the channel of presence changes. The tasks that
+//! drive a connection (supervisor, control, inbound) and the operations
+//! (send, publish, ping, forget, roster) build on it; it depends on none
+//! of them.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use icom_protocol::{lock, Ack, Presence};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use icom_protocol::{lock, Ack, Presence, Roster};
+use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +28,9 @@ use crate::state::{State, StateCell};
 /// How many times an operation tries again when its connection breaks
 /// before anything of it reached the router.
 pub(crate) const ATTEMPTS: u32 = 3;
+/// Presence changes a [`Presences`](crate::Presences) reader may fall
+/// behind by before it catches up from the peer set instead.
+const PRESENCE_BACKLOG: usize = 1024;
 
 /// What every clone of a client, its events and its tasks share.
 #[derive(Debug)]
@@ -39,6 +44,10 @@ pub(crate) struct Core {
     /// Where operations wait for a connection.
     pub(crate) gate: Gate<Arc<Live>>,
     session: Mutex<Session<Waiting>>,
+    /// Where the peer set's changes go; sent to only with the session's
+    /// lock held (taken after it), so that a reader's snapshot of the set
+    /// and its place in the channel agree. `None` once closed.
+    changes: Mutex<Option<broadcast::Sender<Presence>>>,
     /// Taken without the session's lock (see [`Ids`]).
     ids: Ids,
     in_flight: Arc<Semaphore>,
@@ -69,6 +78,7 @@ impl Core {
             endpoint: Mutex::new(None),
             gate: Gate::new(&cfg.queue),
             session: Mutex::new(Session::new(cfg.inbound.dedup_window)),
+            changes: Mutex::new(Some(broadcast::Sender::new(PRESENCE_BACKLOG))),
             ids: Ids::starting_at(first_id()),
             in_flight: Arc::new(Semaphore::new(
                 cfg.max_in_flight.min(Semaphore::MAX_PERMITS),
@@ -127,9 +137,14 @@ impl Core {
         lock(&self.endpoint).take().map(|(e, _)| e)
     }
 
-    /// `live` was welcomed: operations use it from now on.
+    /// `live` was welcomed: operations use it from now on, and its
+    /// `welcome.peers` becomes the peer set (what changed since the last
+    /// connection is announced).
     pub(crate) fn up(&self, live: &Arc<Live>) {
-        lock(&self.session).connected(live.generation, &live.welcome.peers);
+        let mut session = lock(&self.session);
+        let changes = session.connected(live.generation, &live.welcome.peers);
+        self.announce(changes);
+        drop(session);
         self.gate.up(live.clone());
     }
 
@@ -144,7 +159,11 @@ impl Core {
     /// The client is closing: nothing waits any more, and no connection
     /// will be used again.
     pub(crate) fn closed(&self) {
-        let failed = lock(&self.session).close();
+        let mut session = lock(&self.session);
+        let failed = session.close();
+        // Ends every presence reader.
+        lock(&self.changes).take();
+        drop(session);
         self.gate.close();
         drop(failed);
     }
@@ -222,10 +241,20 @@ impl Core {
         }
     }
 
-    /// A `presence`: the peer set follows it; requests to a server that
-    /// left fail.
-    pub(crate) fn presence(&self, p: &Presence) {
-        let failed = lock(&self.session).presence(p);
+    /// A `presence` on `live`: the peer set follows it; requests to a
+    /// server that left fail. One from a connection no longer in use (its
+    /// last frames, read as it went) is ignored: the next `welcome` says
+    /// what holds.
+    pub(crate) fn presence(&self, live: &Live, p: &Presence) {
+        let mut session = lock(&self.session);
+        if session.link() != Link::Up(live.generation) {
+            return;
+        }
+        let (changed, failed) = session.presence(p);
+        if changed {
+            self.announce([p.clone()]);
+        }
+        drop(session);
         for waiting in failed {
             if let Some(slot) = Reply::unwrap(waiting) {
                 let _ = slot.send(Reply::PeerLeft);
@@ -241,6 +270,27 @@ impl Core {
     /// The other servers connected, as far as this client knows.
     pub(crate) fn peers(&self) -> Vec<String> {
         lock(&self.session).peers().cloned().collect()
+    }
+
+    /// The peer set now, and a receiver of the changes that follow it
+    /// (`None` once the client is closed), taken together.
+    pub(crate) fn follow_peers(&self) -> (BTreeSet<String>, Option<broadcast::Receiver<Presence>>) {
+        let session = lock(&self.session);
+        let rx = lock(&self.changes)
+            .as_ref()
+            .map(broadcast::Sender::subscribe);
+        (session.peers().cloned().collect(), rx)
+    }
+
+    /// Sends changes of the peer set to its readers; called with the
+    /// session's lock held.
+    fn announce(&self, changes: impl IntoIterator<Item = Presence>) {
+        if let Some(tx) = lock(&self.changes).as_ref() {
+            for change in changes {
+                // No reader is fine: the set itself is the record.
+                let _ = tx.send(change);
+            }
+        }
     }
 }
 
@@ -320,6 +370,7 @@ pub(crate) enum Waiting {
     Ack(Slot<Ack>),
     Pong(Slot<()>),
     Reply(Slot<Reply>),
+    Roster(Slot<Roster>),
 }
 
 /// An answer the router (or a peer) gives, and the kind the session files
@@ -354,6 +405,19 @@ impl Answer for () {
     fn unwrap(w: Waiting) -> Option<Slot<()>> {
         match w {
             Waiting::Pong(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl Answer for Roster {
+    const KIND: Kind = Kind::Roster;
+    fn wrap(slot: Slot<Roster>) -> Waiting {
+        Waiting::Roster(slot)
+    }
+    fn unwrap(w: Waiting) -> Option<Slot<Roster>> {
+        match w {
+            Waiting::Roster(s) => Some(s),
             _ => None,
         }
     }

@@ -9,6 +9,11 @@ use thiserror::Error;
 
 use crate::data::DataError;
 
+/// What `IN_USE` means, for people.
+pub(crate) const IN_USE: &str =
+    "the router refused this client: its identity is connected already, \
+     and this client does not replace a connected identity (IN_USE)";
+
 /// Why a configuration could not be loaded or used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -84,6 +89,12 @@ pub enum ConnectError {
     /// Another connection with the same identity replaced this one.
     #[error("the router replaced this connection with a newer one of the same identity")]
     Replaced,
+    /// This identity is connected already, and this client is configured
+    /// not to replace it ([`ClientConfig::replace`](crate::ClientConfig::replace)
+    /// false): the router closed this connection with `IN_USE` and left
+    /// the other alone.
+    #[error("{IN_USE}")]
+    InUse,
     /// No `welcome` within `connect_timeout_ms`.
     #[error("no welcome from the router within {0:?}")]
     Timeout(Duration),
@@ -96,12 +107,15 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// Whether the router refused this client (certificate or identity):
-    /// retrying with the same files will not help.
+    /// Whether the router refused this client: its certificate or
+    /// identity (retrying with the same files will not help), or an
+    /// identity in use that it must not replace.
     pub fn is_refused(&self) -> bool {
         matches!(
             self,
-            ConnectError::CertificateRefused { .. } | ConnectError::Refused(_)
+            ConnectError::CertificateRefused { .. }
+                | ConnectError::Refused(_)
+                | ConnectError::InUse
         )
     }
 }
@@ -266,6 +280,38 @@ impl PingError {
         matches!(
             self,
             PingError::Timeout(_) | PingError::Unavailable(Unavailable::QueueTimeout(_))
+        )
+    }
+}
+
+/// Why [`Client::roster`](crate::Client::roster) has no answer.
+#[derive(Debug, Error)]
+pub enum RosterError {
+    /// No connection to ask on.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// The router does not answer `who` (it is older than this client; its
+    /// `welcome` does not list the feature).
+    #[error("the router does not list who is connected (it predates `who`)")]
+    Unsupported,
+    /// The connection was lost before the answer.
+    #[error("the connection was lost before the router answered")]
+    ConnectionLost,
+    /// No answer within `ack_timeout_ms`.
+    #[error("no answer from the router within {0:?}")]
+    Timeout(Duration),
+    /// The router's answer did not make sense (a page that does not move
+    /// on, or more servers than a client follows).
+    #[error("the router's answer is not usable: {0}")]
+    Invalid(String),
+}
+
+impl RosterError {
+    /// Whether the operation ran out of time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            RosterError::Timeout(_) | RosterError::Unavailable(Unavailable::QueueTimeout(_))
         )
     }
 }

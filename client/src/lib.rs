@@ -39,6 +39,12 @@
 //!   `(from, id)`; those replayed after a (re)connect come first, in order.
 //! - [`Client::publisher`] sends many events without waiting for each ack
 //!   in turn; their acks come back on one stream ([`Outcomes`]).
+//! - [`Client::peers`] is who else is connected, as far as the client
+//!   knows; [`Client::presence`] streams the changes ([`Presences`]), with
+//!   the difference only after a reconnect; [`Client::roster`] asks the
+//!   router for everyone connected now and, in a cluster, on which router.
+//! - With [`ClientConfig::replace`] false, the client never takes over an
+//!   identity that is connected: the router refuses it (`IN_USE`).
 //! - [`ConfigOverrides`] layers a command line's connection flags over the
 //!   config file and the `ICOM_*` environment.
 #![warn(missing_docs)]
@@ -58,6 +64,7 @@ mod inbound;
 mod loss;
 mod outbound;
 mod overrides;
+mod presence;
 mod publish;
 mod replay;
 mod routers;
@@ -69,17 +76,19 @@ mod tls;
 pub use client::Client;
 pub use config::{
     merge_source, ClientConfig, InboundConfig, QueueConfig, QueueMode, ReconnectConfig, DEV_DIR,
-    DEV_ROUTER,
+    DEV_OPERATOR, DEV_ROUTER,
 };
 pub use data::{DataError, MsgPack, ToData};
 pub use error::{
-    ConfigError, ConnectError, ForgetError, PingError, RequestError, SendError, Unavailable,
+    ConfigError, ConnectError, ForgetError, PingError, RequestError, RosterError, SendError,
+    Unavailable,
 };
 pub use event::{Event, Events};
 pub use outbound::SendOptions;
 pub use overrides::ConfigOverrides;
+pub use presence::Presences;
 pub use publish::{Outcomes, Published, Publisher};
 pub use routers::MAX_ROUTERS;
 pub use state::{State, States};
 
-pub use icom_protocol::{Ack, AckCode, AckError, Persist, Target, Welcome};
+pub use icom_protocol::{Ack, AckCode, AckError, Persist, Presence, RosterEntry, Target, Welcome};

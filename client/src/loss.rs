@@ -5,13 +5,16 @@
 use icom_protocol::CloseCode;
 use quinn::ConnectionError;
 
-use crate::error::ConnectError;
+use crate::error::{ConnectError, IN_USE};
 
 /// Why a connection ended, or could not start, as far as the client cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Loss {
     /// `REPLACED`: another instance with this identity took over.
     Replaced,
+    /// `IN_USE`: the identity is connected, and this client does not
+    /// replace it (`replace = false`).
+    InUse,
     /// The router refused the client certificate (a TLS alert).
     CertificateRefused(String),
     /// `BAD_IDENTITY` or `REVOKED`.
@@ -34,6 +37,7 @@ impl Loss {
                 let reason = String::from_utf8_lossy(&close.reason).into_owned();
                 match CloseCode::from_code(close.error_code.into_inner()) {
                     Some(CloseCode::Replaced) => Loss::Replaced,
+                    Some(CloseCode::InUse) => Loss::InUse,
                     Some(c @ (CloseCode::BadIdentity | CloseCode::Revoked)) => {
                         Loss::Refused(with_reason(c.as_str(), &reason))
                     }
@@ -64,12 +68,16 @@ impl Loss {
 
     /// Whether the router refused this client.
     pub(crate) fn is_refusal(&self) -> bool {
-        matches!(self, Loss::CertificateRefused(_) | Loss::Refused(_))
+        matches!(
+            self,
+            Loss::CertificateRefused(_) | Loss::Refused(_) | Loss::InUse
+        )
     }
 
     pub(crate) fn into_connect_error(self) -> ConnectError {
         match self {
             Loss::Replaced => ConnectError::Replaced,
+            Loss::InUse => ConnectError::InUse,
             Loss::CertificateRefused(alert) => ConnectError::CertificateRefused { alert },
             Loss::Refused(r) => ConnectError::Refused(r),
             Loss::RouterNotTrusted(r) => ConnectError::RouterNotTrusted(r),
@@ -84,6 +92,7 @@ impl std::fmt::Display for Loss {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Loss::Replaced => f.write_str("replaced by a newer connection of the same identity"),
+            Loss::InUse => f.write_str(IN_USE),
             Loss::CertificateRefused(a) => {
                 write!(f, "the router refused this client's certificate ({a})")
             }
@@ -157,6 +166,10 @@ mod tests {
         assert_eq!(revoked, Loss::Refused("REVOKED".into()));
         assert!(Loss::of(&app_close(2, "BAD_IDENTITY")).is_refusal());
         assert!(!Loss::of(&app_close(4, "SHUTDOWN")).is_refusal());
+        let in_use = Loss::of(&app_close(7, "IN_USE"));
+        assert_eq!(in_use, Loss::InUse);
+        assert!(in_use.is_refusal());
+        assert!(matches!(in_use.into_connect_error(), ConnectError::InUse));
     }
 
     #[test]

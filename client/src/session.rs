@@ -14,9 +14,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use icom_protocol::Presence;
+use icom_protocol::{validate_server_id, Presence};
 
 use crate::dedup::Dedup;
+
+/// The most other servers a session keeps: a router that announces more
+/// (or ids that are not server ids) is not followed past this, and that is
+/// logged.
+pub(crate) const MAX_PEERS: usize = 100_000;
 
 /// Event ids (docs/PROTOCOL.md §3): never 0, never reused, rising from a
 /// start the caller picks (the client: Unix ms × 1000, so that they keep
@@ -61,6 +66,8 @@ pub(crate) enum Kind {
     Pong,
     /// An event whose `reply_to` is a request's id.
     Reply,
+    /// A `roster`, by the `who`'s id.
+    Roster,
 }
 
 /// Why [`Session::expect`] refused to record a waiter.
@@ -111,13 +118,32 @@ impl<W> Session<W> {
     }
 
     /// Connection `generation` was welcomed, with these other servers
-    /// connected. Ignored once the session is closed.
-    pub(crate) fn connected(&mut self, generation: u64, peers: &[String]) {
+    /// connected: they become the peer set, and the difference from the
+    /// set before (the last connection's, kept while disconnected) is
+    /// returned as presence changes, those who left first. Ignored once
+    /// the session is closed.
+    pub(crate) fn connected(&mut self, generation: u64, peers: &[String]) -> Vec<Presence> {
         if self.link == Link::Closed {
-            return;
+            return Vec::new();
         }
         self.link = Link::Up(generation);
-        self.peers = peers.iter().cloned().collect();
+        let mut now = BTreeSet::new();
+        for id in peers {
+            if now.len() == MAX_PEERS {
+                tracing::warn!(
+                    "the welcome names more than {MAX_PEERS} servers: following the first"
+                );
+                break;
+            }
+            if validate_server_id(id).is_ok() {
+                now.insert(id.clone());
+            }
+        }
+        let left = self.peers.difference(&now).map(|id| change(id, false));
+        let came = now.difference(&self.peers).map(|id| change(id, true));
+        let changes = left.chain(came).collect();
+        self.peers = now;
+        changes
     }
 
     /// Connection `generation` is gone: operations stop using it (if it is
@@ -186,24 +212,35 @@ impl<W> Session<W> {
         self.unexpect(kind, id)
     }
 
-    /// A `presence` came: the peer set follows it, and when a server left,
-    /// the requests waiting on it are handed back, to be failed.
-    pub(crate) fn presence(&mut self, p: &Presence) -> Vec<W> {
+    /// A `presence` came: the peer set follows it (a change it already
+    /// reflects, or an id that is not a server id, changes nothing), and
+    /// when a server left, the requests waiting on it are handed back, to
+    /// be failed. Says whether the set changed.
+    pub(crate) fn presence(&mut self, p: &Presence) -> (bool, Vec<W>) {
         if p.online {
-            self.peers.insert(p.server_id.clone());
-            return Vec::new();
+            let changed = if validate_server_id(&p.server_id).is_err() {
+                false
+            } else if self.peers.len() >= MAX_PEERS {
+                tracing::warn!(server_id = %p.server_id, "more than {MAX_PEERS} servers announced: not following this one");
+                false
+            } else {
+                self.peers.insert(p.server_id.clone())
+            };
+            return (changed, Vec::new());
         }
-        self.peers.remove(&p.server_id);
+        let changed = self.peers.remove(&p.server_id);
         let ids: Vec<(Kind, u64)> = self
             .waiting
             .iter()
             .filter(|(k, e)| k.0 == Kind::Reply && e.peer.as_deref() == Some(&*p.server_id))
             .map(|(k, _)| *k)
             .collect();
-        ids.iter()
+        let failed = ids
+            .iter()
             .filter_map(|k| self.waiting.remove(k))
             .map(|e| e.waiter)
-            .collect()
+            .collect();
+        (changed, failed)
     }
 
     /// Records a delivery `(from, id)`; false when it came before (a
@@ -213,7 +250,7 @@ impl<W> Session<W> {
     }
 
     /// The other servers connected, as far as `welcome` and `presence`
-    /// told.
+    /// told, in order; while disconnected, the last connection's.
     pub(crate) fn peers(&self) -> impl Iterator<Item = &String> {
         self.peers.iter()
     }
@@ -222,6 +259,13 @@ impl<W> Session<W> {
     #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+}
+
+fn change(id: &str, online: bool) -> Presence {
+    Presence {
+        server_id: id.to_owned(),
+        online,
     }
 }
 
@@ -340,13 +384,59 @@ mod tests {
         s.expect(Kind::Reply, 1, g, Some("b"), "to b").unwrap();
         s.expect(Kind::Reply, 2, g, Some("c"), "to c").unwrap();
         s.expect(Kind::Ack, 3, g, None, "ack").unwrap();
-        assert!(s.presence(&presence("d", true)).is_empty());
-        assert_eq!(s.presence(&presence("b", false)), vec!["to b"]);
+        assert_eq!(s.presence(&presence("d", true)), (true, vec![]));
+        assert_eq!(s.presence(&presence("b", false)), (true, vec!["to b"]));
         assert_eq!(s.peers().collect::<Vec<_>>(), ["c", "d"]);
         assert_eq!(s.waiting(), 2);
-        // A welcome replaces the peer set whole.
-        s.connected(g, &["x".into()]);
-        assert_eq!(s.peers().collect::<Vec<_>>(), ["x"]);
+        // What the set already says changes nothing; nor does a name that
+        // is not a server id.
+        assert_eq!(s.presence(&presence("d", true)), (false, vec![]));
+        assert_eq!(s.presence(&presence("zz", false)), (false, vec![]));
+        assert_eq!(s.presence(&presence("bad id!", true)), (false, vec![]));
+        // A welcome replaces the peer set whole, and says what changed:
+        // those who left first, then those who came.
+        assert_eq!(
+            s.connected(g, &["x".into(), "c".into()]),
+            vec![presence("d", false), presence("x", true)]
+        );
+        assert_eq!(s.peers().collect::<Vec<_>>(), ["c", "x"]);
+    }
+
+    #[test]
+    fn a_reconnect_reports_the_difference_and_the_set_survives_the_gap() {
+        let mut s: Session<()> = Session::new(8);
+        let g = s.next_generation();
+        // The first welcome: everyone is new.
+        assert_eq!(
+            s.connected(g, &["a".into(), "b".into()]),
+            vec![presence("a", true), presence("b", true)]
+        );
+        let _ = s.disconnected(g);
+        // While disconnected, the last known set stays.
+        assert_eq!(s.peers().collect::<Vec<_>>(), ["a", "b"]);
+        // The next welcome: only what changed meanwhile.
+        let g = s.next_generation();
+        assert_eq!(
+            s.connected(g, &["b".into(), "c".into(), "not valid!".into()]),
+            vec![presence("a", false), presence("c", true)]
+        );
+        assert_eq!(s.peers().collect::<Vec<_>>(), ["b", "c"]);
+        // The same set again: nothing.
+        let g = s.next_generation();
+        assert!(s.connected(g, &["c".into(), "b".into()]).is_empty());
+    }
+
+    #[test]
+    fn the_peer_set_is_bounded() {
+        let mut s: Session<()> = Session::new(8);
+        let g = s.next_generation();
+        let many: Vec<String> = (0..MAX_PEERS + 5).map(|i| format!("s{i}")).collect();
+        assert_eq!(s.connected(g, &many).len(), MAX_PEERS);
+        assert_eq!(s.presence(&presence("one-more", true)), (false, vec![]));
+        assert_eq!(s.peers().count(), MAX_PEERS);
+        // Leaving still works, and makes room.
+        assert_eq!(s.presence(&presence("s0", false)), (true, vec![]));
+        assert_eq!(s.presence(&presence("one-more", true)), (true, vec![]));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | `reply` | `{"id", "from", "data"}` or `{"id", "error": {"code", "message"}}` |
 //! | `state` | `{"state", ...}`: connecting, connected, disconnected, reconnecting, replaced, refused, closed |
 //! | `error` | `{"code", "message"}` |
+//! | `presence` | `[[server_id, online], ...]`: servers that came (`true`) or left, in order |
 //! | `large` | `{"kind", "handle", "size", "pages"}`: fetch the pages with `icom:fetch` |
 
 use serde_json::{json, Value};
@@ -28,17 +29,20 @@ pub(crate) enum Kind {
     Error,
     /// A payload too large for one callback, waiting to be fetched.
     Large,
+    /// Servers that connected or left, several at once.
+    Presence,
 }
 
 impl Kind {
     /// Every kind, in the order `status` reports them.
-    pub(crate) const ALL: [Kind; 6] = [
+    pub(crate) const ALL: [Kind; 7] = [
         Kind::Ack,
         Kind::Event,
         Kind::Reply,
         Kind::State,
         Kind::Error,
         Kind::Large,
+        Kind::Presence,
     ];
 
     /// The name SQF sees as `_function`.
@@ -50,6 +54,7 @@ impl Kind {
             Kind::State => "state",
             Kind::Error => "error",
             Kind::Large => "large",
+            Kind::Presence => "presence",
         }
     }
 
@@ -147,6 +152,11 @@ impl Callback {
         Callback::new(Kind::Reply, &v)
     }
 
+    /// Servers that came (`true`) or left, in the order it happened.
+    pub(crate) fn presence(changes: &[(String, bool)]) -> Callback {
+        Callback::new(Kind::Presence, &json!(changes))
+    }
+
     pub(crate) fn error(code: &str, message: &str) -> Callback {
         Callback::new(Kind::Error, &json!({"code": code, "message": message}))
     }
@@ -209,5 +219,12 @@ mod tests {
         assert_eq!(parse(&c), json!({"id": "9", "from": "us-1", "data": null}));
         let c = Callback::reply_failed(9, "timeout", "no reply within 5 s");
         assert_eq!(parse(&c)["error"]["code"], "timeout");
+    }
+
+    #[test]
+    fn presence_is_an_array_of_pairs_in_order() {
+        let c = Callback::presence(&[("eu-2".into(), false), ("us-1".into(), true)]);
+        assert_eq!(c.kind.as_str(), "presence");
+        assert_eq!(parse(&c), json!([["eu-2", false], ["us-1", true]]));
     }
 }

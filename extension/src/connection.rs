@@ -1,5 +1,10 @@
 //! Commands about the connection: `connect`, `disconnect`, `status`,
-//! `version`.
+//! `peers`, `version`.
+//!
+//! `icom:peers` answers at once with the other servers connected, as the
+//! extension knows them, as a JSON array of server ids; when that is longer
+//! than one callback carries, the answer is a handle instead,
+//! `{"handle", "size", "pages"}`, whose pages `icom:fetch` returns.
 //!
 //! `icom:connect [address, server_id]` has the argument order of Forge's
 //! ICOM, so that its missions port by changing the extension's name. Both
@@ -19,6 +24,7 @@ pub(crate) fn group(group: Group) -> Group {
         .command("connect", connect)
         .command("disconnect", disconnect)
         .command("status", status)
+        .command("peers", peers)
         .command("version", version)
 }
 
@@ -42,6 +48,13 @@ fn disconnect(ctx: Context) -> Result<String, String> {
 
 fn status(ctx: Context) -> Result<String, String> {
     guard("status", || Ok(icom(&ctx)?.status()))
+}
+
+fn peers(ctx: Context) -> Result<String, String> {
+    guard("peers", || {
+        let icom = icom(&ctx)?;
+        icom.peers().map_err(|e| icom.refuse("peers", e))
+    })
 }
 
 fn version() -> &'static str {
@@ -72,6 +85,8 @@ mod tests {
         // the no-argument form works too
         let (out, code) = ext.call("icom:status", Some(vec![]));
         assert_eq!(code, 0, "{out}");
+        // nobody is known without a session
+        assert_eq!(ext.call("icom:peers", None), ("[]".to_owned(), 0));
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! The network side: one session with the router at a time, run on the
-//! extension's tokio runtime, turning the client's states and events into
-//! callbacks. The commands' own tasks are in [`crate::exchange`]. Nothing
-//! here runs on the game thread.
+//! extension's tokio runtime, turning the client's states, events and
+//! presence changes into callbacks. The commands' own tasks are in
+//! [`crate::exchange`]. Nothing here runs on the game thread.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use icom_client::{Client, Event, State};
+use icom_client::{Client, Event, Presences, State};
 use icom_protocol::lock;
 use serde_json::json;
 use tokio::sync::watch;
@@ -19,6 +19,11 @@ use crate::callback::{Callback, Kind, Received};
 use crate::config;
 use crate::outbox::Outbox;
 use crate::requests::Requests;
+
+/// The most presence changes one `presence` callback carries: a burst
+/// (a datacenter's servers reconnecting) costs the game one callback per
+/// this many, not one per server.
+const PRESENCE_BATCH: usize = 100;
 
 /// What the session and the command tasks share.
 #[derive(Debug)]
@@ -42,7 +47,7 @@ impl Shared {
         self.outbox.push(callback);
     }
 
-    fn push_state(&self, value: serde_json::Value) {
+    pub(crate) fn push_state(&self, value: serde_json::Value) {
         self.push(Callback::new(Kind::State, &value));
     }
 }
@@ -199,6 +204,19 @@ impl Link {
         }
     }
 
+    /// The other servers connected, as the session's client knows them
+    /// now (while it is disconnected, as it last knew them); none without
+    /// a session.
+    pub(crate) fn peers(&self) -> Vec<String> {
+        let slot = lock(&self.slot);
+        let Slot::Active(active) = &*slot else {
+            return Vec::new();
+        };
+        let client = active.client.borrow().clone();
+        drop(slot);
+        client.map(|c| c.peers()).unwrap_or_default()
+    }
+
     fn set_routers(&self, generation: u64, routers: &[String]) {
         if let Slot::Active(a) = &mut *lock(&self.slot) {
             if a.generation == generation {
@@ -253,6 +271,15 @@ pub(crate) async fn session(shared: Arc<Shared>, link: Arc<Link>, s: Session) {
         Err(e) => return fail(&shared, &link, s.generation, "config", &e.to_string()),
     };
     let mut states = client.states();
+    let mut presence = client.presence();
+    // The game's view starts from nothing: servers the client knew of
+    // before this stream began (a welcome quicker than this line) come
+    // first.
+    let known: Vec<(String, bool)> = presence.peers().into_iter().map(|id| (id, true)).collect();
+    for batch in known.chunks(PRESENCE_BATCH) {
+        shared.push(Callback::presence(batch));
+    }
+    let mut following = true;
     // Nobody waiting is fine: the receiver lives in the slot.
     let _ = s.tx.send(Some(client.clone()));
     loop {
@@ -272,9 +299,43 @@ pub(crate) async fn session(shared: Arc<Shared>, link: Arc<Link>, s: Session) {
                 Some(state) => on_state(&shared, &client, s.expected_id.as_deref(), &state),
                 None => break,
             },
+            change = presence.next(), if following => match change {
+                Some(change) => on_presence(&shared, (change.server_id, change.online), &mut presence),
+                None => following = false,
+            },
         }
     }
     link.release(s.generation);
+}
+
+/// Hands the game `first` and every change already waiting behind it, in
+/// order, [`PRESENCE_BATCH`] to a callback.
+fn on_presence(shared: &Shared, first: (String, bool), presence: &mut Presences) {
+    let mut batch = vec![first];
+    loop {
+        while batch.len() < PRESENCE_BATCH {
+            match presence.try_next() {
+                Some(change) => batch.push((change.server_id, change.online)),
+                None => break,
+            }
+        }
+        if let [(server_id, online)] = batch.as_slice() {
+            tracing::info!(target: "icom::connection", server_id = %server_id, online, "presence");
+        } else {
+            let online = batch.iter().filter(|(_, on)| *on).count();
+            let offline = batch.len() - online;
+            tracing::info!(target: "icom::connection", online, offline, "presence, several at once");
+        }
+        shared.push(Callback::presence(&batch));
+        if batch.len() < PRESENCE_BATCH {
+            return;
+        }
+        batch.clear();
+        match presence.try_next() {
+            Some(change) => batch.push((change.server_id, change.online)),
+            None => return,
+        }
+    }
 }
 
 fn fail(shared: &Shared, link: &Link, generation: u64, code: &str, message: &str) {

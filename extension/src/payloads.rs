@@ -162,6 +162,30 @@ impl Payloads {
         Ok(Handle { id, size, pages })
     }
 
+    /// A command's answer: `text` itself when it is at most `inline` bytes;
+    /// else `text` is stored and the answer is its handle,
+    /// `{"handle", "size", "pages"}`, to fetch with `icom:fetch`.
+    ///
+    /// # Errors
+    /// The store has no room for it.
+    pub(crate) fn answer(
+        &self,
+        text: String,
+        inline: usize,
+        now: Instant,
+    ) -> Result<String, String> {
+        if text.len() <= inline {
+            return Ok(text);
+        }
+        let handle = self.insert(text, now).map_err(|r| r.error.to_string())?;
+        Ok(serde_json::json!({
+            "handle": handle.id.to_string(),
+            "size": handle.size,
+            "pages": handle.pages,
+        })
+        .to_string())
+    }
+
     /// One page of a payload. The payload leaves the store once each of its
     /// pages has been fetched.
     ///
@@ -260,6 +284,26 @@ mod tests {
             age: Duration::from_secs(60),
             page_bytes: 100,
         }
+    }
+
+    #[test]
+    fn an_answer_is_itself_when_short_and_a_handle_when_long() {
+        let store = Payloads::new(limits());
+        let now = Instant::now();
+        assert_eq!(store.answer("[\"a\"]".into(), 10, now).unwrap(), "[\"a\"]");
+        let long = format!("[{}]", vec!["\"eu-1\""; 40].join(","));
+        let notice: serde_json::Value =
+            serde_json::from_str(&store.answer(long.clone(), 10, now).unwrap()).unwrap();
+        let handle: u64 = notice["handle"].as_str().unwrap().parse().unwrap();
+        assert_eq!(notice["size"], long.len());
+        let pages = notice["pages"].as_u64().unwrap() as usize;
+        let joined: String = (0..pages)
+            .map(|p| store.page(handle, p, now).unwrap())
+            .collect();
+        assert_eq!(joined, long);
+        // No room: an error, not a panic.
+        let huge = "x".repeat(2000);
+        assert!(store.answer(huge, 10, now).is_err());
     }
 
     #[test]

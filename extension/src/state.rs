@@ -223,11 +223,8 @@ impl Icom {
                 ));
             }
             Opened::Already => {
-                let status = self.link.status();
-                self.shared.outbox.push(Callback::new(
-                    Kind::State,
-                    &json!({"state": status.state, "server_id": status.server_id, "router": status.router, "routers": status.routers}),
-                ));
+                let s = self.link.status();
+                self.shared.push_state(json!({"state": s.state, "server_id": s.server_id, "router": s.router, "routers": s.routers}));
             }
         }
         Ok(ticket.to_string())
@@ -307,6 +304,17 @@ impl Icom {
         self.spawn(rt, |shared, ticket| {
             exchange::forget(shared, rx, ticket, persist_id)
         })
+    }
+
+    /// `peers`: the other servers connected, as the extension knows them
+    /// now (a JSON array; by handle when long).
+    ///
+    /// # Errors
+    /// No room in the payload store for a long answer.
+    pub(crate) fn peers(&self) -> Result<String, String> {
+        let text = serde_json::Value::from(self.link.peers()).to_string();
+        self.payloads
+            .answer(text, self.limits.outbox.inline_bytes, Instant::now())
     }
 
     /// `fetch` one page of a large payload.

@@ -6,8 +6,10 @@
 //! a release build with every string quoted as SQF's `str` quotes it
 //! (`"he said ""hi"""`), as the game passes them. Through it: connect to a
 //! real router, events both ways with an icom-client peer, request/reply
-//! both ways, 100 KB payloads fetched in pages, a burst larger than the
-//! callback window while the "engine" keeps answering -1 (queue full), bad
+//! both ways, 100 KB payloads fetched in pages, presence (`presence`
+//! callbacks as servers come and go, 150 at once among them, and
+//! `icom:peers`, by handle when long), a burst larger than the callback
+//! window while the "engine" keeps answering -1 (queue full), bad
 //! arguments, logs, and disconnect.
 //!
 //! The release library is `ARMA_EXTENSION_RELEASE_LIB` if set, else built
@@ -18,6 +20,7 @@
 
 mod game;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -115,6 +118,8 @@ fn scenario(
     assert_eq!(code, 0, "{ticket}");
     let state = game.next(|k, v| k == "state" && v["state"] == "connected");
     assert_eq!(state["server_id"], me);
+
+    presence(rt, cluster, &mut game, me, &peer_id, slot);
 
     // game → peer, with unicode and quotes
     let data = json!({"coords": [1234.5, 5678.9, 0.0], "who": "Jürgen \"Ace\" 東京", "n": null, "ok": true});
@@ -320,6 +325,75 @@ fn scenario(
 
     rt.block_on(peer.close());
     std::env::remove_var("ICOM_CONFIG");
+}
+
+/// Presence: the servers already connected come first as `presence`
+/// callbacks, then each that comes and goes, consistently (never online
+/// twice, never offline unless online); `icom:peers` answers at once, by
+/// handle when long.
+fn presence(
+    rt: &tokio::runtime::Runtime,
+    cluster: &TestCluster,
+    game: &mut Game,
+    me: &str,
+    peer_id: &str,
+    slot: usize,
+) {
+    let mut view = BTreeSet::new();
+    follow(game, &mut view, |v| v.contains(peer_id));
+    let (out, code) = game.call("icom:peers", &[]);
+    assert_eq!(code, 0, "{out}");
+    let peers = game.answer(&out);
+    let peers: Vec<&str> = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        peers.contains(&peer_id) && !peers.contains(&me),
+        "{peers:?}"
+    );
+
+    // 150 servers with long names at once: every join and every leave
+    // arrives, in batches, and `icom:peers` is too long to answer inline.
+    let crowd: Vec<String> = (0..150)
+        .map(|n| format!("crowd-{slot}-{n:03}-{}", "x".repeat(50)))
+        .collect();
+    let raws = rt.block_on(async {
+        let mut raws = Vec::new();
+        for id in &crowd {
+            raws.push(cluster.raw(id).await);
+        }
+        raws
+    });
+    follow(game, &mut view, |v| crowd.iter().all(|id| v.contains(id)));
+    let (out, code) = game.call("icom:peers", &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"handle\""), "{out}");
+    let listed = game.answer(&out);
+    for id in &crowd {
+        assert!(listed.as_array().unwrap().contains(&json!(id)), "{id}");
+    }
+    drop(raws);
+    follow(game, &mut view, |v| crowd.iter().all(|id| !v.contains(id)));
+    assert!(view.contains(peer_id), "{view:?}");
+}
+
+/// Applies `presence` callbacks (`[[server_id, online], ...]`) to `view`
+/// until `done(view)`; a change that does not fit the view fails.
+fn follow(game: &mut Game, view: &mut BTreeSet<String>, done: impl Fn(&BTreeSet<String>) -> bool) {
+    while !done(view) {
+        let batch = game.next(|k, _| k == "presence");
+        for pair in batch.as_array().expect("an array of pairs") {
+            let id = pair[0].as_str().unwrap().to_owned();
+            if pair[1].as_bool().unwrap() {
+                assert!(view.insert(id.clone()), "{id} online twice");
+            } else {
+                assert!(view.remove(&id), "{id} offline while not online");
+            }
+        }
+    }
 }
 
 fn next_event(rt: &tokio::runtime::Runtime, events: &mut Events) -> icom_client::Event {

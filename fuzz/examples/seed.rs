@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use icom_protocol::{
     encode_frame, Ack, AckCode, Control, Deliver, Forget, Hello, Limits, Persist, Ping, Pong,
-    Presence, Replayed, Send, Target, Welcome, NIL,
+    Presence, Replayed, Roster, RosterEntry, Send, Target, Welcome, Who, NIL,
 };
 
 /// A minimal MessagePack writer for the hand-made seeds.
@@ -99,6 +99,7 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             Control::Hello(Hello {
                 protocol: 1,
                 agent: s("icom-extension/0.1.0"),
+                replace: Some(false),
             }),
         ),
         (
@@ -112,6 +113,7 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
                     max_event_bytes: 1 << 20,
                     max_streams: 1024,
                 },
+                features: Some(vec![s("replace"), s("who")]),
             }),
         ),
         ("replayed", Control::Replayed(Replayed { count: 3 })),
@@ -154,6 +156,30 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
         ),
         ("ping", Control::Ping(Ping { nonce: 1 << 40 })),
         ("pong", Control::Pong(Pong { nonce: 7 })),
+        (
+            "who",
+            Control::Who(Who {
+                id: 301,
+                after: Some(s("eu-2")),
+            }),
+        ),
+        (
+            "roster",
+            Control::Roster(Roster {
+                id: 301,
+                servers: vec![
+                    RosterEntry {
+                        server_id: s("eu-3"),
+                        router: Some(s("eu-a")),
+                    },
+                    RosterEntry {
+                        server_id: s("us-1"),
+                        router: None,
+                    },
+                ],
+                more: true,
+            }),
+        ),
     ];
     let mut seeds: Vec<(String, Vec<u8>)> = Vec::new();
     let mut stream = Vec::new();
@@ -353,8 +379,16 @@ const CONTROL_WORDS: &[&str] = &[
     "forget",
     "ping",
     "pong",
+    "who",
+    "roster",
     "protocol",
     "agent",
+    "replace",
+    "features",
+    "after",
+    "servers",
+    "router",
+    "more",
     "session_id",
     "server_id",
     "groups",

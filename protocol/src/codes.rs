@@ -110,17 +110,21 @@ pub enum CloseCode {
     Shutdown = 4,
     /// The peer's certificate was revoked.
     Revoked = 5,
+    /// The identity is connected already, and the client's `hello` asked
+    /// not to replace it (`replace: false`).
+    InUse = 7,
 }
 
 impl CloseCode {
     /// Every close code, by number.
-    pub const ALL: [CloseCode; 6] = [
+    pub const ALL: [CloseCode; 7] = [
         CloseCode::Normal,
         CloseCode::Replaced,
         CloseCode::BadIdentity,
         CloseCode::Protocol,
         CloseCode::Shutdown,
         CloseCode::Revoked,
+        CloseCode::InUse,
     ];
 
     /// The code's number on the wire.
@@ -144,6 +148,7 @@ impl CloseCode {
             CloseCode::Protocol => "PROTOCOL",
             CloseCode::Shutdown => "SHUTDOWN",
             CloseCode::Revoked => "REVOKED",
+            CloseCode::InUse => "IN_USE",
         }
     }
 }
@@ -186,9 +191,10 @@ mod tests {
     #[test]
     fn close_codes_are_numbered_as_specified() {
         let numbers: Vec<u32> = CloseCode::ALL.iter().map(|c| c.code()).collect();
-        assert_eq!(numbers, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(numbers, [0, 1, 2, 3, 4, 5, 7]);
         assert_eq!(CloseCode::from_code(5), Some(CloseCode::Revoked));
-        assert_eq!(CloseCode::from_code(6), None);
+        assert_eq!(CloseCode::from_code(6), None, "6 is a stream code");
+        assert_eq!(CloseCode::from_code(7), Some(CloseCode::InUse));
         assert_eq!(StreamCode::TooLarge.code(), 6);
     }
 }

@@ -40,8 +40,8 @@ pub use event::{
 };
 pub use glob::Glob;
 pub use message::{
-    Ack, AckError, Control, Forget, Hello, Limits, Persist, Ping, Pong, Presence, Replayed,
-    Welcome, PROTOCOL_VERSION,
+    Ack, AckError, Control, Forget, Hello, Limits, Persist, Ping, Pong, Presence, Replayed, Roster,
+    RosterEntry, Welcome, Who, FEATURE_REPLACE, FEATURE_WHO, MAX_ROSTER_PAGE, PROTOCOL_VERSION,
 };
 pub use msgpack::MAX_DEPTH;
 pub use stream::{EventBody, FrameBuffer, TooLong};

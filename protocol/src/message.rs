@@ -29,12 +29,19 @@ pub enum Control {
     Ping(Ping),
     /// Router → client, the answer to `ping`.
     Pong(Pong),
+    /// Client → router, who is connected now (only to a router whose
+    /// `welcome` lists [`FEATURE_WHO`]).
+    Who(Who),
+    /// Router → client, the answer to `who`: one page of the servers
+    /// connected.
+    Roster(Roster),
 }
 
 impl Control {
     /// The wire names of every control message this version knows.
-    pub const NAMES: [&'static str; 8] = [
-        "hello", "welcome", "replayed", "ack", "presence", "forget", "ping", "pong",
+    pub const NAMES: [&'static str; 10] = [
+        "hello", "welcome", "replayed", "ack", "presence", "forget", "ping", "pong", "who",
+        "roster",
     ];
 
     /// The message's wire name.
@@ -48,20 +55,43 @@ impl Control {
             Control::Forget(_) => "forget",
             Control::Ping(_) => "ping",
             Control::Pong(_) => "pong",
+            Control::Who(_) => "who",
+            Control::Roster(_) => "roster",
         }
     }
 }
 
-/// `hello {protocol, agent}`.
+/// `hello {protocol, agent, replace?}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// The protocol version the client speaks.
     pub protocol: u32,
     /// Free text naming the client software, e.g. `icom-extension/0.1.0`.
     pub agent: String,
+    /// `Some(false)`: do not replace a connection of this identity that is
+    /// up; the router closes this one with `IN_USE` instead. Absent (or
+    /// true): the newest connection wins (docs/PROTOCOL.md §1.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace: Option<bool>,
 }
 
-/// `welcome {session_id, server_id, groups, peers, limits}`.
+impl Hello {
+    /// A `hello` for ICOM/1 from `agent`, with the default replacement rule.
+    pub fn new(agent: impl Into<String>) -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            agent: agent.into(),
+            replace: None,
+        }
+    }
+}
+
+/// In `welcome.features`: the router honours `hello.replace`.
+pub const FEATURE_REPLACE: &str = "replace";
+/// In `welcome.features`: the router answers `who` with `roster`.
+pub const FEATURE_WHO: &str = "who";
+
+/// `welcome {session_id, server_id, groups, peers, limits, features?}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     /// A hyphenated UUID naming this connection.
@@ -74,6 +104,19 @@ pub struct Welcome {
     pub peers: Vec<String>,
     /// The limits the router enforces on this client.
     pub limits: Limits,
+    /// What this router does beyond the base of ICOM/1 ([`FEATURE_REPLACE`],
+    /// [`FEATURE_WHO`]); absent from older routers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+}
+
+impl Welcome {
+    /// Whether the router said it has `feature`.
+    pub fn has(&self, feature: &str) -> bool {
+        self.features
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|x| x == feature))
+    }
 }
 
 /// The limits in `welcome`.
@@ -168,6 +211,43 @@ pub struct Pong {
     /// The nonce of the `ping`.
     pub nonce: u64,
 }
+
+/// `who {id, after?}`: the servers connected now, a page at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Who {
+    /// Chosen by the client, echoed by the `roster`.
+    pub id: u64,
+    /// Start after this server id (the last of the previous page); absent:
+    /// from the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// `roster {id, servers, more}`: one page of the answer to `who`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Roster {
+    /// The `id` of the `who`.
+    pub id: u64,
+    /// Servers connected, ordered by id, the asking client left out.
+    pub servers: Vec<RosterEntry>,
+    /// Whether more follow: ask again with `after` the last id of this page.
+    pub more: bool,
+}
+
+/// One server of a `roster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RosterEntry {
+    /// The server's identity.
+    pub server_id: String,
+    /// In cluster mode, the name of the router it is connected to; absent
+    /// for a router on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<String>,
+}
+
+/// The most servers one `roster` carries (so that a page stays well under
+/// the 1 MiB frame bound).
+pub const MAX_ROSTER_PAGE: usize = 1000;
 
 /// `persist`: how a persistent send is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

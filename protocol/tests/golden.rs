@@ -7,7 +7,8 @@
 use bytes::Bytes;
 use icom_protocol::{
     decode_control, encode_frame, split_frame, Ack, AckCode, AckError, Control, Deliver, Forget,
-    Hello, Limits, Persist, Ping, Pong, Presence, Replayed, Send, Target, Welcome,
+    Hello, Limits, Persist, Ping, Pong, Presence, Replayed, Roster, RosterEntry, Send, Target,
+    Welcome, Who,
 };
 use serde_json::{json, Value};
 
@@ -39,8 +40,17 @@ fn control_messages_match_section_8() {
         Control::Hello(Hello {
             protocol: 1,
             agent: "icom-extension/0.1.0".into(),
+            replace: None,
         }),
         json!({"hello": {"protocol": 1, "agent": "icom-extension/0.1.0"}}),
+    );
+    check_control(
+        Control::Hello(Hello {
+            protocol: 1,
+            agent: "icom/0.1.0".into(),
+            replace: Some(false),
+        }),
+        json!({"hello": {"protocol": 1, "agent": "icom/0.1.0", "replace": false}}),
     );
     check_control(
         Control::Welcome(Welcome {
@@ -52,10 +62,12 @@ fn control_messages_match_section_8() {
                 max_event_bytes: 1_048_576,
                 max_streams: 1024,
             },
+            features: Some(vec!["replace".into(), "who".into()]),
         }),
         json!({"welcome": {"session_id": "4f1c2a9e-0000-4000-8000-000000000000",
             "server_id": "eu-1", "groups": ["eu"], "peers": ["us-1"],
-            "limits": {"max_event_bytes": 1048576, "max_streams": 1024}}}),
+            "limits": {"max_event_bytes": 1048576, "max_streams": 1024},
+            "features": ["replace", "who"]}}),
     );
     check_control(
         Control::Replayed(Replayed { count: 2 }),
@@ -109,6 +121,59 @@ fn control_messages_match_section_8() {
     check_control(
         Control::Pong(Pong { nonce: 7 }),
         json!({"pong": {"nonce": 7}}),
+    );
+    check_control(
+        Control::Who(Who {
+            id: 1_732_233_600_000_004,
+            after: None,
+        }),
+        json!({"who": {"id": 1732233600000004u64}}),
+    );
+    check_control(
+        Control::Roster(Roster {
+            id: 1_732_233_600_000_004,
+            servers: vec![
+                RosterEntry {
+                    server_id: "eu-2".into(),
+                    router: Some("eu-a".into()),
+                },
+                RosterEntry {
+                    server_id: "us-1".into(),
+                    router: Some("us-a".into()),
+                },
+            ],
+            more: false,
+        }),
+        json!({"roster": {"id": 1732233600000004u64, "servers": [
+            {"server_id": "eu-2", "router": "eu-a"}, {"server_id": "us-1", "router": "us-a"}],
+            "more": false}}),
+    );
+}
+
+#[test]
+fn new_optional_fields_are_absent_from_older_peers_and_nil_is_absent() {
+    // A welcome from a router before `features`: no feature.
+    let old = json!({"welcome": {"session_id": "s", "server_id": "eu-1", "groups": [],
+        "peers": [], "limits": {"max_event_bytes": 1024, "max_streams": 1024}}});
+    let Some(Control::Welcome(w)) = decode_control(&msgpack_of(&old)).unwrap() else {
+        panic!("a welcome");
+    };
+    assert!(!w.has("who") && !w.has("replace"));
+    let mut nil = old.clone();
+    nil["welcome"]["features"] = Value::Null;
+    let Some(Control::Welcome(w)) = decode_control(&msgpack_of(&nil)).unwrap() else {
+        panic!("a welcome");
+    };
+    assert_eq!(w.features, None);
+    // A hello with `replace: nil` is a hello without it.
+    let hello = json!({"hello": {"protocol": 1, "agent": "a", "replace": null}});
+    assert_eq!(
+        decode_control(&msgpack_of(&hello)).unwrap(),
+        Some(Control::Hello(Hello {
+            protocol: 1,
+            agent: "a".into(),
+            replace: None
+        }))
     );
 }
 

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -75,7 +76,14 @@ impl ConfigFile {
     /// The figment behind [`ConfigFile::load`], for callers that merge
     /// command-line flags on top.
     pub fn figment(path: Option<&Path>) -> Figment {
-        let mut f = Figment::from(Serialized::defaults(ConfigFile::default()));
+        ConfigFile::figment_over(&ConfigFile::default(), path)
+    }
+
+    /// As [`ConfigFile::figment`], with `base` instead of the defaults
+    /// under the file (`--dev`: the dev layout, so that the file need only
+    /// say what it changes).
+    pub fn figment_over(base: &ConfigFile, path: Option<&Path>) -> Figment {
+        let mut f = Figment::from(Serialized::defaults(base));
         if let Some(p) = path {
             f = f.merge(Toml::file_exact(p));
         }
@@ -138,6 +146,9 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Other routers sharing the routing space over NATS, if any.
     pub cluster: Option<Cluster>,
+    /// With `--dev`: the dev layout (certificates, listen address, data
+    /// dir) the file was layered over; a reload layers it again.
+    pub dev: Option<Arc<ConfigFile>>,
 }
 
 /// Validated `[limits]`.
@@ -333,7 +344,38 @@ impl Config {
             log_format: f.log.format,
             source: None,
             cluster,
+            dev: None,
         })
+    }
+
+    /// The configuration from a file type that was loaded from `path` (if
+    /// any) over `dev` (if given, the `--dev` layout) or the defaults:
+    /// relative paths are taken relative to the file's directory; with
+    /// `dev`, a `[cluster]` without a name is named after the listen port
+    /// (`dev-9090`), and plain NATS on loopback is allowed. A reload loads
+    /// the file the same way.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn from_layers(
+        mut file: ConfigFile,
+        path: Option<&Path>,
+        dev: Option<Arc<ConfigFile>>,
+    ) -> Result<Config, ConfigError> {
+        if let Some(dir) = path.and_then(Path::parent) {
+            file.rebase(dir);
+        }
+        if dev.is_some() {
+            if let Some(c) = &mut file.cluster {
+                if c.name.is_empty() {
+                    c.name = format!("dev-{}", file.listen.port());
+                }
+            }
+        }
+        let mut config = Config::from_file(file, dev.is_some())?;
+        config.source = path.map(Path::to_path_buf);
+        config.dev = dev;
+        Ok(config)
     }
 }
 
@@ -343,9 +385,23 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] for unreadable files, bad values or bad ranges.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut c = Config::try_from(ConfigFile::load(path)?)?;
-        c.source = path.map(Path::to_path_buf);
-        Ok(c)
+        Config::load_over(None, path)
+    }
+
+    /// Loads and validates the configuration from `path` and the
+    /// environment over `dev` (the `--dev` layout), or over the defaults.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn load_over(
+        dev: Option<Arc<ConfigFile>>,
+        path: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let base = dev.as_deref().cloned().unwrap_or_default();
+        let file = ConfigFile::figment_over(&base, path)
+            .extract::<ConfigFile>()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        Config::from_layers(file, path, dev)
     }
 }
 
@@ -489,5 +545,8 @@ mod tests {
         let policy_text = std::fs::read_to_string(root.join("policy.example.toml")).unwrap();
         let policy: ConfigFile = toml::from_str(&policy_text).expect("the policy example parses");
         Config::try_from(policy).expect("the policy example validates");
+        let dev_text = std::fs::read_to_string(root.join("dev.example.toml")).unwrap();
+        let dev: ConfigFile = toml::from_str(&dev_text).expect("the dev example parses");
+        Config::from_file(dev, true).expect("the dev example validates");
     }
 }

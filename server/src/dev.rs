@@ -1,6 +1,8 @@
-//! `--dev` mode: a throwaway CA, router certificate and two client
-//! certificates (`server_1`, `server_2`) in a directory, reused when
-//! present, and a configuration that listens on 127.0.0.1:9090.
+//! `--dev` mode: a throwaway CA, router certificate and client
+//! certificates (two game servers, `server_1` and `server_2`, and an
+//! operator, `ops`, for the `icom` CLI) in a directory, reused when
+//! present, and a configuration that listens on 127.0.0.1:9090. With
+//! `--config`, the file is layered over that configuration.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -11,13 +13,18 @@ use crate::config::ConfigFile;
 
 /// The directory `--dev` uses, relative to the working directory.
 pub const DEV_DIR: &str = "icom-dev";
-/// The client identities `--dev` mints.
-pub const DEV_CLIENTS: [&str; 2] = ["server_1", "server_2"];
+/// The operator identity `--dev` mints for the `icom` CLI, which uses it
+/// by default with `--dev`, so that it never replaces a game server's
+/// connection.
+pub const DEV_OPERATOR: &str = "ops";
+/// The client identities `--dev` mints: two game servers and the operator.
+pub const DEV_CLIENTS: [&str; 3] = ["server_1", "server_2", DEV_OPERATOR];
 /// The address `--dev` listens on.
 pub const DEV_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
 
 /// Makes (or reuses) the dev PKI in `dir`, and returns a config file that
-/// uses it.
+/// uses it (with `dir`'s paths as given: absolute ones survive a config
+/// file layered over it, which rebases only relative paths).
 ///
 /// # Errors
 /// [`DirError`] when the directory cannot be written or holds a broken PKI.
@@ -58,21 +65,15 @@ pub fn instructions(dir: &Path, addr: SocketAddr) -> String {
     let (c1, k1) = (d("server_1.pem"), d("server_1.key"));
     format!(
         "ICOM router (dev mode) listening on {addr}\n\
-         throwaway certificates in {dir}: CA {ca}, clients server_1 and server_2\n\
+         throwaway certificates in {dir}: CA {ca}, game servers server_1 and server_2, operator {DEV_OPERATOR}\n\
          connect a client as server_1:\n\
          \x20 icom listen --router {addr} --server-name localhost --ca {ca} --cert {c1} --key {k1}\n\
          or, from this directory: icom --dev --as server_1 listen\n\
-         and send from server_2: icom --dev --as server_2 send --to server_1 --event hello --data '{{\"msg\":\"hi\"}}'",
+         and send from server_2: icom --dev --as server_2 send --to server_1 --event hello --data '{{\"msg\":\"hi\"}}'\n\
+         the CLI's own identity is {DEV_OPERATOR} (icom --dev peers, icom --dev listen --presence)",
         dir = dir.display(),
         ca = d("ca.pem").display(),
         c1 = c1.display(),
         k1 = k1.display(),
     )
-}
-
-/// The cluster name of a `--dev` router joining a cluster (`--nats`)
-/// without `--cluster-name`: `dev-` and its listen port, so that routers
-/// started side by side, told apart by `--listen`, get different names.
-pub fn cluster_name(listen: SocketAddr) -> String {
-    format!("dev-{}", listen.port())
 }

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use icom_protocol::{
-    Ack, AckCode, CloseCode, Control, Limits as WireLimits, Pong, Replayed, Send, StreamCode,
-    StreamCredit, Welcome, PROTOCOL_VERSION,
+    Ack, AckCode, CloseCode, Control, Hello, Limits as WireLimits, Pong, Replayed, Roster, Send,
+    StreamCode, StreamCredit, Welcome, FEATURE_REPLACE, FEATURE_WHO, PROTOCOL_VERSION,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
@@ -63,7 +63,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, connecting: quinn::Connecting) {
 
 async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, serial: Vec<u8>) {
     let config = shared.config();
-    let (ctrl_send, ctrl_recv) = match await_hello(&conn, config.limits.hello_timeout).await {
+    let (ctrl_send, ctrl_recv, hello) = match await_hello(&conn, config.limits.hello_timeout).await
+    {
         Ok(streams) => streams,
         Err(why) => {
             warn!(code = "PROTOCOL", "refused before hello: {why}");
@@ -95,15 +96,23 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
         max_event_bytes: config.limits.max_event_bytes as u32,
         max_streams: config.limits.max_streams,
     };
-    shared.table.register(peer.clone(), |peers| {
+    let replace = hello.replace != Some(false);
+    let registered = shared.table.register(peer.clone(), replace, |peers| {
         Control::Welcome(Welcome {
             session_id,
             server_id: server_id.clone(),
             groups,
             peers,
             limits,
+            features: Some(vec![FEATURE_REPLACE.into(), FEATURE_WHO.into()]),
         })
     });
+    if registered.is_err() {
+        info!(code = "IN_USE", agent = %hello.agent, "refused: the identity is connected, and the client asked not to replace it");
+        shared.metrics.refuse("in_use");
+        close(&conn, CloseCode::InUse);
+        return;
+    }
     let writer = tokio::spawn(write_control(ctrl_send, control_rx).in_current_span());
     // In a cluster: the identity is this router's everywhere (another
     // router's connection of it closed) before its events are routed.
@@ -177,7 +186,7 @@ impl std::fmt::Display for Ended {
 async fn await_hello(
     conn: &quinn::Connection,
     timeout: std::time::Duration,
-) -> Result<(SendStream, ControlReader), String> {
+) -> Result<(SendStream, ControlReader, Hello), String> {
     let work = async {
         let (send, recv) = tokio::select! {
             bi = conn.accept_bi() => bi.map_err(|e| format!("no control stream: {e}"))?,
@@ -191,7 +200,7 @@ async fn await_hello(
         match first {
             // A message of an unknown name is still not hello.
             Ok(_) if reader.skipped() > 0 => Err("the first frame is not hello".to_owned()),
-            Ok(Control::Hello(h)) if h.protocol == PROTOCOL_VERSION => Ok((send, reader)),
+            Ok(Control::Hello(h)) if h.protocol == PROTOCOL_VERSION => Ok((send, reader, h)),
             Ok(Control::Hello(h)) => Err(format!("unsupported protocol version {}", h.protocol)),
             Ok(other) => Err(format!("the first frame is '{}', not hello", other.name())),
             Err(ControlEnd::Finished) => Err("the control stream ended before hello".to_owned()),
@@ -332,6 +341,19 @@ async fn on_control(shared: &Shared, peer: &Peer, msg: Control) -> Result<(), St
         Control::Forget(f) => {
             let ack = crate::dispatch::forget(shared, &peer.server_id, f.id, f.persist_id).await;
             let _ = peer.control.send(frame(&Control::Ack(ack))).await;
+        }
+        Control::Who(w) => {
+            let here = shared.config().cluster.as_ref().map(|c| c.name.clone());
+            let (servers, more) =
+                shared
+                    .table
+                    .roster(&peer.server_id, w.after.as_deref(), here.as_deref());
+            let roster = Control::Roster(Roster {
+                id: w.id,
+                servers,
+                more,
+            });
+            let _ = peer.control.send(frame(&roster)).await;
         }
         other => return Err(format!("a client may not send '{}'", other.name())),
     }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -23,7 +24,10 @@ struct Flags {
     /// The configuration file (TOML). Env `ICOM_*` overrides it; flags override both.
     #[arg(long, short, env = "ICOM_CONFIG")]
     config: Option<PathBuf>,
-    /// Development mode: throwaway certificates in ./icom-dev, listen on 127.0.0.1:9090.
+    /// Development mode: throwaway certificates in ./icom-dev (game servers
+    /// server_1 and server_2, operator ops), listen on 127.0.0.1:9090. With
+    /// --config, the file is layered over that: it need only say what it
+    /// changes (groups, a policy, ...).
     #[arg(long)]
     dev: bool,
     /// Validate the configuration and its files, then exit.
@@ -83,20 +87,19 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         return Ok(());
     }
     let dev_dir = PathBuf::from(dev::DEV_DIR);
-    let config = if flags.dev && flags.config.is_none() {
-        let file = dev::prepare(&dev_dir).context("preparing ./icom-dev")?;
-        let mut file = merge_flags(
-            ConfigFile::figment(None).merge(Serialized::defaults(file)),
-            &flags,
-        )
-        .extract::<ConfigFile>()
-        .context("reading the environment and flags")?;
-        if let Some(c) = &mut file.cluster {
-            if c.name.is_empty() {
-                c.name = dev::cluster_name(file.listen);
-            }
-        }
-        Config::from_file(file, true)?
+    let config = if flags.dev {
+        // Absolute, so that a config file layered over the dev layout
+        // (which rebases its own relative paths) leaves these alone.
+        let here = std::env::current_dir().context("finding the working directory")?;
+        let base = dev::prepare(&here.join(&dev_dir)).context("preparing ./icom-dev")?;
+        let path = flags.config.as_deref();
+        let file = merge_flags(ConfigFile::figment_over(&base, path), &flags)
+            .extract::<ConfigFile>()
+            .with_context(|| match path {
+                Some(p) => format!("loading {} over the dev layout", p.display()),
+                None => "reading the environment and flags".to_owned(),
+            })?;
+        Config::from_layers(file, path, Some(Arc::new(base)))?
     } else {
         load(flags.config.as_deref(), &flags)?
     };
@@ -123,7 +126,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         }
     };
     let addr = server.local_addr();
-    if flags.dev && flags.config.is_none() {
+    if flags.dev {
         println!("{}", dev::instructions(&dev_dir, addr));
     }
     let shutdown = CancellationToken::new();
@@ -140,13 +143,7 @@ fn load(path: Option<&std::path::Path>, flags: &Flags) -> anyhow::Result<Config>
             Some(p) => format!("loading {}", p.display()),
             None => "loading the configuration".to_owned(),
         })?;
-    let mut file = file;
-    if let Some(dir) = path.and_then(std::path::Path::parent) {
-        file.rebase(dir);
-    }
-    let mut config = Config::try_from(file)?;
-    config.source = path.map(std::path::Path::to_path_buf);
-    Ok(config)
+    Ok(Config::from_layers(file, path, None)?)
 }
 
 fn merge_flags(mut f: figment::Figment, flags: &Flags) -> figment::Figment {

@@ -117,7 +117,7 @@ impl Metrics {
         );
         registry.register(
             "connections_refused",
-            "Connections refused, by reason (limit, handshake, bad_identity, protocol, revoked)",
+            "Connections refused, by reason (limit, handshake, bad_identity, protocol, revoked, in_use)",
             m.refused.clone(),
         );
         registry.register(

@@ -3,13 +3,13 @@
 //! and how an event reaches each recipient. The one module that knows
 //! where a server is.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use icom_protocol::{
     encode_frame, lock, read, write, Ack, AckCode, AckError, CloseCode, Control, Groups, Presence,
-    Recipients,
+    Recipients, RosterEntry, MAX_ROSTER_PAGE,
 };
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, warn};
@@ -108,10 +108,22 @@ impl Table {
     /// before its welcome. An older connection with the same identity is
     /// replaced (closed with `REPLACED`, no presence change); otherwise the
     /// identity is recorded as come online, for the next batch.
-    pub(crate) fn register(&self, peer: Arc<Peer>, welcome: impl FnOnce(Vec<String>) -> Control) {
+    ///
+    /// With `replace` false, an identity that is online (here, or on
+    /// another router as far as this one knows) is left as it is: nothing
+    /// is registered or queued, and the result is [`InUse`].
+    pub(crate) fn register(
+        &self,
+        peer: Arc<Peer>,
+        replace: bool,
+        welcome: impl FnOnce(Vec<String>) -> Control,
+    ) -> Result<(), InUse> {
         let old = {
             let mut map = write(&self.peers);
             let was_online = map.online(&peer.server_id);
+            if was_online && !replace {
+                return Err(InUse);
+            }
             let old = map.local.insert(peer.server_id.clone(), peer.clone());
             let mut changes = lock(&self.changes);
             // What the others have been told: an identity with an odd
@@ -149,6 +161,7 @@ impl Table {
             old.outbound.close();
             old.close(CloseCode::Replaced);
         }
+        Ok(())
     }
 
     /// Removes the identity if it is still held by `session`, and records
@@ -249,6 +262,48 @@ impl Table {
         (changes.len(), sent)
     }
 
+    /// One page of `who` for `me` (docs/PROTOCOL.md §3.1): the identities
+    /// online now, `me` left out, ordered, from the first after `after`, at
+    /// most [`MAX_ROSTER_PAGE`]; each with its router's name (`here` for
+    /// those connected to this router). Says whether more follow. One pass
+    /// over the table, keeping the smallest ids in a bounded heap.
+    pub(crate) fn roster(
+        &self,
+        me: &str,
+        after: Option<&str>,
+        here: Option<&str>,
+    ) -> (Vec<RosterEntry>, bool) {
+        let map = read(&self.peers);
+        let mut page: BinaryHeap<&Arc<str>> = BinaryHeap::new();
+        let mut more = false;
+        for id in map.ids() {
+            if **id == *me || after.is_some_and(|a| **id <= *a) {
+                continue;
+            }
+            if page.len() < MAX_ROSTER_PAGE {
+                page.push(id);
+                continue;
+            }
+            more = true;
+            if page.peek().is_some_and(|largest| id < *largest) {
+                page.pop();
+                page.push(id);
+            }
+        }
+        let entries = page
+            .into_sorted_vec()
+            .into_iter()
+            .map(|id| RosterEntry {
+                server_id: id.to_string(),
+                router: match map.remote.get(id) {
+                    Some(owner) if !map.local.contains_key(id) => Some(owner.router.to_string()),
+                    _ => here.map(str::to_owned),
+                },
+            })
+            .collect();
+        (entries, more)
+    }
+
     /// Every peer connected here.
     pub(crate) fn all(&self) -> Vec<Arc<Peer>> {
         read(&self.peers).local.values().cloned().collect()
@@ -296,6 +351,11 @@ impl Table {
         Ok(out)
     }
 }
+
+/// Why [`Table::register`] did not register a peer: its identity is
+/// online, and the peer asked not to replace it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InUse;
 
 /// Where one send goes.
 #[derive(Debug, Default)]
@@ -410,4 +470,74 @@ impl PresenceBatch {
 /// A control message as a frame for [`Peer::control`].
 pub(crate) fn frame(msg: &Control) -> Bytes {
     Bytes::from(encode_frame(msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table holding `ids` as servers of other routers (router `r<n % 3>`),
+    /// which need no connection.
+    fn remote_table(ids: &[String]) -> Table {
+        let table = Table::default();
+        for (n, id) in ids.iter().enumerate() {
+            let owner = Owner {
+                router: format!("r{}", n % 3).into(),
+                since: 1,
+            };
+            let _ = table.set_remote(&Arc::from(id.as_str()), Some(owner));
+        }
+        table
+    }
+
+    #[test]
+    fn the_roster_pages_through_every_server_once_in_order() {
+        let mut ids: Vec<String> = (0..2 * MAX_ROSTER_PAGE + 7)
+            .map(|n| format!("s{n:05}"))
+            .collect();
+        // In the table in no particular order.
+        ids.reverse();
+        let table = remote_table(&ids);
+        let mut got: Vec<RosterEntry> = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let (page, more) = table.roster("s00003", after.as_deref(), Some("here"));
+            pages += 1;
+            assert!(page.len() <= MAX_ROSTER_PAGE);
+            after = page.last().map(|e| e.server_id.clone());
+            got.extend(page);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(pages, 3);
+        ids.sort();
+        ids.retain(|id| id != "s00003");
+        let listed: Vec<&str> = got.iter().map(|e| e.server_id.as_str()).collect();
+        assert_eq!(listed, ids, "each once, in order, the asker left out");
+        // Each with the router that holds it.
+        let e = got.iter().find(|e| e.server_id == "s00000").unwrap();
+        let n = 2 * MAX_ROSTER_PAGE + 6; // s00000 was the last inserted
+        assert_eq!(e.router.as_deref(), Some(format!("r{}", n % 3).as_str()));
+    }
+
+    #[test]
+    fn a_short_roster_is_one_page_and_after_skips_what_came_before() {
+        let table = remote_table(&["b".into(), "a".into(), "c".into()]);
+        let (page, more) = table.roster("x", None, None);
+        assert!(!more);
+        let ids: Vec<&str> = page.iter().map(|e| e.server_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        let (page, more) = table.roster("x", Some("a"), None);
+        assert!(!more);
+        assert_eq!(page.len(), 2);
+        assert_eq!(page[0].server_id, "b");
+        // Past the last: empty, and nothing more.
+        assert_eq!(table.roster("x", Some("c"), None), (Vec::new(), false));
+        assert_eq!(
+            Table::default().roster("x", None, None),
+            (Vec::new(), false)
+        );
+    }
 }

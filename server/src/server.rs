@@ -291,7 +291,7 @@ impl ReloadHandle {
     fn try_reload(&self) -> Result<ReloadReport, ServerError> {
         let old = self.shared.config();
         let mut config = match &old.source {
-            Some(path) => Config::load(Some(path))?,
+            Some(path) => Config::load_over(old.dev.clone(), Some(path))?,
             None => (*old).clone(),
         };
         if config.listen != old.listen {

@@ -107,6 +107,8 @@ fn dev_mode_needs_no_config_and_reuses_its_certificates() {
         "server_1.key",
         "server_2.pem",
         "server_2.key",
+        "ops.pem",
+        "ops.key",
         "crl.pem",
     ] {
         assert!(dir.path().join("icom-dev").join(f).exists(), "{f}");

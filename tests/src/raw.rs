@@ -11,7 +11,7 @@ use icom_certs::testing::TestPki;
 use icom_certs::Issued;
 use icom_protocol::{
     decode_control, encode_frame, frame_len, Ack, CloseCode, Control, Deliver, Hello, Ping, Send,
-    Welcome, ALPN, FRAME_HEADER_LEN, PROTOCOL_VERSION,
+    Welcome, ALPN, FRAME_HEADER_LEN,
 };
 use quinn::crypto::rustls::QuicClientConfig;
 
@@ -179,11 +179,16 @@ impl RawClient {
     /// # Errors
     /// [`RawError::Closed`] if the router closes instead.
     pub async fn hello(&mut self) -> Result<Welcome, RawError> {
-        self.send_control(&Control::Hello(Hello {
-            protocol: PROTOCOL_VERSION,
-            agent: "icom-tests/raw".into(),
-        }))
-        .await?;
+        self.hello_with(Hello::new("icom-tests/raw")).await
+    }
+
+    /// Sends `hello` as given (e.g. with `replace: Some(false)`) and reads
+    /// `welcome`.
+    ///
+    /// # Errors
+    /// [`RawError::Closed`] if the router closes instead.
+    pub async fn hello_with(&mut self, hello: Hello) -> Result<Welcome, RawError> {
+        self.send_control(&Control::Hello(hello)).await?;
         match self.next_control().await? {
             Control::Welcome(w) => {
                 self.welcome = Some(w.clone());

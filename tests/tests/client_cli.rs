@@ -409,3 +409,101 @@ async fn status_with_two_routers_names_the_one_it_is_on() {
     assert_eq!(stdout_json(&out)["delivered"], 1);
     drop(silent);
 }
+
+#[tokio::test]
+async fn peers_prints_who_is_connected_one_line_each() {
+    let cluster = TestCluster::start().await;
+    let _b = cluster.raw("b-server").await;
+    let _a = cluster.raw("a-server").await;
+    let mut cmd = icom(&cluster.client_files("ops"));
+    cmd.arg("peers");
+    let out = run(cmd).await;
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // In order of id, without ops itself; one router, so no router names.
+    assert_eq!(
+        lines,
+        [
+            serde_json::json!({"server_id": "a-server", "router": null}),
+            serde_json::json!({"server_id": "b-server", "router": null}),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn listen_presence_prints_joins_and_leaves_as_json_lines() {
+    let cluster = TestCluster::start().await;
+    let mut listen = icom(&cluster.client_files("ops"));
+    listen
+        .args(["listen", "--presence", "--count", "3", "--timeout", "20000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut listener = listen.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(listener.stdout.take().unwrap()).lines();
+    assert!(
+        icom_tests::eventually(|| cluster.stats().connections == 1).await,
+        "the listener connected"
+    );
+
+    let comer = cluster.raw("comer").await;
+    comer.conn.close(0u32.into(), b"bye");
+    let (sender, _) = connect(&cluster, "sender").await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("a line");
+        got.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+    }
+    assert_eq!(
+        got,
+        [
+            serde_json::json!({"server_id": "comer", "online": true}),
+            serde_json::json!({"server_id": "comer", "online": false}),
+            serde_json::json!({"server_id": "sender", "online": true}),
+        ]
+    );
+    let status = tokio::time::timeout(WAIT, listener.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "--count 3 lines, then exit 0");
+    sender.close().await;
+}
+
+#[tokio::test]
+async fn the_cli_never_takes_a_connected_identity_over_without_replace() {
+    let cluster = TestCluster::start().await;
+    let (server, mut events) = connect(&cluster, "eu-1").await;
+    let mut states = server.states();
+    let mut cmd = icom(&cluster.client_files("eu-1"));
+    cmd.args(["ping", "--count", "1"]);
+    let out = run(cmd).await;
+    assert_eq!(code(&out), 3, "refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("IN_USE") && stderr.contains("--replace"),
+        "{stderr}"
+    );
+    // The game server's connection is untouched.
+    let (other, _) = connect(&cluster, "other").await;
+    other.send("eu-1", "still_yours", 1).await.unwrap();
+    assert_eq!(next_event(&mut events).await.event, "still_yours");
+    assert!(server.is_connected());
+
+    // With --replace, the operator means it.
+    let mut cmd = icom(&cluster.client_files("eu-1"));
+    cmd.args(["--replace", "ping", "--count", "1"]);
+    let out = run(cmd).await;
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let replaced = client_support::wait_state(&mut states, |s| {
+        matches!(s, icom_client::State::Replaced { .. })
+    })
+    .await;
+    assert!(matches!(replaced, icom_client::State::Replaced { .. }));
+}

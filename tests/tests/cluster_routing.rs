@@ -2,7 +2,9 @@
 //! (docs/PROTOCOL.md §12): a sender on one router and recipients on the
 //! other get the same acks and deliveries as on one router, for every
 //! target kind; requests and replies, presence, the policy and takeovers
-//! cross routers (persistent and ttl sends: tests/cluster_store.rs).
+//! cross routers; `who` (and `icom peers`) names the router of each server,
+//! and a client that must not replace an identity is refused by another
+//! router too (persistent and ttl sends: tests/cluster_store.rs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -357,4 +359,67 @@ async fn an_identity_flapping_between_routers_moves_at_most_once_a_second() {
     assert_eq!(third.deliver().await.unwrap().id, 9);
     let heard = watcher.presence_within(Duration::from_millis(500)).await;
     assert!(heard.iter().all(|(id, _)| id != "x"), "{heard:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_and_icom_peers_name_the_router_of_every_server() {
+    let rs = Routers::start(1, 2).await;
+    let _c = connect_all(&rs, &[("a1", 0), ("b1", 1), ("b2", 1)]).await;
+    // The operator's CLI on router 0 sees every server, and where it is.
+    let files = rs.router(0).client_files("ops");
+    let out = tokio::process::Command::new(icom_tests::workspace_bin("icom-client", "icom"))
+        .arg("--router")
+        .arg(files.addr.to_string())
+        .arg("--server-name")
+        .arg(&files.server_name)
+        .arg("--ca")
+        .arg(&files.ca)
+        .arg("--cert")
+        .arg(&files.cert)
+        .arg("--key")
+        .arg(&files.key)
+        .arg("peers")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            serde_json::json!({"server_id": "a1", "router": "r0"}),
+            serde_json::json!({"server_id": "b1", "router": "r1"}),
+            serde_json::json!({"server_id": "b2", "router": "r1"}),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_must_not_replace_is_refused_by_another_router_too() {
+    let rs = Routers::start(1, 2).await;
+    let mut c = connect_all(&rs, &[("x", 0), ("watcher", 1)]).await;
+    let pki = rs.router(1).pki();
+    let mut careful = RawClient::connect(rs.router(1).addr(), pki, &pki.client("x"))
+        .await
+        .unwrap();
+    let hello = icom_protocol::Hello {
+        replace: Some(false),
+        ..icom_protocol::Hello::new("icom-tests/careful")
+    };
+    assert!(careful.hello_with(hello).await.is_err());
+    careful.expect_closed(CloseCode::InUse).await;
+    // x stays on router 0, reachable from router 1.
+    let ack = c[1]
+        .send(&send(1, Target::Server("x".into()), "e", data("x")))
+        .await
+        .unwrap();
+    assert!(ack.ok && ack.delivered == 1, "{ack:?}");
+    assert_eq!(c[0].deliver().await.unwrap().id, 1);
 }

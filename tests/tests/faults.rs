@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use icom_protocol::{
     decode_control, encode_frame, frame_len, AckCode, CloseCode, Control, Deliver, Hello, Send,
-    Target, FRAME_HEADER_LEN, NIL, PROTOCOL_VERSION,
+    Target, FRAME_HEADER_LEN, NIL,
 };
 use icom_tests::{client_crypto, eventually, metric, routes, send, with_metrics, WAIT};
 use icom_tests::{Impairment, ImpairmentProxy, RawClient, RawError, TestCluster};
@@ -73,10 +73,7 @@ async fn hello(conn: &quinn::Connection) -> Result<(ControlStreams, Control), St
         .open_bi()
         .await
         .map_err(|e| format!("opening the control stream: {e}"))?;
-    let frame = encode_frame(&Control::Hello(Hello {
-        protocol: PROTOCOL_VERSION,
-        agent: "icom-tests/faults".into(),
-    }));
+    let frame = encode_frame(&Control::Hello(Hello::new("icom-tests/faults")));
     send.write_all(&frame)
         .await
         .map_err(|e| format!("writing hello: {e}"))?;

@@ -136,6 +136,7 @@ async fn protocol_violations_close_with_protocol() {
     c.send_control(&Control::Hello(Hello {
         protocol: 2,
         agent: "future".into(),
+        replace: None,
     }))
     .await
     .unwrap();

@@ -7,9 +7,10 @@
  * - "icom_reply" [_id, _data, _from, _error]
  * - "icom_state" [_state, _info]
  * - "icom_error" [_code, _message]
+ * - "icom_presence" [_serverId, _online], once per server that came or left
  *
  * Arguments:
- * 0: Kind: event, ack, reply, state, error or large <STRING>
+ * 0: Kind: event, ack, reply, state, error, presence or large <STRING>
  * 1: JSON text <STRING>
  */
 params ["_kind", "_json"];
@@ -66,6 +67,13 @@ switch (_kind) do {
         };
         diag_log text format ["[ICOM] connection %1: %2", GVAR(state), _json];
         [QGVAR(state), [GVAR(state), _value]] call CBA_fnc_localEvent;
+    };
+    case "presence": {
+        // [[_serverId, _online], ...] in the order it happened.
+        {
+            _x params ["_serverId", "_online"];
+            [QGVAR(presence), [_serverId, _online]] call CBA_fnc_localEvent;
+        } forEach _value;
     };
     case "error": {
         diag_log text format ["[ICOM] ERROR: %1: %2", _value get "code", _value get "message"];

@@ -263,7 +263,24 @@ impl Game {
         }
     }
 
+    /// A command's answer: the JSON it returned, or, when that is a handle
+    /// (`{"handle", "size", "pages"}`), the JSON its pages hold.
+    pub fn answer(&mut self, out: &str) -> Value {
+        let value: Value = serde_json::from_str(out).unwrap();
+        if value.get("handle").is_none() {
+            return value;
+        }
+        serde_json::from_str(&self.fetch_text(&value)).unwrap()
+    }
+
     fn fetch(&mut self, notice: &Value) -> (String, Value) {
+        let text = self.fetch_text(notice);
+        let kind = notice["kind"].as_str().unwrap().to_owned();
+        (kind, serde_json::from_str(&text).unwrap())
+    }
+
+    /// The text of a stored payload, page by page.
+    fn fetch_text(&mut self, notice: &Value) -> String {
         let handle = notice["handle"].as_str().unwrap().to_owned();
         let pages = notice["pages"].as_u64().unwrap();
         let mut text = String::new();
@@ -275,8 +292,7 @@ impl Game {
             self.pages += 1;
         }
         assert_eq!(text.len() as u64, notice["size"].as_u64().unwrap());
-        let kind = notice["kind"].as_str().unwrap().to_owned();
-        (kind, serde_json::from_str(&text).unwrap())
+        text
     }
 }
 

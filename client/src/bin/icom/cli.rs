@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use icom_client::{ClientConfig, ConfigOverrides};
+use icom_client::{ClientConfig, ConfigOverrides, DEV_OPERATOR};
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -22,13 +22,18 @@ ICOM_KEY, ICOM_QUEUE__TIMEOUT_MS, ...), then flags. Several routers (the
 `routers` list, or --router given more than once) are tried in order: the
 first that answers is used, and the next one when its connection is lost.
 
+An identity is connected once: `icom` never takes over one that is
+connected (a game server's, or another `icom`'s); the router refuses it
+(exit 3) unless --replace is given. With --dev, `icom` connects as the
+operator identity `ops` that `icom-server --dev` mints; --as picks another.
+
 Example, from cron: icom --config /etc/icom/ops.toml broadcast --event global_alert --data '\"restart in 5 min\"'";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "icom",
     version,
-    about = "ICOM client: send, broadcast, listen, ping, request, forget, status"
+    about = "ICOM client: send, broadcast, listen, ping, request, forget, status, peers"
 )]
 #[command(after_help = EXIT_CODES)]
 pub(crate) struct Cli {
@@ -46,14 +51,13 @@ pub(crate) struct Connection {
     /// Use the layout of `icom-server --dev`: ./icom-dev/, 127.0.0.1:9090, name localhost.
     #[arg(long, global = true)]
     pub(crate) dev: bool,
-    /// With --dev: the identity to connect as.
-    #[arg(
-        long = "as",
-        global = true,
-        value_name = "NAME",
-        default_value = "server_1"
-    )]
-    pub(crate) identity: String,
+    /// With --dev: the identity to connect as (default: the operator, ops).
+    #[arg(long = "as", global = true, value_name = "NAME")]
+    pub(crate) identity: Option<String>,
+    /// Take the identity over even if it is connected: that connection is
+    /// closed with REPLACED (without this, the router refuses this client).
+    #[arg(long, global = true)]
+    pub(crate) replace: bool,
     /// The router's address; repeat for the routers of one cluster, in
     /// order of preference (the client fails over between them).
     #[arg(long, global = true, value_name = "HOST:PORT")]
@@ -98,13 +102,20 @@ pub(crate) enum Command {
     },
     /// Print every event for this server as a JSON line (from, id, event, data, persist_id, reply_to, sent_ms).
     Listen {
-        /// Stop after this many events.
+        /// Stop after this many lines.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
-        /// Stop after this long, in ms (exit 4 if --count events did not come).
+        /// Stop after this long, in ms (exit 4 if --count lines did not come).
         #[arg(long, value_name = "MS")]
         timeout: Option<u64>,
+        /// Print the servers that connect and leave too, as JSON lines
+        /// (server_id, online), from the moment this client is connected.
+        #[arg(long)]
+        presence: bool,
     },
+    /// Print who is connected, one JSON line per server (server_id, router:
+    /// the router it is on in a cluster, else null), ordered by id.
+    Peers,
     /// Measure round trips to the router.
     Ping {
         /// How many pings.
@@ -161,9 +172,10 @@ fn parse_json(s: &str) -> Result<serde_json::Value, String> {
 /// The connection settings: the flags over the file, the environment and
 /// the defaults (or the dev layout).
 pub(crate) fn config(c: &Connection) -> anyhow::Result<ClientConfig> {
+    let identity = c.identity.as_deref().unwrap_or(DEV_OPERATOR);
     let mut config = ConfigOverrides {
         file: c.config.clone(),
-        dev: c.dev.then(|| c.identity.clone()),
+        dev: c.dev.then(|| identity.to_owned()),
         router: None,
         routers: c.router.clone(),
         server_name: c.server_name.clone(),
@@ -174,5 +186,6 @@ pub(crate) fn config(c: &Connection) -> anyhow::Result<ClientConfig> {
     }
     .load()?;
     config.agent = concat!("icom/", env!("CARGO_PKG_VERSION")).into();
+    config.replace = c.replace;
     Ok(config)
 }

@@ -1,11 +1,14 @@
 //! What `icom`'s subcommands do with a connected client: send and
-//! broadcast, listen, ping, status, and the JSON lines they print.
+//! broadcast, listen, ping, status, peers, and the JSON lines they print.
 
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
-use icom_client::{Ack, Client, Event, Persist, SendOptions, State, Target};
+use icom_client::{
+    Ack, Client, Event, Persist, Presence, Presences, RosterEntry, RosterError, SendOptions, State,
+    Target,
+};
 
 use crate::cli::EventArgs;
 use crate::exit::{OK, TIMEOUT};
@@ -34,33 +37,94 @@ pub(crate) async fn send(client: &Client, target: Target, args: EventArgs) -> an
     }
 }
 
+/// `listen`: events, and with `presence` the servers that come and go, as
+/// JSON lines; `count` lines at most, for `timeout` ms at most.
 pub(crate) async fn listen(
     mut events: icom_client::Events,
+    presence: Option<(Vec<Presence>, Presences)>,
     count: Option<u64>,
     timeout: Option<u64>,
 ) -> anyhow::Result<u8> {
     let deadline = timeout.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
     let mut seen = 0u64;
+    let (early, mut presence) = match presence {
+        Some((early, stream)) => (early, Some(stream)),
+        None => (Vec::new(), None),
+    };
+    for change in early {
+        if count.is_some_and(|n| seen >= n) {
+            return Ok(OK);
+        }
+        print_line(&change)?;
+        seen += 1;
+    }
     while count.is_none_or(|n| seen < n) {
         let next = async {
+            let line = async {
+                tokio::select! {
+                    event = events.next() => event.map(Line::Event),
+                    change = next_change(&mut presence) => change.map(Line::Presence),
+                }
+            };
             match deadline {
-                Some(d) => tokio::time::timeout_at(d, events.next()).await.ok(),
-                None => Some(events.next().await),
+                Some(d) => tokio::time::timeout_at(d, line).await.ok(),
+                None => Some(line.await),
             }
         };
-        let event = tokio::select! {
-            event = next => event,
+        let line = tokio::select! {
+            line = next => line,
             _ = tokio::signal::ctrl_c() => return Ok(OK),
         };
-        let Some(event) = event else {
+        let Some(line) = line else {
             // The deadline passed.
             return Ok(if count.is_some() { TIMEOUT } else { OK });
         };
-        let Some(event) = event else {
-            anyhow::bail!("the client closed");
-        };
-        print_line(&EventLine::of(&event))?;
+        match line {
+            Some(Line::Event(event)) => print_line(&EventLine::of(&event))?,
+            Some(Line::Presence(change)) => print_line(&change)?,
+            None => anyhow::bail!("the client closed"),
+        }
         seen += 1;
+    }
+    Ok(OK)
+}
+
+/// One line of `listen`.
+enum Line {
+    Event(Event),
+    Presence(Presence),
+}
+
+/// The next presence change, if presence is followed at all (else never).
+async fn next_change(presence: &mut Option<Presences>) -> Option<Presence> {
+    match presence {
+        Some(p) => p.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `peers`: who is connected, from the router's table; from what this
+/// client was told, with no router names, when the router predates `who`.
+pub(crate) async fn peers(client: &Client) -> anyhow::Result<u8> {
+    let servers = match client.roster().await {
+        Ok(servers) => servers,
+        Err(RosterError::Unsupported) => {
+            eprintln!(
+                "icom: the router predates `who`: these are the servers it announced, without their routers"
+            );
+            client
+                .peers()
+                .into_iter()
+                .map(|server_id| RosterEntry {
+                    server_id,
+                    router: None,
+                })
+                .collect()
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("asking who is connected")),
+    };
+    for entry in &servers {
+        print_line(&serde_json::json!({"server_id": entry.server_id, "router": entry.router}))?;
     }
     Ok(OK)
 }

@@ -1,7 +1,7 @@
 //! `icom`'s exit status: what each number means, and which error maps to
 //! which.
 
-use icom_client::{ConnectError, ForgetError, PingError, RequestError, SendError};
+use icom_client::{ConnectError, ForgetError, PingError, RequestError, RosterError, SendError};
 
 /// Exit status: success.
 pub(crate) const OK: u8 = 0;
@@ -39,6 +39,9 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
         };
     }
     if let Some(e) = e.downcast_ref::<PingError>() {
+        return if e.is_timeout() { TIMEOUT } else { FAILED };
+    }
+    if let Some(e) = e.downcast_ref::<RosterError>() {
         return if e.is_timeout() { TIMEOUT } else { FAILED };
     }
     FAILED

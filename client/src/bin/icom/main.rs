@@ -1,20 +1,22 @@
 //! `icom`: the ICOM client for operators and scripts. Sends, broadcasts,
-//! listens, pings, requests, forgets and reports its connection, through
-//! the `icom-client` library. (The benchmarks are the `icom-bench` binary, in `bench/`.)
+//! listens, pings, requests, forgets, lists who is connected and reports
+//! its connection, through the `icom-client` library. (The benchmarks are
+//! the `icom-bench` binary, in `bench/`.)
 
 mod cli;
 mod commands;
 mod exit;
 
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use icom_client::{Client, ForgetError, Target};
+use icom_client::{Client, ConnectError, ForgetError, Presence, Presences, Target};
 
 use crate::cli::{config, Cli, Command};
-use crate::commands::{listen, ping, print_ack, print_line, send, status, EventLine};
+use crate::commands::{listen, peers, ping, print_ack, print_line, send, status, EventLine};
 use crate::exit::{exit_code, FAILED, OK};
 
 fn main() -> ExitCode {
@@ -47,12 +49,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// The presence changes from the welcome on: those the client took in
+/// before the stream began (between the welcome and now), then the stream.
+fn since_welcome(client: &Client) -> (Vec<Presence>, Presences) {
+    let presence = client.presence();
+    let welcomed: BTreeSet<String> = client
+        .welcome()
+        .map(|w| w.peers.into_iter().collect())
+        .unwrap_or_default();
+    let now: BTreeSet<String> = presence.peers().into_iter().collect();
+    let change = |id: &String, online| Presence {
+        server_id: id.clone(),
+        online,
+    };
+    let left = welcomed.difference(&now).map(|id| change(id, false));
+    let came = now.difference(&welcomed).map(|id| change(id, true));
+    (left.chain(came).collect(), presence)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     let config = config(&cli.conn)?;
     let routers = config.router_list()?.join(", ");
-    let (client, events) = Client::connect(config)
-        .await
-        .with_context(|| format!("connecting to {routers}"))?;
+    let (client, events) = match Client::connect(config).await {
+        Ok(connected) => connected,
+        Err(e @ ConnectError::InUse) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "connecting to {routers} (to take the identity over, closing its connection \
+                 with REPLACED, add --replace; or connect as another identity)"
+            )))
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("connecting to {routers}"))),
+    };
+    // From the welcome on, so that no change is missed.
+    let presence = matches!(cli.command, Command::Listen { presence: true, .. })
+        .then(|| since_welcome(&client));
     let result = match cli.command {
         Command::Send { to, group, event } => {
             let target = match (group, to.len()) {
@@ -70,7 +100,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             send(&client, target, event).await
         }
-        Command::Listen { count, timeout } => listen(events, count, timeout).await,
+        Command::Listen { count, timeout, .. } => listen(events, presence, count, timeout).await,
+        Command::Peers => peers(&client).await,
         Command::Ping { count, interval } => ping(&client, count, interval).await,
         Command::Status => status(&client),
         Command::Request {
