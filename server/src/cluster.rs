@@ -22,6 +22,7 @@ mod import;
 mod link;
 mod mirror;
 mod publish;
+mod quiet;
 mod vault;
 mod view;
 mod wire;
@@ -42,6 +43,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use self::publish::Local;
+use self::quiet::Every;
+use self::quiet::Quiet;
 use self::view::View;
 use self::wire::{Notice, Outcome, Takeover};
 use crate::clock::now_ms;
@@ -63,6 +66,14 @@ const TAKEOVER_HOLD: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 #[error("cluster: {0}")]
 pub struct ClusterError(pub(crate) String);
+
+impl ClusterError {
+    /// Whether trying again cannot help: NATS too old, without JetStream,
+    /// with too few nodes for the replicas (not a timeout).
+    pub(crate) fn is_lasting(&self) -> bool {
+        !self.0.contains("timed out")
+    }
+}
 
 /// The routing space of a cluster on NATS.
 #[derive(Debug)]
@@ -112,7 +123,14 @@ impl Nats {
             connects,
         );
         if up.load(Ordering::Acquire) {
-            vault.prepare().await?;
+            match vault.prepare().await {
+                Ok(()) => {}
+                // A NATS that cannot hold the store at all: say so now.
+                Err(e) if e.is_lasting() => return Err(e),
+                // Busy or electing: the store is prepared once it answers;
+                // durable sends wait for it meanwhile.
+                Err(e) => warn!("{e}; retrying"),
+            }
         }
         let epoch = now_ms();
         let (changes, changes_rx) = mpsc::channel(CHANGES_QUEUE);
@@ -310,31 +328,6 @@ impl Nats {
         };
         self.table.set_remote(&peer.server_id, Some(owner.clone()));
         self.give_up(&peer, owner);
-    }
-}
-
-/// Log lines that could come with every notice, said at most once a
-/// minute each.
-#[derive(Default)]
-struct Quiet {
-    malformed: Every,
-    same_name: Every,
-}
-
-/// Whether a minute has passed since the last time it was ready.
-#[derive(Default)]
-pub(super) struct Every(Option<Instant>);
-
-impl Every {
-    pub(super) fn ready(&mut self) -> bool {
-        let now = Instant::now();
-        match self.0 {
-            Some(last) if now.duration_since(last) < Duration::from_secs(60) => false,
-            _ => {
-                self.0 = Some(now);
-                true
-            }
-        }
     }
 }
 

@@ -142,7 +142,9 @@ impl Vault {
         connects: Arc<AtomicU64>,
     ) -> Vault {
         let js = jetstream::ContextBuilder::new()
-            .timeout(cfg.request_timeout)
+            // Creating a replicated stream can take more than a request
+            // to another router may.
+            .timeout(cfg.request_timeout.max(cfg.store_timeout))
             .ack_timeout(cfg.store_timeout)
             .build(client);
         Vault {
