@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use futures_util::StreamExt;
 use icom_protocol::lock;
@@ -105,6 +106,9 @@ async fn follow(
         .await
         .map_err(|e| format!("reading {}: {e}", vault.stream))?;
     let mut fresh = Some(Mirror::default());
+    // The message ids read into the fresh mirror: writes of this router's
+    // still on their way are in it.
+    let mut read_ids: Vec<String> = Vec::new();
     let mut errors = 0;
     let mut check = tokio::time::interval(Duration::from_millis(500));
     let mut bad = Every::default();
@@ -135,17 +139,23 @@ async fn follow(
                     .strip_prefix(vault.root.as_str())
                     .and_then(|t| t.strip_prefix('.'))
                     .unwrap_or_default();
+                let id = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(NATS_MESSAGE_ID))
+                    .map(|v| v.as_str());
                 let outcome = match fresh.as_mut() {
                     Some(f) => {
                         let r = f.apply(seq, tail, &msg.payload).map(|_| ());
+                        read_ids.extend(id.map(str::to_owned));
                         if seq >= barrier {
                             if let Some(f) = fresh.take() {
-                                put_in_place(vault, f);
+                                put_in_place(vault, f, &std::mem::take(&mut read_ids));
                             }
                         }
                         r
                     }
-                    None => apply(vault, seq, tail, &msg.payload),
+                    None => apply(vault, seq, tail, id, &msg.payload),
                 };
                 if let Err(e) = outcome {
                     if bad.ready() {
@@ -184,13 +194,16 @@ async fn follow(
 
 /// Puts a mirror read from the stream's start in place; what it holds
 /// that the old one did not reach is new to this router.
-fn put_in_place(vault: &Arc<Vault>, fresh: Mirror) {
+fn put_in_place(vault: &Arc<Vault>, fresh: Mirror, read_ids: &[String]) {
     let (news, applied) = {
         let mut st = lock(&vault.state);
         let before = st.mirror.applied();
         st.mirror = fresh;
         let applied = st.mirror.applied();
         st.booked.reached(applied);
+        for id in read_ids {
+            st.booked.read(id);
+        }
         (st.mirror.records_after(before), applied)
     };
     let (persistent, queued, bytes) = vault_counts(vault);
@@ -209,16 +222,24 @@ fn vault_counts(vault: &Vault) -> (usize, usize, usize) {
 }
 
 /// Applies one new message to the mirror in place.
-fn apply(vault: &Arc<Vault>, seq: u64, tail: &str, body: &[u8]) -> Result<(), String> {
+fn apply(
+    vault: &Arc<Vault>,
+    seq: u64,
+    tail: &str,
+    id: Option<&str>,
+    body: &[u8],
+) -> Result<(), String> {
     let (applied, record) = {
         let mut st = lock(&vault.state);
         let applied = st.mirror.apply(seq, tail, body);
         st.booked.reached(seq);
+        if let Some(id) = id {
+            st.booked.read(id);
+        }
         let record = st.mirror.get(seq).cloned();
         (applied, record)
     };
     vault.applied.send_replace(seq);
-    debug!(seq, tail, ?applied, "cluster: applied a store message");
     match (applied?, record) {
         (Applied::Nothing, _) | (_, None) => {}
         (_, Some(record)) => deliver(vault, seq, &record),

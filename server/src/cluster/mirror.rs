@@ -279,13 +279,17 @@ fn unhex(hex: &str) -> Option<String> {
 }
 
 /// Room this router has taken for writes not yet in the mirror: the
-/// bounds hold for what is stored plus what is on its way.
+/// bounds hold for what is stored plus what is on its way. A write is
+/// known by its message id until its ack gives its sequence; the mirror
+/// may read it before the ack comes, and gives its room back then.
 #[derive(Debug, Default)]
 pub(super) struct Booked {
     persistent: usize,
     bytes: usize,
     queues: HashMap<String, (usize, usize)>,
-    /// Bookings of acked writes, until the mirror reaches their sequence.
+    /// Writes sent, by message id, until acked or read by the mirror.
+    sent: HashMap<String, Booking>,
+    /// Acked writes, until the mirror reaches their sequence.
     awaiting: BTreeMap<u64, Vec<Booking>>,
 }
 
@@ -343,11 +347,13 @@ impl Booked {
         bytes: usize,
     ) -> Result<Booking, StoreError> {
         let (b_count, b_bytes) = self.queues.get(recipient).copied().unwrap_or_default();
-        let count = m.queued.get(recipient).map_or(0, BTreeMap::len) + b_count;
+        let stored = m.queued.get(recipient).map_or(0, BTreeMap::len);
+        let count = stored + b_count;
         let queued = m.queue_bytes.get(recipient).copied().unwrap_or(0) + b_bytes;
         if count >= limits.queue_events {
             return Err(StoreError::Full(format!(
-                "the offline queue of '{recipient}' holds {count} events, its limit"
+                "the offline queue of '{recipient}' holds {count} events, its limit \
+                 ({stored} stored, {b_count} on their way)"
             )));
         }
         if queued + bytes > limits.queue_bytes {
@@ -377,8 +383,25 @@ impl Booked {
         }
     }
 
+    /// The write of `b` goes out as message `id`.
+    pub(super) fn send(&mut self, id: &str, b: Booking) {
+        self.sent.insert(id.to_owned(), b);
+    }
+
+    /// The write `id` failed: its room is given back.
+    pub(super) fn failed(&mut self, id: &str) {
+        if let Some(b) = self.sent.remove(id) {
+            self.release(&b);
+        }
+    }
+
+    /// The mirror read message `id` (before or after its ack came).
+    pub(super) fn read(&mut self, id: &str) {
+        self.failed(id);
+    }
+
     /// Gives the room back (the write failed, or the mirror has it).
-    pub(super) fn release(&mut self, b: &Booking) {
+    fn release(&mut self, b: &Booking) {
         self.persistent -= usize::from(b.new_persistent);
         self.bytes -= b.bytes;
         if let Some(r) = &b.recipient {
@@ -392,9 +415,12 @@ impl Booked {
         }
     }
 
-    /// The write of `b` was stored at `seq`: the room is held until the
-    /// mirror, at `applied`, has it.
-    pub(super) fn stored(&mut self, b: Booking, seq: u64, applied: u64) {
+    /// The write `id` was stored at `seq`: its room is held until the
+    /// mirror, at `applied`, has it (unless the mirror read it already).
+    pub(super) fn stored(&mut self, id: &str, seq: u64, applied: u64) {
+        let Some(b) = self.sent.remove(id) else {
+            return;
+        };
         if seq <= applied {
             self.release(&b);
         } else {

@@ -155,13 +155,15 @@ fn bookings_hold_the_bounds_until_the_mirror_has_the_write() {
     let mut m = Mirror::default();
     let mut b = Booked::default();
     let p1 = b.persist(&m, &l, "a", 10).unwrap();
-    let _p2 = b.persist(&m, &l, "b", 10).unwrap();
+    b.send("m1", p1);
+    let p2 = b.persist(&m, &l, "b", 10).unwrap();
+    b.send("m2", p2);
     assert!(
         matches!(b.persist(&m, &l, "c", 10), Err(StoreError::Full(_))),
         "two in flight fill max_persistent"
     );
     // Stored at 1; the mirror is at 0: still held.
-    b.stored(p1, 1, 0);
+    b.stored("m1", 1, 0);
     assert!(b.persist(&m, &l, "c", 10).is_err());
     m.apply(
         1,
@@ -177,10 +179,12 @@ fn bookings_hold_the_bounds_until_the_mirror_has_the_write() {
 
     let mut b = Booked::default();
     let q1 = b.queue(&m, &l, "r", 10).unwrap();
-    let _q2 = b.queue(&m, &l, "r", 10).unwrap();
+    b.send("q1", q1);
+    let q2 = b.queue(&m, &l, "r", 10).unwrap();
+    b.send("q2", q2);
     let e = b.queue(&m, &l, "r", 5).unwrap_err().to_string();
     assert!(e.contains("holds 2 events"), "{e}");
-    b.release(&q1);
+    b.failed("q1");
     let e = b.queue(&m, &l, "r", 25).unwrap_err().to_string();
     assert!(e.contains("is full"), "{e}");
     assert!(b.queue(&m, &l, "s", 25).is_ok(), "queues are per recipient");
@@ -189,4 +193,24 @@ fn bookings_hold_the_bounds_until_the_mirror_has_the_write() {
     assert!(b.queue(&m, &l, "u", 25).is_ok());
     let e = b.queue(&m, &l, "v", 10).unwrap_err().to_string();
     assert!(e.contains("store is full"), "{e}");
+}
+
+#[test]
+fn a_write_the_mirror_reads_before_its_ack_is_counted_once() {
+    let l = limits();
+    let mut m = Mirror::default();
+    let mut b = Booked::default();
+    let q = b.queue(&m, &l, "r", 10).unwrap();
+    b.send("x", q);
+    // The mirror reads the copy before the ack comes back.
+    m.apply(7, &queued_tail("r", "u"), &queued("r", "0123456789", None))
+        .unwrap();
+    b.read("x");
+    b.reached(7);
+    // The ack changes nothing now; one stored, none on its way.
+    b.stored("x", 7, 6);
+    let q = b.queue(&m, &l, "r", 10).unwrap();
+    b.send("y", q);
+    let e = b.queue(&m, &l, "r", 5).unwrap_err().to_string();
+    assert!(e.contains("(1 stored, 1 on their way)"), "{e}");
 }

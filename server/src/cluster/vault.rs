@@ -223,14 +223,23 @@ impl Vault {
         body: Bytes,
         ttl: Option<Duration>,
     ) -> Result<u64, StoreError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.publish_as(&id, tail, body, ttl).await
+    }
+
+    /// As [`Vault::publish`], under message id `id`.
+    async fn publish_as(
+        &self,
+        id: &str,
+        tail: &str,
+        body: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<u64, StoreError> {
         let subject = self.subject(tail);
         let mut msg = PublishMessage::build()
             .payload(body)
             .header(NATS_ROLLUP, "sub")
-            .header(
-                NATS_MESSAGE_ID,
-                uuid::Uuid::new_v4().simple().to_string().as_str(),
-            );
+            .header(NATS_MESSAGE_ID, id);
         if let Some(ttl) = ttl {
             msg = msg.ttl(ttl);
         }
@@ -303,16 +312,20 @@ impl Vault {
             // Whole seconds, rounded up: the mirror drops it on time.
             Duration::from_secs(left.div_ceil(1000).max(1))
         });
-        let written = self.publish(tail, Bytes::from(encode(stored)), ttl).await;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        lock(&self.state).booked.send(&id, booking);
+        let written = self
+            .publish_as(&id, tail, Bytes::from(encode(stored)), ttl)
+            .await;
         let mut st = lock(&self.state);
         match written {
             Ok(seq) => {
                 let applied = st.mirror.applied();
-                st.booked.stored(booking, seq, applied);
+                st.booked.stored(&id, seq, applied);
                 Ok(())
             }
             Err(e) => {
-                st.booked.release(&booking);
+                st.booked.failed(&id);
                 Err(e)
             }
         }
