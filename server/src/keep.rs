@@ -80,10 +80,11 @@ pub(crate) trait Keep: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Store work running on blocking threads at once. The database takes one
-/// write transaction at a time, so more would only be threads waiting for
-/// its lock (each with a stack and its allocator's thread cache); the rest
-/// wait as tasks.
+/// Store work running on blocking threads at once; the rest wait as tasks.
+/// The work holds its thread only for what it does in memory (its writes'
+/// commit is waited for by the task, see [`Local::blocking`]), so a few
+/// threads serve any number of writers; more would only cost a stack and
+/// an allocator thread cache each.
 const STORE_SLOTS: usize = 4;
 
 /// One router's own store: the redb file in its data dir.
@@ -102,18 +103,27 @@ impl Local {
     }
 
     /// Runs store work off the async threads, at most [`STORE_SLOTS`] at
-    /// once.
+    /// once, and returns once its writes are on disk. The work's writes are
+    /// deferred ([`Store::deferring`]): the blocking thread does only what
+    /// they change in memory, and this task, not a thread, waits for their
+    /// commit, which they share with every writer waiting meanwhile (group
+    /// commit).
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let Ok(_slot) = self.slots.acquire().await else {
-            return Err(StoreError::Io("the store is closed".into()));
+        let (value, durable) = {
+            let Ok(_slot) = self.slots.acquire().await else {
+                return Err(StoreError::Io("the store is closed".into()));
+            };
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.deferring(|| f(&store)))
+                .await
+                .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
         };
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Io(format!("store task failed: {e}"))))
+        let value = value?;
+        durable.settled().await?;
+        Ok(value)
     }
 }
 
