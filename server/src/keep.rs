@@ -102,6 +102,22 @@ impl Local {
         }
     }
 
+    /// Runs a store write on this task: with its writes deferred
+    /// ([`Store::deferring`]) it only changes memory (no file I/O, no
+    /// thread to hand over to), then waits, as this task, for the commit
+    /// it shares with every writer waiting meanwhile (group commit). For
+    /// the writes whose memory work is short: one record, or one per
+    /// recipient.
+    async fn write<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let (value, durable) = self.store.deferring(|| f(&self.store));
+        let value = value?;
+        durable.settled().await?;
+        Ok(value)
+    }
+
     /// Runs store work off the async threads, at most [`STORE_SLOTS`] at
     /// once, and returns once its writes are on disk. The work's writes are
     /// deferred ([`Store::deferring`]): the blocking thread does only what
@@ -130,14 +146,12 @@ impl Local {
 impl Keep for Local {
     fn persist(&self, e: Persistent) -> Pending<'_, Result<(), StoreError>> {
         Box::pin(
-            self.blocking(move |s| {
-                s.persist(&e.persist_id, &e.target, &e.from, e.expires_ms, e.wire)
-            }),
+            self.write(move |s| s.persist(&e.persist_id, &e.target, &e.from, e.expires_ms, e.wire)),
         )
     }
 
     fn forget(&self, persist_id: String) -> Pending<'_, Result<bool, StoreError>> {
-        Box::pin(self.blocking(move |s| s.forget(&persist_id)))
+        Box::pin(self.write(move |s| s.forget(&persist_id)))
     }
 
     fn enqueue(
@@ -147,7 +161,7 @@ impl Keep for Local {
         expires_ms: Option<u64>,
         wire: Bytes,
     ) -> Pending<'_, Result<Verdicts, StoreError>> {
-        Box::pin(self.blocking(move |s| {
+        Box::pin(self.write(move |s| {
             let ids: Vec<&str> = recipients.iter().map(String::as_str).collect();
             let verdicts = s.enqueue(&ids, &from, expires_ms, &wire)?;
             Ok(verdicts
@@ -167,7 +181,7 @@ impl Keep for Local {
     }
 
     fn delivered(&self, seq: u64) -> Pending<'_, Result<(), StoreError>> {
-        Box::pin(self.blocking(move |s| s.delivered(seq)))
+        Box::pin(self.write(move |s| s.delivered(seq)))
     }
 
     fn sweep(&self, now_ms: u64) -> Pending<'_, Result<usize, StoreError>> {

@@ -7,7 +7,9 @@
 //! the file through the group-commit [`log`]: writers that come while a
 //! commit is under way share the next transaction, and each method returns
 //! only once its rows are committed. Every method that changes something
-//! may block on that: call it from `spawn_blocking`.
+//! may block on that: call it from `spawn_blocking`, or within
+//! [`Store::deferring`], where it only changes memory and the returned
+//! [`Durable`] is waited for instead (the router's way).
 
 mod durable;
 mod log;
