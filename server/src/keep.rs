@@ -80,11 +80,11 @@ pub(crate) trait Keep: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Store work running on blocking threads at once; the rest wait as tasks.
-/// The work holds its thread only for what it does in memory (its writes'
-/// commit is waited for by the task, see [`Local::blocking`]), so a few
-/// threads serve any number of writers; more would only cost a stack and
-/// an allocator thread cache each.
+/// Store work that can take long (a replay's reading, a sweep) running on
+/// blocking threads at once; the rest wait as tasks. Writes run on their
+/// sender's task ([`Local::write`]), and the wait for a commit holds no
+/// thread, so more would only cost a stack and an allocator thread cache
+/// each.
 const STORE_SLOTS: usize = 4;
 
 /// One router's own store: the redb file in its data dir.

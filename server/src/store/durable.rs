@@ -3,11 +3,11 @@
 //! [`Store::deferring`] runs a closure in which the store's writes return
 //! as soon as they are made in memory and queued for the next commit; the
 //! [`Durable`] it returns resolves, as a task, once every one of them is
-//! committed. The router runs its store work this way
-//! (`Shared::blocking`): the work holds a blocking thread only for what it
-//! does in memory, and the wait for the disk holds no thread at all, so
-//! any number of writers can share one commit (group commit) for the cost
-//! of a task each.
+//! committed. The router runs its store work this way (`keep::Local`): a
+//! write does only its memory work, on the sender's task, and the wait for
+//! the disk holds no thread at all, so any number of writers can share one
+//! commit (group commit) for the cost of a task each; only the leader's
+//! commit takes a blocking thread.
 //!
 //! Outside such a scope, or on another store, a write waits for its commit
 //! on its own thread, as the methods of [`Store`] say.
