@@ -628,6 +628,35 @@ mod tests {
     }
 
     #[test]
+    fn writes_nobody_waited_for_are_committed_by_the_next_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(Store::open(dir.path(), limits()).unwrap());
+        {
+            // A writer whose task is dropped with its runtime, before it
+            // waited: its write must neither be lost from memory nor hand
+            // itself from one dropped task to the next for ever.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let s2 = s.clone();
+            runtime.block_on(async move {
+                let (r, durable) =
+                    s2.deferring(|| s2.persist("a", &Target::All, "x", None, wire("A")));
+                r.unwrap();
+                tokio::spawn(async move {
+                    std::future::pending::<()>().await;
+                    drop(durable);
+                });
+            });
+        }
+        // The next writer, on its own thread, commits what was pending.
+        s.persist("b", &Target::All, "x", None, wire("B")).unwrap();
+        drop(s);
+        let s = Store::open(dir.path(), limits()).unwrap();
+        assert_eq!(s.counts().0, 2);
+    }
+
+    #[test]
     fn a_corrupt_file_is_an_error_not_an_empty_store() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(

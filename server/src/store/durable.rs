@@ -34,12 +34,15 @@ struct Scope {
 /// Writes made in memory and queued for a commit, not yet known to be on
 /// disk: [`Durable::settled`] says when they are. Dropped unsettled (the
 /// task waiting for it cancelled), it still sees them committed, from a
-/// task of its own.
+/// task of its own (once: if that task is dropped too, as when the
+/// runtime shuts down, the next writer's commit takes them).
 #[derive(Debug)]
 #[must_use = "the writes are on disk only once settled"]
 pub struct Durable {
     store: Arc<Store>,
     tickets: Vec<Ticket>,
+    /// Whether a drop before settling hands the rest to a task.
+    adopt: bool,
 }
 
 impl Store {
@@ -63,6 +66,7 @@ impl Store {
             Durable {
                 store: self.clone(),
                 tickets,
+                adopt: true,
             },
         )
     }
@@ -111,7 +115,7 @@ impl Durable {
 
 impl Drop for Durable {
     fn drop(&mut self) {
-        if self.tickets.is_empty() {
+        if self.tickets.is_empty() || !self.adopt {
             return;
         }
         // Writers that nobody waits for any more still need a leader.
@@ -119,6 +123,7 @@ impl Drop for Durable {
             let rest = Durable {
                 store: self.store.clone(),
                 tickets: std::mem::take(&mut self.tickets),
+                adopt: false,
             };
             runtime.spawn(async move {
                 if let Err(e) = rest.settled().await {
