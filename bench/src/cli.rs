@@ -59,6 +59,11 @@ pub(crate) struct Cli {
     /// acks it (`sync_interval: always`) instead of every 2 minutes.
     #[arg(long, requires = "cluster")]
     pub(crate) nats_sync_always: bool,
+    /// tput and fanout through a naive router instead of ICOM's (quinn's
+    /// defaults, a task per event stream, no policy, store or bounds), in
+    /// process, to compare with in the same run.
+    #[arg(long, conflicts_with_all = ["spawn", "cluster"])]
+    pub(crate) naive: bool,
     /// The icom-server binary [default: beside this executable].
     #[arg(long, value_name = "FILE")]
     pub(crate) server_bin: Option<PathBuf>,
@@ -195,10 +200,11 @@ pub(crate) struct TputArgs {
     /// run, and report tput as a share of it.
     #[arg(long)]
     pub(crate) vs_limit: bool,
-    /// Send and receive with bare QUIC peers instead of the client
-    /// library, to see the router's share alone (in-process router only).
-    #[arg(long)]
-    pub(crate) raw: bool,
+    /// Send and receive with plain quinn peers (default transport
+    /// settings, one stream per event) instead of the client library: the
+    /// router as another implementation of ICOM/1 drives it.
+    #[arg(long, alias = "raw")]
+    pub(crate) plain: bool,
 }
 
 /// `icom-bench persist`.
@@ -241,6 +247,9 @@ pub(crate) struct FanoutArgs {
     /// delivered to every receiver.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub(crate) window: usize,
+    /// Send and receive with plain quinn peers, as `tput --plain`.
+    #[arg(long)]
+    pub(crate) plain: bool,
 }
 
 /// `icom-bench lat`.

@@ -140,7 +140,7 @@ impl Env {
                 anyhow::bail!("measuring a remote router's memory needs --router-pid")
             }
             Placement::Remote(_) | Placement::Spawn(_) => Ok(self.placement.clone()),
-            Placement::InProcess(_) | Placement::Cluster(..) => {
+            Placement::InProcess(_) | Placement::Cluster(..) | Placement::Naive(_) => {
                 Ok(Placement::Spawn(server_bin(self.server_bin.as_ref())?))
             }
         }

@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{FanoutArgs, TputArgs};
 use crate::env::Env;
+use crate::limit;
 use crate::payload;
+use crate::plain::Plain;
 use crate::pump::{counts, finish_time, head, pump, tput_report, Flow, Received, Sent};
 use crate::report::{self, Latencies, Report};
-use crate::router::Needs;
-use crate::{limit, raw};
+use crate::router::{Needs, Router};
 
 /// How long receivers wait for the rest once the sender is done.
 const GRACE: Duration = Duration::from_secs(10);
@@ -41,40 +42,19 @@ pub(crate) async fn tput(env: &Env, args: &TputArgs) -> anyhow::Result<Report> {
             ..Needs::default()
         })
         .await?;
-    if args.raw {
-        return raw::run(env, router, args).await;
-    }
-    let (_receiver, events) = env.connect(&router, "server_2", args.window).await?;
-    let (sender, _) = env.connect(&router, "server_1", args.window).await?;
+    let mut peers = Peers::connect(env, &router, 1, args.plain, args.window).await?;
     let to = Target::Server("server_2".into());
-    let mut receivers = vec![events];
     let warmup = args.events / 10;
-    phase(
-        &sender,
-        &to,
-        warmup,
-        args.size,
-        args.window,
-        &mut receivers,
-        1,
-    )
-    .await;
+    peers.phase(&to, warmup, args.size, args.window, 1).await?;
     let before = router.usage();
     let started = Instant::now();
-    let (sent, got) = phase(
-        &sender,
-        &to,
-        args.events,
-        args.size,
-        args.window,
-        &mut receivers,
-        1,
-    )
-    .await;
+    let (sent, got) = peers
+        .phase(&to, args.events, args.size, args.window, 1)
+        .await?;
     let elapsed = finish_time(&sent, &got).saturating_duration_since(started);
     let after = router.usage();
 
-    let mut report = tput_report(&env.wan_label(), args, &sent, got, elapsed);
+    let mut report = tput_report(&peers.link(env), args, &sent, got, elapsed);
     router.add_usage(&mut report, before, after, elapsed, args.events, "events");
     if let Some(limit) = limit {
         let ours = report.get("events_per_s").and_then(|v| v.as_f64());
@@ -88,6 +68,7 @@ pub(crate) async fn tput(env: &Env, args: &TputArgs) -> anyhow::Result<Report> {
             );
         }
     }
+    drop(peers);
     env.stop(router).await;
     Ok(report)
 }
@@ -104,39 +85,16 @@ pub(crate) async fn fanout(env: &Env, args: &FanoutArgs) -> anyhow::Result<Repor
             ..Needs::default()
         })
         .await?;
-    let mut clients = Vec::new();
-    let mut receivers = Vec::new();
-    for i in 0..args.receivers {
-        let (c, events) = env
-            .connect(&router, &format!("server_{}", i + 2), args.window)
-            .await?;
-        clients.push(c);
-        receivers.push(events);
-    }
-    let (sender, _) = env.connect(&router, "server_1", args.window).await?;
+    let mut peers = Peers::connect(env, &router, args.receivers, args.plain, args.window).await?;
     let warmup = args.events / 10;
-    phase(
-        &sender,
-        &Target::All,
-        warmup,
-        args.size,
-        args.window,
-        &mut receivers,
-        k,
-    )
-    .await;
+    peers
+        .phase(&Target::All, warmup, args.size, args.window, k)
+        .await?;
     let before = router.usage();
     let started = Instant::now();
-    let (sent, got) = phase(
-        &sender,
-        &Target::All,
-        args.events,
-        args.size,
-        args.window,
-        &mut receivers,
-        k,
-    )
-    .await;
+    let (sent, got) = peers
+        .phase(&Target::All, args.events, args.size, args.window, k)
+        .await?;
     let elapsed = finish_time(&sent, &got).saturating_duration_since(started);
     let after = router.usage();
 
@@ -144,7 +102,7 @@ pub(crate) async fn fanout(env: &Env, args: &FanoutArgs) -> anyhow::Result<Repor
     let delivered: u64 = got.iter().map(|r| r.count).sum();
     head(
         &mut report,
-        &env.wan_label(),
+        &peers.link(env),
         args.events,
         args.size,
         args.window,
@@ -160,8 +118,83 @@ pub(crate) async fn fanout(env: &Env, args: &FanoutArgs) -> anyhow::Result<Repor
     }
     latency.add_to(&mut report, "delivery", "send→delivery");
     router.add_usage(&mut report, before, after, elapsed, delivered, "deliveries");
+    drop(peers);
     env.stop(router).await;
     Ok(report)
+}
+
+/// The sender (`server_1`) and the receivers (`server_2` …) of a
+/// throughput run: `icom-client`s, or plain quinn peers (`--plain`).
+enum Peers {
+    Client {
+        sender: Client,
+        receivers: Vec<Events>,
+    },
+    Plain {
+        sender: Plain,
+        receivers: Vec<Plain>,
+    },
+}
+
+impl Peers {
+    /// Connects `receivers` receivers, then the sender.
+    async fn connect(
+        env: &Env,
+        router: &Router,
+        receivers: u32,
+        plain: bool,
+        window: usize,
+    ) -> anyhow::Result<Peers> {
+        let ids = (0..receivers).map(|i| format!("server_{}", i + 2));
+        if plain {
+            let mut peers = Vec::new();
+            for id in ids {
+                peers.push(Plain::connect(&router.client(&id)?).await?);
+            }
+            router.settled().await?;
+            let sender = Plain::connect(&router.client(crate::cluster::SENDER)?).await?;
+            return Ok(Peers::Plain {
+                sender,
+                receivers: peers,
+            });
+        }
+        let mut events = Vec::new();
+        for id in ids {
+            events.push(env.connect(router, &id, window).await?.1);
+        }
+        let (sender, _) = env.connect(router, crate::cluster::SENDER, window).await?;
+        Ok(Peers::Client {
+            sender,
+            receivers: events,
+        })
+    }
+
+    /// Sends `events` to `to` while the receivers count their deliveries.
+    async fn phase(
+        &mut self,
+        to: &Target,
+        events: u64,
+        size: usize,
+        window: usize,
+        per_event: u64,
+    ) -> anyhow::Result<(Sent, Vec<Received>)> {
+        match self {
+            Peers::Client { sender, receivers } => {
+                Ok(phase(sender, to, events, size, window, receivers, per_event).await)
+            }
+            Peers::Plain { sender, receivers } => {
+                crate::plain::phase(sender, receivers, to, events, size, window, per_event).await
+            }
+        }
+    }
+
+    /// How the report names the link and the peers.
+    fn link(&self, env: &Env) -> String {
+        match self {
+            Peers::Client { .. } => env.wan_label(),
+            Peers::Plain { .. } => format!("{}, plain quinn peers (--plain)", env.wan_label()),
+        }
+    }
 }
 
 /// Sends `events` to `to` from `sender` while every receiver counts

@@ -32,9 +32,9 @@ use tokio::sync::mpsc;
 use crate::cli::TputArgs;
 use crate::env::Env;
 use crate::os;
+use crate::os::router_runtime;
 use crate::pump::{pump, Flow};
 use crate::report::{self, Report};
-use crate::router::router_runtime;
 
 /// The name of the sink's threads.
 const SINK_THREADS: &str = "icom-sink";

@@ -17,7 +17,11 @@
 //! - `wan`: any of tput, fanout, lat, limit through the impairment proxy;
 //! - `soak`: mixed traffic through churn, sampling memory and descriptors;
 //! - `--cluster` before any of tput, fanout, lat, persist: the same across
-//!   two routers of one cluster on NATS ([`cluster`]).
+//!   two routers of one cluster on NATS ([`cluster`]);
+//! - `--naive` before tput or fanout: through a straightforward quinn
+//!   router instead of ICOM's, to compare with ([`naive`]);
+//! - `--plain` after tput or fanout: plain quinn peers instead of
+//!   `icom-client` ([`plain`]).
 //!
 //! The layers, lowest first: [`cli`] (the arguments), [`report`], [`os`],
 //! [`payload`]; [`wan`] (the proxy) and [`router`]; [`env`] (what a
@@ -33,11 +37,12 @@ mod idle;
 mod join;
 mod lat;
 mod limit;
+mod naive;
 mod os;
 mod payload;
 mod persist;
+mod plain;
 mod pump;
-mod raw;
 mod report;
 mod router;
 mod soak;
@@ -111,6 +116,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         matches!(cli.nats_nodes, 1 | 3),
         "--nats-nodes is 1 or 3 (JetStream needs a majority)"
     );
+    if cli.naive && !matches!(cli.scenario, Scenario::Tput(_) | Scenario::Fanout(_)) {
+        anyhow::bail!("--naive runs tput and fanout");
+    }
     // The bench starts its own router unless one is named.
     let placement = if cli.connection.names_a_router() {
         Placement::Remote(Box::new(Remote {
@@ -126,6 +134,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 synced: cli.nats_sync_always,
             },
         )
+    } else if cli.naive {
+        Placement::Naive(router_threads)
     } else if cli.spawn {
         Placement::Spawn(env::server_bin(cli.server_bin.as_ref())?)
     } else {

@@ -1,10 +1,14 @@
 //! What the bench reads from the operating system (Linux `/proc`): CPU
-//! time of a process or of the threads of this one that carry a name, a
-//! process's resident memory and its open file descriptors. Elsewhere
-//! these read as unknown (`None`), and the report says so.
+//! time of a process or of the threads of this one that carry a name (and
+//! the runtimes whose threads carry one), a process's resident memory and
+//! its open file descriptors. Elsewhere these read as unknown (`None`),
+//! and the report says so.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use anyhow::Context;
+use tokio::runtime::Runtime;
 
 /// A process to measure: this one, or another by its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +50,18 @@ impl Proc {
     pub(crate) fn fds(self) -> Option<u64> {
         Some(std::fs::read_dir(self.dir().join("fd")).ok()?.count() as u64)
     }
+}
+
+/// A multi-thread runtime whose threads are all named `name`, kept alive
+/// for the whole run so that their CPU time stays countable.
+pub(crate) fn router_runtime(name: &str, threads: usize) -> anyhow::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name(name)
+        .thread_keep_alive(Duration::from_secs(24 * 3600))
+        .enable_all()
+        .build()
+        .with_context(|| format!("starting the {name} runtime"))
 }
 
 /// A process's resident memory.

@@ -81,7 +81,7 @@ pub(crate) async fn run(env: &Env, args: &PersistArgs) -> anyhow::Result<Report>
         size,
         window,
         vs_limit: false,
-        raw: false,
+        plain: false,
     };
     let mut plain = tput_report(&env.wan_label(), &tput_args, &sent, got, elapsed);
     cpu_per_event(&mut plain, before, after, elapsed, events);
@@ -108,6 +108,7 @@ pub(crate) async fn run(env: &Env, args: &PersistArgs) -> anyhow::Result<Report>
             );
         }
     }
+    router.add_memory(&mut report, router.usage());
     report.add("method", "method", router.method());
     env.stop(router).await;
     Ok(report)

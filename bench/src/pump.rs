@@ -1,5 +1,5 @@
 //! The pipelined sender every throughput scenario uses (`tput`, `fanout`,
-//! `limit`, `tput --raw`), what a sender and its receivers count, and the
+//! `limit`, `persist`), what a sender and its receivers count, and the
 //! report of a `tput` run, with its checks that the counts add up.
 
 use std::sync::Arc;

@@ -22,7 +22,8 @@ use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
 pub(crate) use crate::child::Remote;
-use crate::os::{self, Memory, Proc};
+use crate::naive::{Naive, NAIVE_THREADS};
+use crate::os::{self, router_runtime, Memory, Proc};
 use crate::report::{round, Report};
 use crate::wan::Link;
 
@@ -41,6 +42,8 @@ pub(crate) enum Placement {
     InProcess(usize),
     /// Two routers of one cluster on that runtime, over a NATS node.
     Cluster(usize, crate::cluster::Nodes),
+    /// The naive router of [`crate::naive`], on this many threads.
+    Naive(usize),
     /// The `icom-server` binary at this path, as a child process.
     Spawn(PathBuf),
     /// Somewhere else: connect with these settings.
@@ -97,6 +100,7 @@ enum Kind {
         dir: TempDir,
     },
     Remote(Remote),
+    Naive(Option<Box<Naive>>),
 }
 
 impl Router {
@@ -163,6 +167,14 @@ impl Router {
                     },
                 })
             }
+            Placement::Naive(threads) => {
+                let naive = Naive::start(*threads).await?;
+                Ok(Router {
+                    dial: naive.addr,
+                    link: None,
+                    kind: Kind::Naive(Some(Box::new(naive))),
+                })
+            }
             Placement::Remote(remote) => {
                 let addr = tokio::net::lookup_host(&remote.base.router)
                     .await
@@ -216,6 +228,8 @@ impl Router {
             Kind::InProcess { cluster: None, .. } => bail!("the router was stopped"),
             Kind::Child { pki, dir, .. } => crate::child::client_files(pki, dir.path(), id, dial)?,
             Kind::Remote(r) => crate::child::remote_client(r, id, dial)?,
+            Kind::Naive(Some(n)) => crate::child::client_files(&n.pki, n.dir.path(), id, dial)?,
+            Kind::Naive(None) => bail!("the router was stopped"),
         };
         config.agent = concat!("icom-bench/", env!("CARGO_PKG_VERSION")).into();
         Ok(config)
@@ -238,19 +252,6 @@ impl Router {
         }
     }
 
-    /// A bare ICOM/1 peer for `id`, welcomed (in-process routers only).
-    ///
-    /// # Errors
-    /// For a router that is not in-process.
-    pub(crate) async fn raw(&self, id: &str) -> anyhow::Result<icom_tests::RawClient> {
-        match &self.kind {
-            Kind::InProcess {
-                cluster: Some(c), ..
-            } if self.link.is_none() => Ok(c.raw(id).await),
-            _ => bail!("--raw needs an in-process router on loopback"),
-        }
-    }
-
     /// The router's CPU time so far, memory and descriptors now.
     pub(crate) fn usage(&self) -> Usage {
         match &self.kind {
@@ -260,6 +261,11 @@ impl Router {
                 memory: Proc::Own.memory(),
                 fds: None,
                 nats_cpu: peer.as_ref().and_then(|p| p.nats_cpu()),
+            },
+            Kind::Naive(_) => Usage {
+                cpu: os::threads_cpu(NAIVE_THREADS),
+                bench_cpu: Proc::Own.cpu(),
+                ..Usage::default()
             },
             Kind::Child { pid, .. } => measure(Proc::Pid(*pid)),
             Kind::Remote(Remote { pid: Some(pid), .. }) => measure(Proc::Pid(*pid)),
@@ -298,7 +304,7 @@ impl Router {
         }
         if let (Some(a), Some(b)) = (before.bench_cpu, after.bench_cpu) {
             let mut clients = b.saturating_sub(a);
-            if let (Kind::InProcess { .. }, Some(r0), Some(r1)) =
+            if let (Kind::InProcess { .. } | Kind::Naive(_), Some(r0), Some(r1)) =
                 (&self.kind, before.cpu, after.cpu)
             {
                 clients = clients.saturating_sub(r1.saturating_sub(r0));
@@ -309,8 +315,21 @@ impl Router {
                 clients,
             );
         }
-        if let Some(m) = after.memory {
-            let own = !matches!(self.kind, Kind::InProcess { .. });
+        self.add_memory(report, after);
+        if let (Some(a), Some(b)) = (before.nats_cpu, after.nats_cpu) {
+            crate::cluster::add_nats_cpu(report, b.saturating_sub(a), count, units);
+        }
+        if let Some(link) = &self.link {
+            link.add_usage(report);
+        }
+        report.add("method", "method", self.method());
+    }
+
+    /// Adds the memory of a reading: the router's own, or with an
+    /// in-process router the whole bench process's.
+    pub(crate) fn add_memory(&self, report: &mut Report, usage: Usage) {
+        if let Some(m) = usage.memory {
+            let own = !matches!(self.kind, Kind::InProcess { .. } | Kind::Naive(_));
             let (rss, peak) = if own {
                 (
                     ("router_rss_kib", "router RSS (KiB)"),
@@ -325,13 +344,6 @@ impl Router {
             report.add(rss.0, rss.1, m.rss_kib);
             report.add(peak.0, peak.1, m.peak_kib);
         }
-        if let (Some(a), Some(b)) = (before.nats_cpu, after.nats_cpu) {
-            crate::cluster::add_nats_cpu(report, b.saturating_sub(a), count, units);
-        }
-        if let Some(link) = &self.link {
-            link.add_usage(report);
-        }
-        report.add("method", "method", self.method());
     }
 
     /// How the router is measured, for the report.
@@ -359,6 +371,10 @@ impl Router {
                 format!("remote router, measured through /proc/{pid}")
             }
             Kind::Remote(_) => "remote router, not measured (give --router-pid)".into(),
+            Kind::Naive(_) => format!(
+                "the naive router (--naive: quinn defaults, a task per stream) in-process; its \
+                 CPU = utime+stime of the threads named '{NAIVE_THREADS}'"
+            ),
         }
     }
 
@@ -367,6 +383,7 @@ impl Router {
         match &mut self.kind {
             Kind::Child { child, .. } => matches!(child.try_wait(), Ok(None)),
             Kind::InProcess { cluster, .. } => cluster.is_some(),
+            Kind::Naive(n) => n.is_some(),
             Kind::Remote(_) => true,
         }
     }
@@ -401,21 +418,14 @@ impl Router {
                     let _ = child.wait().await;
                 }
             }
+            Kind::Naive(n) => {
+                if let Some(mut n) = n.take() {
+                    n.stop();
+                }
+            }
             Kind::Remote(_) => {}
         }
     }
-}
-
-/// A multi-thread runtime whose threads are all named `name`, kept alive
-/// for the whole run so that their CPU time stays countable.
-pub(crate) fn router_runtime(name: &str, threads: usize) -> anyhow::Result<Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name(name)
-        .thread_keep_alive(Duration::from_secs(24 * 3600))
-        .enable_all()
-        .build()
-        .with_context(|| format!("starting the {name} runtime"))
 }
 
 fn measure(p: Proc) -> Usage {

@@ -80,10 +80,11 @@ pub(crate) trait Keep: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Store work running on blocking threads at once. The database takes one
-/// write transaction at a time, so more would only be threads waiting for
-/// its lock (each with a stack and its allocator's thread cache); the rest
-/// wait as tasks.
+/// Store work that can take long (a replay's reading, a sweep) running on
+/// blocking threads at once; the rest wait as tasks. Writes run on their
+/// sender's task ([`Local::write`]), and the wait for a commit holds no
+/// thread, so more would only cost a stack and an allocator thread cache
+/// each.
 const STORE_SLOTS: usize = 4;
 
 /// One router's own store: the redb file in its data dir.
@@ -101,33 +102,56 @@ impl Local {
         }
     }
 
+    /// Runs a store write on this task: with its writes deferred
+    /// ([`Store::deferring`]) it only changes memory (no file I/O, no
+    /// thread to hand over to), then waits, as this task, for the commit
+    /// it shares with every writer waiting meanwhile (group commit). For
+    /// the writes whose memory work is short: one record, or one per
+    /// recipient.
+    async fn write<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let (value, durable) = self.store.deferring(|| f(&self.store));
+        let value = value?;
+        durable.settled().await?;
+        Ok(value)
+    }
+
     /// Runs store work off the async threads, at most [`STORE_SLOTS`] at
-    /// once.
+    /// once, and returns once its writes are on disk. The work's writes are
+    /// deferred ([`Store::deferring`]): the blocking thread does only what
+    /// they change in memory, and this task, not a thread, waits for their
+    /// commit, which they share with every writer waiting meanwhile (group
+    /// commit).
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let Ok(_slot) = self.slots.acquire().await else {
-            return Err(StoreError::Io("the store is closed".into()));
+        let (value, durable) = {
+            let Ok(_slot) = self.slots.acquire().await else {
+                return Err(StoreError::Io("the store is closed".into()));
+            };
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.deferring(|| f(&store)))
+                .await
+                .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
         };
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Io(format!("store task failed: {e}"))))
+        let value = value?;
+        durable.settled().await?;
+        Ok(value)
     }
 }
 
 impl Keep for Local {
     fn persist(&self, e: Persistent) -> Pending<'_, Result<(), StoreError>> {
         Box::pin(
-            self.blocking(move |s| {
-                s.persist(&e.persist_id, &e.target, &e.from, e.expires_ms, e.wire)
-            }),
+            self.write(move |s| s.persist(&e.persist_id, &e.target, &e.from, e.expires_ms, e.wire)),
         )
     }
 
     fn forget(&self, persist_id: String) -> Pending<'_, Result<bool, StoreError>> {
-        Box::pin(self.blocking(move |s| s.forget(&persist_id)))
+        Box::pin(self.write(move |s| s.forget(&persist_id)))
     }
 
     fn enqueue(
@@ -137,7 +161,7 @@ impl Keep for Local {
         expires_ms: Option<u64>,
         wire: Bytes,
     ) -> Pending<'_, Result<Verdicts, StoreError>> {
-        Box::pin(self.blocking(move |s| {
+        Box::pin(self.write(move |s| {
             let ids: Vec<&str> = recipients.iter().map(String::as_str).collect();
             let verdicts = s.enqueue(&ids, &from, expires_ms, &wire)?;
             Ok(verdicts
@@ -157,7 +181,7 @@ impl Keep for Local {
     }
 
     fn delivered(&self, seq: u64) -> Pending<'_, Result<(), StoreError>> {
-        Box::pin(self.blocking(move |s| s.delivered(seq)))
+        Box::pin(self.write(move |s| s.delivered(seq)))
     }
 
     fn sweep(&self, now_ms: u64) -> Pending<'_, Result<usize, StoreError>> {

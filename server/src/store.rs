@@ -3,8 +3,17 @@
 //! before the ack goes out. Memory mirrors the file for fast replay; both
 //! are bounded by config.
 //!
-//! Every method here does file I/O and may block: call it from
-//! `spawn_blocking`.
+//! A change is made to memory at once, under its lock, and its rows go to
+//! the file through the group-commit [`log`]: writers that come while a
+//! commit is under way share the next transaction, and each method returns
+//! only once its rows are committed. Every method that changes something
+//! may block on that: call it from `spawn_blocking`, or within
+//! [`Store::deferring`], where it only changes memory and the returned
+//! [`Durable`] is waited for instead (the router's way).
+
+mod durable;
+mod log;
+mod record;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -12,11 +21,13 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use icom_protocol::{lock, Groups, Target};
-use redb::{Database, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
+use redb::ReadableTable;
 use thiserror::Error;
+use tracing::error;
 
-const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
+pub use self::durable::Durable;
+use self::log::{Change, Log, EVENTS};
+pub(crate) use self::record::{decode, encode, Header, Kind, Stored};
 /// The database file's name inside the data dir.
 pub const STORE_FILE: &str = "icom.redb";
 
@@ -72,30 +83,6 @@ fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-/// What a record is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) enum Kind {
-    /// A persistent event, with its target (matched on connect).
-    Persistent { persist_id: String, target: Target },
-    /// A copy for one offline server.
-    Queued { recipient: String },
-}
-
-/// The header of a record; the encoded `deliver` follows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Header {
-    pub(crate) kind: Kind,
-    pub(crate) from: String,
-    pub(crate) expires_ms: Option<u64>,
-}
-
-/// A record: what it is, and its encoded `deliver`.
-#[derive(Debug, Clone)]
-pub(crate) struct Stored {
-    pub(crate) header: Header,
-    pub(crate) wire: Bytes,
-}
-
 #[derive(Debug, Default)]
 struct Mem {
     next_seq: u64,
@@ -120,7 +107,7 @@ pub struct Due {
 
 /// The store.
 pub struct Store {
-    db: Database,
+    log: Log,
     path: PathBuf,
     mem: Mutex<Mem>,
     limits: StoreLimits,
@@ -153,7 +140,7 @@ impl Store {
             .create(&path)
             .map_err(|e| open_err(e.to_string()))?;
         let store = Store {
-            db,
+            log: Log::new(db),
             path: path.clone(),
             mem: Mutex::new(Mem::default()),
             limits,
@@ -163,12 +150,16 @@ impl Store {
     }
 
     fn load(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(io)?;
+        let txn = self.log.db().begin_write().map_err(io)?;
         txn.open_table(EVENTS).map_err(io)?;
         txn.commit().map_err(io)?;
-        let txn = self.db.begin_read().map_err(io)?;
+        self.read_into(&mut lock(&self.mem))
+    }
+
+    /// Reads every record of the file into `mem`.
+    fn read_into(&self, mem: &mut Mem) -> Result<(), StoreError> {
+        let txn = self.log.db().begin_read().map_err(io)?;
         let table = txn.open_table(EVENTS).map_err(io)?;
-        let mut mem = lock(&self.mem);
         for row in table.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
             let seq = k.value();
@@ -196,21 +187,6 @@ impl Store {
         expires_ms: Option<u64>,
         wire: Bytes,
     ) -> Result<(), StoreError> {
-        let mut mem = lock(&self.mem);
-        let replaced = mem.by_persist_id.get(persist_id).copied();
-        let freed = replaced
-            .and_then(|s| mem.persistent.get(&s))
-            .map_or(0, |s| s.wire.len());
-        if replaced.is_none() && mem.persistent.len() >= self.limits.max_persistent {
-            return Err(StoreError::Full(format!(
-                "the router stores at most {} persistent events",
-                self.limits.max_persistent
-            )));
-        }
-        if mem.total_bytes - freed + wire.len() > self.limits.max_bytes {
-            return Err(StoreError::Full("the router's store is full".into()));
-        }
-        let seq = mem.next_seq;
         let stored = Stored {
             header: Header {
                 kind: Kind::Persistent {
@@ -222,21 +198,33 @@ impl Store {
             },
             wire,
         };
-        let txn = self.db.begin_write().map_err(io)?;
-        {
-            let mut table = txn.open_table(EVENTS).map_err(io)?;
-            if let Some(old) = replaced {
-                table.remove(old).map_err(io)?;
-            }
-            table.insert(seq, encode(&stored).as_slice()).map_err(io)?;
+        let record = encode(&stored);
+        let mut mem = lock(&self.mem);
+        let replaced = mem.by_persist_id.get(persist_id).copied();
+        let freed = replaced
+            .and_then(|s| mem.persistent.get(&s))
+            .map_or(0, |s| s.wire.len());
+        if replaced.is_none() && mem.persistent.len() >= self.limits.max_persistent {
+            return Err(StoreError::Full(format!(
+                "the router stores at most {} persistent events",
+                self.limits.max_persistent
+            )));
         }
-        txn.commit().map_err(io)?;
+        if mem.total_bytes - freed + stored.wire.len() > self.limits.max_bytes {
+            return Err(StoreError::Full("the router's store is full".into()));
+        }
+        let seq = mem.next_seq;
         mem.next_seq += 1;
         if let Some(old) = replaced {
             mem.remove(old);
         }
         mem.insert(seq, stored);
-        Ok(())
+        let old = replaced.map(Change::Delete);
+        let ticket = self
+            .log
+            .push(old.into_iter().chain([Change::Put(seq, record)]));
+        drop(mem);
+        self.settle(&ticket)
     }
 
     /// Removes the persistent event `persist_id`; false if there is none.
@@ -248,8 +236,10 @@ impl Store {
         let Some(seq) = mem.by_persist_id.get(persist_id).copied() else {
             return Ok(false);
         };
-        self.delete_rows(&[seq])?;
         mem.remove(seq);
+        let ticket = self.log.push([Change::Delete(seq)]);
+        drop(mem);
+        self.settle(&ticket)?;
         Ok(true)
     }
 
@@ -304,18 +294,15 @@ impl Store {
         if rows.is_empty() {
             return Ok(verdicts);
         }
-        let txn = self.db.begin_write().map_err(io)?;
-        {
-            let mut table = txn.open_table(EVENTS).map_err(io)?;
-            for (seq, stored) in &rows {
-                table.insert(*seq, encode(stored).as_slice()).map_err(io)?;
-            }
-        }
-        txn.commit().map_err(io)?;
         mem.next_seq = seq;
+        let mut changes = Vec::with_capacity(rows.len());
         for (seq, stored) in rows {
+            changes.push(Change::Put(seq, encode(&stored)));
             mem.insert(seq, stored);
         }
+        let ticket = self.log.push(changes);
+        drop(mem);
+        self.settle(&ticket)?;
         Ok(verdicts)
     }
 
@@ -358,9 +345,10 @@ impl Store {
         if !mem.contains_queued(seq) {
             return Ok(());
         }
-        self.delete_rows(&[seq])?;
         mem.remove(seq);
-        Ok(())
+        let ticket = self.log.push([Change::Delete(seq)]);
+        drop(mem);
+        self.settle(&ticket)
     }
 
     /// Deletes every expired record; returns how many.
@@ -379,10 +367,14 @@ impl Store {
         if expired.is_empty() {
             return Ok(0);
         }
-        self.delete_rows(&expired)?;
         for seq in &expired {
             mem.remove(*seq);
         }
+        let ticket = self
+            .log
+            .push(expired.iter().map(|seq| Change::Delete(*seq)));
+        drop(mem);
+        self.settle(&ticket)?;
         Ok(expired.len())
     }
 
@@ -409,15 +401,23 @@ impl Store {
         all.into_iter().map(|(seq, s)| (*seq, s.clone())).collect()
     }
 
-    fn delete_rows(&self, seqs: &[u64]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(io)?;
-        {
-            let mut table = txn.open_table(EVENTS).map_err(io)?;
-            for seq in seqs {
-                table.remove(*seq).map_err(io)?;
-            }
+    /// After a failed commit: memory holds changes the file does not.
+    /// Fails the changes not yet written, and rereads the file, the truth,
+    /// under the memory's lock, so that no change comes in between.
+    fn recover(&self, why: &str) {
+        let mut mem = lock(&self.mem);
+        self.log.discard_pending(why);
+        let next_seq = mem.next_seq;
+        *mem = Mem {
+            next_seq,
+            ..Mem::default()
+        };
+        if let Err(e) = self.read_into(&mut mem) {
+            error!(
+                path = %self.path.display(),
+                "a store commit failed ({why}) and the file cannot be reread: {e}"
+            );
         }
-        txn.commit().map_err(io)
     }
 }
 
@@ -471,31 +471,6 @@ impl Mem {
             self.queue_bytes.remove(&r);
         }
     }
-}
-
-/// A record: a 4-byte big-endian header length, the header (MessagePack),
-/// then the encoded `deliver`.
-pub(crate) fn encode(s: &Stored) -> Vec<u8> {
-    // The header holds strings, integers and a target: it always encodes.
-    let header = rmp_serde::to_vec_named(&s.header).unwrap_or_default();
-    let mut out = Vec::with_capacity(4 + header.len() + s.wire.len());
-    out.extend_from_slice(&(header.len() as u32).to_be_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(&s.wire);
-    out
-}
-
-pub(crate) fn decode(v: &[u8]) -> Result<Stored, String> {
-    let len = v
-        .first_chunk::<4>()
-        .map(|h| u32::from_be_bytes(*h) as usize)
-        .ok_or("shorter than its header length")?;
-    let header_bytes = v.get(4..4 + len).ok_or("shorter than its header")?;
-    let header: Header = rmp_serde::from_slice(header_bytes).map_err(|e| e.to_string())?;
-    Ok(Stored {
-        header,
-        wire: Bytes::copy_from_slice(&v[4 + len..]),
-    })
 }
 
 #[cfg(test)]
@@ -568,6 +543,117 @@ mod tests {
         drop(s);
         let s = Store::open(dir.path(), limits()).unwrap();
         assert_eq!(s.counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn concurrent_writers_all_land_once_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Groups::new();
+        let big = StoreLimits {
+            max_bytes: 1 << 20,
+            max_persistent: 1000,
+            queue_events: 1000,
+            queue_bytes: 1 << 20,
+            cache_bytes: 1 << 20,
+        };
+        {
+            let s = std::sync::Arc::new(Store::open(dir.path(), big).unwrap());
+            let writers: Vec<_> = (0..8)
+                .map(|t| {
+                    let s = s.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..25 {
+                            // Two threads share each persist id: the last
+                            // write of an id wins, and it is stored once.
+                            let id = format!("p{}-{i}", t % 4);
+                            s.persist(&id, &Target::All, "x", None, wire(&format!("{t}-{i}")))
+                                .unwrap();
+                            let v = s.enqueue(&["r"], "x", None, &wire("q")).unwrap();
+                            assert_eq!(v, vec![Ok(())]);
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            assert_eq!(s.counts().0, 100, "4 × 25 persist ids");
+            assert_eq!(s.counts().1, 200);
+        }
+        // What memory said is what the file holds.
+        let s = Store::open(dir.path(), big).unwrap();
+        assert_eq!(s.counts().0, 100);
+        assert_eq!(s.counts().1, 200);
+        let due = s.due_for("r", &g, 0);
+        assert_eq!(due.len(), 300);
+        assert!(due.windows(2).all(|w| w[0].seq < w[1].seq));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deferred_writes_share_one_commit_settled_by_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Groups::new();
+        let s = std::sync::Arc::new(Store::open(dir.path(), limits()).unwrap());
+        let commits = s.log.commits();
+        // Three writers make their changes before anyone waits: they are
+        // one batch, and the first task to wait commits it for all.
+        let mut durables = Vec::new();
+        for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+            let (result, durable) =
+                s.deferring(|| s.persist(id, &Target::All, "x", None, wire(&i.to_string())));
+            result.unwrap();
+            durables.push(durable);
+        }
+        let durables: Vec<_> = durables
+            .into_iter()
+            .map(|d| tokio::spawn(d.settled()))
+            .collect();
+        // A read needs no commit.
+        let (due, nothing) = s.deferring(|| s.due_for("y", &g, 0));
+        assert_eq!(due.len(), 3, "in memory at once");
+        nothing.settled().await.unwrap();
+        for d in durables {
+            d.await.unwrap().unwrap();
+        }
+        assert_eq!(s.log.commits(), commits + 1, "three writers, one commit");
+        // A bound refused inside the scope is refused as always, and
+        // leaves nothing to commit.
+        let (full, nothing) = s.deferring(|| s.persist("d", &Target::All, "x", None, wire("d")));
+        assert!(matches!(full, Err(StoreError::Full(_))));
+        nothing.settled().await.unwrap();
+        assert_eq!(s.log.commits(), commits + 1);
+        drop(s);
+        let s = Store::open(dir.path(), limits()).unwrap();
+        assert_eq!(s.counts().0, 3, "all three on disk");
+    }
+
+    #[test]
+    fn writes_nobody_waited_for_are_committed_by_the_next_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(Store::open(dir.path(), limits()).unwrap());
+        {
+            // A writer whose task is dropped with its runtime, before it
+            // waited: its write must neither be lost from memory nor hand
+            // itself from one dropped task to the next for ever.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let s2 = s.clone();
+            runtime.block_on(async move {
+                let (r, durable) =
+                    s2.deferring(|| s2.persist("a", &Target::All, "x", None, wire("A")));
+                r.unwrap();
+                tokio::spawn(async move {
+                    std::future::pending::<()>().await;
+                    drop(durable);
+                });
+            });
+        }
+        // The next writer, on its own thread, commits what was pending.
+        s.persist("b", &Target::All, "x", None, wire("B")).unwrap();
+        drop(s);
+        let s = Store::open(dir.path(), limits()).unwrap();
+        assert_eq!(s.counts().0, 2);
     }
 
     #[test]

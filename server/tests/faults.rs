@@ -308,25 +308,92 @@ fn count(msg: Control, ok: &mut u64, congested: &mut u64, acked: &mut u64) -> bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_acked_event() {
+    /// Senders at once, each with this many sends in flight: the store
+    /// commits many writers together (group commit) at this rate.
+    const SENDERS: usize = 4;
+    const WINDOW: usize = 128;
     /// Acks collected before the kill.
-    const KILL_AFTER: usize = 150;
+    const KILL_AFTER: usize = 2000;
     let files = RouterFiles::new("");
     let pki = files.pki();
     let addr = files.addr();
     let mut router = start(&files, None);
-    let mut a = RawClient::welcomed(addr, pki, "a").await;
 
-    // Persistent and ttl events for an offline "b", 32 in flight, until
-    // the router dies under them.
-    let window = Arc::new(Semaphore::new(32));
+    // Persistent and ttl events for an offline "b", from every sender at
+    // once, until the router dies under them.
+    let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        let name = format!("a{i}");
+        let a = RawClient::welcomed(addr, pki, &name).await;
+        senders.push(tokio::spawn(durable_sender(
+            a,
+            name,
+            WINDOW,
+            acks_tx.clone(),
+        )));
+    }
+    drop(acks_tx);
+    let started = Instant::now();
+    let mut acked = BTreeSet::new();
+    while acked.len() < KILL_AFTER {
+        let (from, ack) = acks.recv().await.expect("the senders run until the kill");
+        assert!(ack.ok && ack.queued == 1, "{ack:?}");
+        acked.insert((from, ack.id));
+    }
+    let rate = acked.len() as f64 / started.elapsed().as_secs_f64();
+    router.signal("KILL");
+    router.wait_exit(Duration::from_secs(10));
+    // Acks already on their way count too: read what arrived, briefly.
+    while let Ok(Some((from, ack))) =
+        tokio::time::timeout(Duration::from_millis(300), acks.recv()).await
+    {
+        assert!(ack.ok && ack.queued == 1, "{ack:?}");
+        acked.insert((from, ack.id));
+    }
+    for s in senders {
+        s.abort();
+    }
+
+    let _router = start(&files, None);
+    let mut b = RawClient::welcomed(addr, pki, "b").await;
+    let replayed = b.replayed().await.unwrap();
+    let count = replayed.len();
+    let mut delivered = BTreeSet::new();
+    for d in replayed {
+        assert!(
+            delivered.insert((d.from.clone(), d.id)),
+            "delivered once: {} {}",
+            d.from,
+            d.id
+        );
+    }
+    let lost: Vec<_> = acked.difference(&delivered).collect();
+    assert!(lost.is_empty(), "acked but lost: {lost:?}");
+    eprintln!(
+        "sigkill under load: {SENDERS} senders, {} acked before the kill (about {rate:.0}/s), {count} replayed after the restart, none lost",
+        acked.len()
+    );
+}
+
+/// Sends persistent (even ids, an id of their own each) and ttl (odd ids)
+/// events to the offline "b", `window` in flight, and passes every ack
+/// on, with the sender's name, until the connection ends.
+async fn durable_sender(
+    mut a: RawClient,
+    name: String,
+    window: usize,
+    acks: tokio::sync::mpsc::UnboundedSender<(String, icom_protocol::Ack)>,
+) {
+    let window = Arc::new(Semaphore::new(window));
     let writer = {
-        let (conn, window) = (a.conn.clone(), window.clone());
+        let (conn, window, name) = (a.conn.clone(), window.clone(), name.clone());
         tokio::spawn(async move {
             for id in 1.. {
                 window.acquire().await.unwrap().forget();
                 let mut send = fault(id, "b", Bytes::from(rmp_serde::to_vec(&id).unwrap()));
                 if id % 2 == 0 {
-                    send.persist = Some(Persist::Id(format!("p{id}")));
+                    send.persist = Some(Persist::Id(format!("{name}-p{id}")));
                 } else {
                     send.ttl_ms = Some(600_000);
                 }
@@ -340,39 +407,13 @@ async fn sigkill_under_load_loses_no_acked_event() {
             }
         })
     };
-    let mut acked = BTreeSet::new();
-    while acked.len() < KILL_AFTER {
-        if let Control::Ack(ack) = a.next_control().await.unwrap() {
-            assert!(ack.ok && ack.queued == 1, "{ack:?}");
-            acked.insert(ack.id);
+    while let Ok(msg) = a.next_control().await {
+        if let Control::Ack(ack) = msg {
+            if acks.send((name.clone(), ack)).is_err() {
+                break;
+            }
             window.add_permits(1);
         }
     }
-    router.signal("KILL");
-    router.wait_exit(Duration::from_secs(10));
-    // Acks already on their way count too: read what arrived, briefly.
-    while let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_millis(300), a.next_control()).await
-    {
-        if let Control::Ack(ack) = msg {
-            assert!(ack.ok && ack.queued == 1, "{ack:?}");
-            acked.insert(ack.id);
-        }
-    }
     writer.abort();
-    drop(a);
-
-    let _router = start(&files, None);
-    let mut b = RawClient::welcomed(addr, pki, "b").await;
-    let replayed = b.replayed().await.unwrap();
-    let count = replayed.len();
-    let mut delivered = BTreeSet::new();
-    for d in replayed {
-        assert!(delivered.insert(d.id), "delivered once: {}", d.id);
-    }
-    let lost: Vec<_> = acked.difference(&delivered).collect();
-    assert!(lost.is_empty(), "acked but lost: {lost:?}");
-    eprintln!(
-        "sigkill under load: {} acked before the kill, {count} replayed after the restart, none lost",
-        acked.len()
-    );
 }

@@ -71,10 +71,48 @@ fn tput_counts_every_event_acked_and_delivered() {
 }
 
 #[test]
-fn tput_with_bare_peers_counts_the_same() {
-    let v = bench(&["tput", "--events", "200", "--window", "16", "--raw"]);
+fn tput_and_fanout_with_plain_quinn_peers_count_the_same() {
+    let v = bench(&["tput", "--events", "200", "--window", "16", "--plain"]);
     assert_eq!(n(&v, "acked"), 200);
     assert_eq!(n(&v, "delivered"), 200);
+    assert!(v["link"].as_str().unwrap().contains("plain"), "{v}");
+    assert!(v["router_cpu_s_per_million_events"].is_number(), "{v}");
+    let v = bench(&[
+        "fanout",
+        "--events",
+        "40",
+        "--receivers",
+        "3",
+        "--window",
+        "8",
+        "--plain",
+    ]);
+    assert_eq!(n(&v, "acked_deliveries"), 120);
+    assert_eq!(n(&v, "delivered"), 120);
+    // The router binary too: the plain peers load its certificates.
+    let v = bench(&["--spawn", "tput", "--events", "100", "--plain"]);
+    assert_eq!(n(&v, "delivered"), 100);
+}
+
+#[test]
+fn the_naive_router_routes_tput_and_fanout_for_both_kinds_of_client() {
+    let v = bench(&[
+        "--naive", "tput", "--events", "200", "--window", "16", "--plain",
+    ]);
+    assert_eq!((n(&v, "acked"), n(&v, "delivered")), (200, 200));
+    assert!(v["method"].as_str().unwrap().contains("naive"), "{v}");
+    assert!(v["router_cpu_s_per_million_events"].is_number(), "{v}");
+    let v = bench(&[
+        "--naive",
+        "fanout",
+        "--events",
+        "40",
+        "--receivers",
+        "3",
+        "--window",
+        "8",
+    ]);
+    assert_eq!((n(&v, "acked_deliveries"), n(&v, "delivered")), (120, 120));
 }
 
 #[test]
@@ -266,6 +304,13 @@ fn cluster_refuses_the_scenarios_that_measure_one_router() {
         err.contains("--cluster runs tput, fanout, lat and persist"),
         "{err}"
     );
+    let out = Command::new(icom_tests::workspace_bin("icom-bench", "icom-bench"))
+        .args(["--naive", "persist", "--events", "10"])
+        .output()
+        .expect("icom-bench runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--naive runs tput and fanout"), "{err}");
 }
 
 #[test]
