@@ -23,6 +23,7 @@ mod link;
 mod mirror;
 mod publish;
 mod quiet;
+mod stream;
 mod vault;
 mod view;
 mod wire;

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::mirror::{persistent_tail, queued_tail, Booked, Booking, Mirror};
+use super::stream::{check_version, stream_bytes, stream_name};
 use super::ClusterError;
 use crate::clock::now_ms;
 use crate::config::{Cluster, Config};
@@ -47,9 +48,6 @@ pub(super) const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
 /// persistent events that a router which did not know of it yet may not
 /// have sent it.
 pub(super) const RECENT: Duration = Duration::from_secs(10);
-
-/// The oldest NATS server with per-message TTL.
-const MIN_NATS: (u64, u64) = (2, 11);
 
 /// Room in a stream message beside the largest event.
 const RECORD_HEADROOM: usize = 64 << 10;
@@ -98,38 +96,6 @@ pub(crate) struct Vault {
     /// The highest barrier written: a mirror that does not reach it soon
     /// has lost the stream and reads it again.
     pub(super) wanted: AtomicU64,
-}
-
-/// The stream's name for a subject prefix.
-pub(crate) fn stream_name(prefix: &str) -> String {
-    format!("{}_store", prefix.replace('.', "_"))
-}
-
-/// The stream's own byte limit for a store bound of `max_bytes`.
-pub(crate) fn stream_bytes(max_bytes: usize) -> usize {
-    max_bytes
-        .saturating_add(max_bytes / 4)
-        .saturating_add(16 << 20)
-}
-
-/// Whether NATS `version` has per-message TTL.
-///
-/// # Errors
-/// Says which version is needed.
-pub(crate) fn check_version(version: &str) -> Result<(), String> {
-    let mut parts = version
-        .trim_start_matches('v')
-        .split(['.', '-'])
-        .map(|p| p.parse::<u64>().ok());
-    let (major, minor) = (parts.next().flatten(), parts.next().flatten());
-    match (major, minor) {
-        (Some(ma), Some(mi)) if (ma, mi) >= MIN_NATS => Ok(()),
-        _ => Err(format!(
-            "NATS server {version:?} is too old for the cluster's store: ICOM needs \
-             nats-server {}.{} or newer (per-message TTL for expiring events)",
-            MIN_NATS.0, MIN_NATS.1
-        )),
-    }
 }
 
 impl Vault {
@@ -314,9 +280,15 @@ impl Vault {
         });
         let id = uuid::Uuid::new_v4().simple().to_string();
         lock(&self.state).booked.send(&id, booking);
+        // A write given up half way (its task dropped) gives its room back.
+        let guard = Unbook {
+            vault: self,
+            id: &id,
+        };
         let written = self
             .publish_as(&id, tail, Bytes::from(encode(stored)), ttl)
             .await;
+        std::mem::forget(guard);
         let mut st = lock(&self.state);
         match written {
             Ok(seq) => {
@@ -336,6 +308,18 @@ impl Vault {
         self.publish(tail, Bytes::new(), Some(TOMBSTONE_TTL))
             .await
             .map(|_| ())
+    }
+}
+
+/// Gives a write's room back if the write is dropped before its outcome.
+struct Unbook<'a> {
+    vault: &'a Vault,
+    id: &'a str,
+}
+
+impl Drop for Unbook<'_> {
+    fn drop(&mut self) {
+        lock(&self.vault.state).booked.failed(self.id);
     }
 }
 
@@ -486,22 +470,5 @@ impl Keep for Vault {
 
     fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) -> Pending<'static, ()> {
         Box::pin(super::follow::run(self, shutdown))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_before_2_11_are_refused() {
-        for ok in ["2.11.0", "2.15.1", "v2.12.0-beta.1", "3.0.0"] {
-            assert!(check_version(ok).is_ok(), "{ok}");
-        }
-        for old in ["2.10.22", "2.9.10", "", "x.y"] {
-            let e = check_version(old).unwrap_err();
-            assert!(e.contains("2.11 or newer"), "{e}");
-        }
-        assert_eq!(stream_name("community.eu"), "community_eu_store");
     }
 }
