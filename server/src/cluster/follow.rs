@@ -115,7 +115,6 @@ async fn follow(
     let mut last_read = Instant::now();
     let mut behind_since: Option<Instant> = None;
     let mut probe: Option<tokio::task::JoinHandle<()>> = None;
-    let started = Instant::now();
     loop {
         tokio::select! {
             m = messages.next() => {
@@ -167,8 +166,10 @@ async fn follow(
                 if vault.connects.load(Ordering::Acquire) != generation {
                     return Err("NATS reconnected".into());
                 }
-                if fresh.is_some() && started.elapsed() >= 5 * STALL {
-                    return Err("reading the stream from its start did not get past its barrier".into());
+                // A long stream takes long to read; one that stops coming
+                // before the barrier is lost.
+                if fresh.is_some() && last_read.elapsed() >= 5 * STALL {
+                    return Err("reading the stream from its start stopped before its barrier".into());
                 }
                 let applied = *vault.applied.borrow();
                 if fresh.is_none() && vault.wanted.load(Ordering::Acquire) > applied {
