@@ -27,7 +27,7 @@ use tracing::error;
 
 pub use self::durable::Durable;
 use self::log::{Change, Log, EVENTS};
-pub(crate) use self::record::{decode, encode, Header, Kind, Stored};
+pub(crate) use self::record::{decode, decode_shared, due, encode, expired, Header, Kind, Stored};
 /// The database file's name inside the data dir.
 pub const STORE_FILE: &str = "icom.redb";
 
@@ -310,30 +310,13 @@ impl Store {
     /// events whose target includes it, and its queued copies, unexpired.
     pub fn due_for(&self, server: &str, groups: &Groups, now_ms: u64) -> Vec<Due> {
         let mem = lock(&self.mem);
-        let alive = |s: &Stored| s.header.expires_ms.is_none_or(|e| e > now_ms);
-        let mut due: Vec<Due> = mem
-            .persistent
-            .iter()
-            .filter(|(_, s)| alive(s))
-            .filter(|(_, s)| match &s.header.kind {
-                Kind::Persistent { target, .. } => target.includes(server, &s.header.from, groups),
-                Kind::Queued { .. } => false,
-            })
-            .map(|(seq, s)| Due {
-                seq: *seq,
-                wire: s.wire.clone(),
-                queued: false,
-            })
-            .collect();
-        if let Some(q) = mem.queued.get(server) {
-            due.extend(q.iter().filter(|(_, s)| alive(s)).map(|(seq, s)| Due {
-                seq: *seq,
-                wire: s.wire.clone(),
-                queued: true,
-            }));
-        }
-        due.sort_by_key(|d| d.seq);
-        due
+        record::due(
+            &mem.persistent,
+            mem.queued.get(server),
+            server,
+            groups,
+            now_ms,
+        )
     }
 
     /// Deletes a queued copy once its delivery was acknowledged.
@@ -357,13 +340,10 @@ impl Store {
     /// I/O errors.
     pub fn sweep(&self, now_ms: u64) -> Result<usize, StoreError> {
         let mut mem = lock(&self.mem);
-        let expired: Vec<u64> = mem
-            .persistent
-            .iter()
-            .chain(mem.queued.values().flatten())
-            .filter(|(_, s)| s.header.expires_ms.is_some_and(|e| e <= now_ms))
-            .map(|(seq, _)| *seq)
-            .collect();
+        let expired = record::expired(
+            mem.persistent.iter().chain(mem.queued.values().flatten()),
+            now_ms,
+        );
         if expired.is_empty() {
             return Ok(0);
         }
@@ -395,7 +375,7 @@ impl Store {
             .persistent
             .iter()
             .chain(mem.queued.values().flatten())
-            .filter(|(_, s)| s.header.expires_ms.is_none_or(|e| e > now_ms))
+            .filter(|(_, s)| s.alive(now_ms))
             .collect();
         all.sort_by_key(|(seq, _)| **seq);
         all.into_iter().map(|(seq, s)| (*seq, s.clone())).collect()

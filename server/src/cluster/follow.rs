@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use icom_protocol::lock;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::mirror::{includes, Applied, Mirror};
+use super::mirror::{Applied, Mirror};
 use super::vault::{Vault, RECENT};
 use super::Every;
 use crate::connection::{write_event, Written};
@@ -228,7 +229,7 @@ fn apply(
     seq: u64,
     tail: &str,
     id: Option<&str>,
-    body: &[u8],
+    body: &Bytes,
 ) -> Result<(), String> {
     let (applied, record) = {
         let mut st = lock(&vault.state);
@@ -286,7 +287,7 @@ fn deliver(vault: &Arc<Vault>, seq: u64, record: &Stored) {
                     .filter(|(id, j)| {
                         j.replay_seq < seq
                             && j.at.elapsed() < RECENT
-                            && includes(record, id, &j.config.groups)
+                            && record.is_for(id, &j.config.groups)
                     })
                     .map(|(id, j)| (id.clone(), j.session))
                     .collect()

@@ -17,7 +17,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use icom_protocol::Groups;
 
-use crate::store::{decode, Due, Kind, StoreError, StoreLimits, Stored};
+use bytes::Bytes;
+
+use crate::store::{decode_shared, due, expired, Due, Kind, StoreError, StoreLimits, Stored};
 
 /// Lowercase hex of `s`'s bytes: any id as one subject token.
 pub(super) fn token(s: &str) -> String {
@@ -76,7 +78,7 @@ impl Mirror {
     ///
     /// # Errors
     /// A record whose body does not decode (it is skipped).
-    pub(super) fn apply(&mut self, seq: u64, tail: &str, body: &[u8]) -> Result<Applied, String> {
+    pub(super) fn apply(&mut self, seq: u64, tail: &str, body: &Bytes) -> Result<Applied, String> {
         if seq <= self.applied {
             return Ok(Applied::Nothing);
         }
@@ -90,7 +92,7 @@ impl Mirror {
                 Ok(Applied::Nothing)
             }
             (Some("jip"), Some(_), None) => {
-                let stored = decode(body)?;
+                let stored = decode_shared(body)?;
                 let Kind::Persistent { persist_id, .. } = &stored.header.kind else {
                     return Err(format!("{tail}: not a persistent event"));
                 };
@@ -107,7 +109,7 @@ impl Mirror {
                 Ok(Applied::Nothing)
             }
             (Some("q"), Some(_), Some(_)) => {
-                let stored = decode(body)?;
+                let stored = decode_shared(body)?;
                 let Kind::Queued { recipient } = &stored.header.kind else {
                     return Err(format!("{tail}: not a queued copy"));
                 };
@@ -180,26 +182,13 @@ impl Mirror {
 
     /// Everything due to `server` at `now_ms`, in stored order.
     pub(super) fn due_for(&self, server: &str, groups: &Groups, now_ms: u64) -> Vec<Due> {
-        let alive = |s: &Stored| s.header.expires_ms.is_none_or(|e| e > now_ms);
-        let mut due: Vec<Due> = self
-            .persistent
-            .iter()
-            .filter(|(_, s)| alive(s) && includes(s, server, groups))
-            .map(|(seq, s)| Due {
-                seq: *seq,
-                wire: s.wire.clone(),
-                queued: false,
-            })
-            .collect();
-        if let Some(q) = self.queued.get(server) {
-            due.extend(q.iter().filter(|(_, s)| alive(s)).map(|(seq, s)| Due {
-                seq: *seq,
-                wire: s.wire.clone(),
-                queued: true,
-            }));
-        }
-        due.sort_by_key(|d| d.seq);
-        due
+        due(
+            &self.persistent,
+            self.queued.get(server),
+            server,
+            groups,
+            now_ms,
+        )
     }
 
     /// The record `seq`, if stored.
@@ -236,13 +225,10 @@ impl Mirror {
     /// Forgets what expired by `now_ms` (the stream expires it by itself,
     /// with a per-message TTL); returns how many.
     pub(super) fn sweep(&mut self, now_ms: u64) -> usize {
-        let expired: Vec<u64> = self
-            .persistent
-            .iter()
-            .chain(self.queued.values().flatten())
-            .filter(|(_, s)| s.header.expires_ms.is_some_and(|e| e <= now_ms))
-            .map(|(seq, _)| *seq)
-            .collect();
+        let expired = expired(
+            self.persistent.iter().chain(self.queued.values().flatten()),
+            now_ms,
+        );
         for seq in &expired {
             self.remove(*seq);
         }
@@ -256,14 +242,6 @@ impl Mirror {
             self.queued.values().map(BTreeMap::len).sum(),
             self.total_bytes,
         )
-    }
-}
-
-/// Whether the record `s` (persistent) is for `server`.
-pub(super) fn includes(s: &Stored, server: &str, groups: &Groups) -> bool {
-    match &s.header.kind {
-        Kind::Persistent { target, .. } => target.includes(server, &s.header.from, groups),
-        Kind::Queued { recipient } => recipient == server,
     }
 }
 

@@ -4,8 +4,8 @@ use icom_protocol::Target;
 use super::*;
 use crate::store::{encode, Header};
 
-fn persistent(id: &str, target: Target, from: &str, wire: &str) -> Vec<u8> {
-    encode(&Stored {
+fn persistent(id: &str, target: Target, from: &str, wire: &str) -> Bytes {
+    Bytes::from(encode(&Stored {
         header: Header {
             kind: Kind::Persistent {
                 persist_id: id.into(),
@@ -15,11 +15,11 @@ fn persistent(id: &str, target: Target, from: &str, wire: &str) -> Vec<u8> {
             expires_ms: None,
         },
         wire: Bytes::copy_from_slice(wire.as_bytes()),
-    })
+    }))
 }
 
-fn queued(recipient: &str, wire: &str, expires_ms: Option<u64>) -> Vec<u8> {
-    encode(&Stored {
+fn queued(recipient: &str, wire: &str, expires_ms: Option<u64>) -> Bytes {
+    Bytes::from(encode(&Stored {
         header: Header {
             kind: Kind::Queued {
                 recipient: recipient.into(),
@@ -28,7 +28,7 @@ fn queued(recipient: &str, wire: &str, expires_ms: Option<u64>) -> Vec<u8> {
             expires_ms,
         },
         wire: Bytes::copy_from_slice(wire.as_bytes()),
-    })
+    }))
 }
 
 fn wires(due: &[Due]) -> Vec<&[u8]> {
@@ -69,7 +69,10 @@ fn replace_forget_and_stored_order() {
         &persistent("b", Target::Server("y".into()), "x", "B"),
     )
     .unwrap();
-    assert_eq!(m.apply(3, "sync.r1", b"").unwrap(), Applied::Nothing);
+    assert_eq!(
+        m.apply(3, "sync.r1", &Bytes::new()).unwrap(),
+        Applied::Nothing
+    );
     assert_eq!(
         m.apply(4, &a, &persistent("a", Target::All, "x", "A2"))
             .unwrap(),
@@ -78,7 +81,7 @@ fn replace_forget_and_stored_order() {
     assert_eq!(wires(&m.due_for("y", &g, 0)), vec![&b"B"[..], b"A2"]);
     assert!(m.due_for("x", &g, 0).is_empty(), "all excludes the sender");
     // A deletion on a's subject removes it; a stale message changes nothing.
-    m.apply(5, &a, b"").unwrap();
+    m.apply(5, &a, &Bytes::new()).unwrap();
     assert!(!m.has_persistent("a"));
     assert_eq!(
         m.apply(4, &a, &persistent("a", Target::All, "x", "A2"))
@@ -108,7 +111,7 @@ fn queued_copies_are_deleted_by_subject_and_expire() {
     assert!(due.iter().all(|d| d.queued));
     assert_eq!(m.queued_tail_of(2), Some(t2.as_str()));
     assert_eq!(m.get(2).map(|s| &s.wire[..]), Some(&b"2"[..]));
-    m.apply(3, &t2, b"").unwrap();
+    m.apply(3, &t2, &Bytes::new()).unwrap();
     assert_eq!(m.queued_tail_of(2), None);
     assert_eq!(wires(&m.due_for("r", &g, 50)), vec![&b"1"[..]]);
     assert!(m.due_for("r", &g, 100).is_empty(), "expired is not due");
@@ -119,14 +122,21 @@ fn queued_copies_are_deleted_by_subject_and_expire() {
 #[test]
 fn a_corrupt_record_is_an_error_and_skipped() {
     let mut m = Mirror::default();
-    assert!(m.apply(1, &persistent_tail("a"), b"\0\0\0\x09xx").is_err());
+    assert!(m
+        .apply(
+            1,
+            &persistent_tail("a"),
+            &Bytes::from_static(b"\0\0\0\x09xx")
+        )
+        .is_err());
     // A queued record on a persistent subject is refused too.
     assert!(m
         .apply(2, &persistent_tail("a"), &queued("r", "1", None))
         .is_err());
     assert_eq!(m.counts(), (0, 0, 0));
     assert_eq!(
-        m.apply(3, "unknown.subject", b"x").unwrap(),
+        m.apply(3, "unknown.subject", &Bytes::from_static(b"x"))
+            .unwrap(),
         Applied::Nothing
     );
     assert_eq!(m.applied(), 3);

@@ -2,9 +2,13 @@
 //! copy), and its bytes in the file: a 4-byte big-endian header length,
 //! the header (MessagePack), then the encoded `deliver`.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
-use icom_protocol::Target;
+use icom_protocol::{Groups, Target};
 use serde::{Deserialize, Serialize};
+
+use super::Due;
 
 /// What a record is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +34,66 @@ pub(crate) struct Stored {
     pub(crate) wire: Bytes,
 }
 
+impl Stored {
+    /// Whether it has not expired by `now_ms`.
+    pub(crate) fn alive(&self, now_ms: u64) -> bool {
+        self.header.expires_ms.is_none_or(|e| e > now_ms)
+    }
+
+    /// Whether it is for `server`: a persistent event whose target includes
+    /// it, or a copy queued for it.
+    pub(crate) fn is_for(&self, server: &str, groups: &Groups) -> bool {
+        match &self.header.kind {
+            Kind::Persistent { target, .. } => target.includes(server, &self.header.from, groups),
+            Kind::Queued { recipient } => recipient == server,
+        }
+    }
+}
+
+/// What is due to `server` at `now_ms`, in stored order: the persistent
+/// events for it and its queued copies, unexpired.
+pub(crate) fn due(
+    persistent: &BTreeMap<u64, Stored>,
+    queued: Option<&BTreeMap<u64, Stored>>,
+    server: &str,
+    groups: &Groups,
+    now_ms: u64,
+) -> Vec<Due> {
+    let mut due: Vec<Due> = persistent
+        .iter()
+        .filter(|(_, s)| s.alive(now_ms) && s.is_for(server, groups))
+        .map(|(seq, s)| Due {
+            seq: *seq,
+            wire: s.wire.clone(),
+            queued: false,
+        })
+        .collect();
+    due.extend(
+        queued
+            .into_iter()
+            .flatten()
+            .filter(|(_, s)| s.alive(now_ms))
+            .map(|(seq, s)| Due {
+                seq: *seq,
+                wire: s.wire.clone(),
+                queued: true,
+            }),
+    );
+    due.sort_by_key(|d| d.seq);
+    due
+}
+
+/// The sequences of the records that expired by `now_ms`.
+pub(crate) fn expired<'a>(
+    records: impl Iterator<Item = (&'a u64, &'a Stored)>,
+    now_ms: u64,
+) -> Vec<u64> {
+    records
+        .filter(|(_, s)| !s.alive(now_ms))
+        .map(|(seq, _)| *seq)
+        .collect()
+}
+
 /// A record: a 4-byte big-endian header length, the header (MessagePack),
 /// then the encoded `deliver`.
 pub(crate) fn encode(s: &Stored) -> Vec<u8> {
@@ -44,14 +108,32 @@ pub(crate) fn encode(s: &Stored) -> Vec<u8> {
 
 /// The record `v`, or what is wrong with it.
 pub(crate) fn decode(v: &[u8]) -> Result<Stored, String> {
+    let (header, at) = decode_header(v)?;
+    Ok(Stored {
+        header,
+        wire: Bytes::copy_from_slice(&v[at..]),
+    })
+}
+
+/// As [`decode`], its `deliver` a slice of `v` (no copy).
+pub(crate) fn decode_shared(v: &Bytes) -> Result<Stored, String> {
+    let (header, at) = decode_header(v)?;
+    Ok(Stored {
+        header,
+        wire: v.slice(at..),
+    })
+}
+
+/// A record's header, and where its `deliver` starts.
+fn decode_header(v: &[u8]) -> Result<(Header, usize), String> {
     let len = v
         .first_chunk::<4>()
         .map(|h| u32::from_be_bytes(*h) as usize)
         .ok_or("shorter than its header length")?;
-    let header_bytes = v.get(4..4 + len).ok_or("shorter than its header")?;
+    let end = 4usize
+        .checked_add(len)
+        .ok_or("a header length past memory")?;
+    let header_bytes = v.get(4..end).ok_or("shorter than its header")?;
     let header: Header = rmp_serde::from_slice(header_bytes).map_err(|e| e.to_string())?;
-    Ok(Stored {
-        header,
-        wire: Bytes::copy_from_slice(&v[4 + len..]),
-    })
+    Ok((header, end))
 }
