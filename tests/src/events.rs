@@ -2,7 +2,7 @@
 //! event routes from a peer to another (the router is serving).
 
 use bytes::Bytes;
-use icom_protocol::{Send, Target, NIL};
+use icom_protocol::{Persist, Send, Target, NIL};
 
 use crate::raw::RawClient;
 
@@ -17,6 +17,19 @@ pub fn send(id: u64, to: Target, event: &str, data: Bytes) -> Send {
         persist: None,
         ttl_ms: None,
         reply_to: None,
+    }
+}
+
+/// A persistent `send` of event `state` under `persist_id`, its data the
+/// MessagePack string `payload {id}`.
+///
+/// # Panics
+/// Never: a string always encodes.
+pub fn persistent(id: u64, to: Target, persist_id: &str) -> Send {
+    let data = Bytes::from(rmp_serde::to_vec(&format!("payload {id}")).unwrap_or_default());
+    Send {
+        persist: Some(Persist::Id(persist_id.into())),
+        ..send(id, to, "state", data)
     }
 }
 

@@ -10,19 +10,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use icom_protocol::{AckCode, Control, Deliver, Forget, Persist, Send, Target};
-use icom_tests::{eventually, workspace_bin, RawClient, RouterFiles, Routers, TestCluster};
+use icom_protocol::{AckCode, Control, Deliver, Forget, Send, Target};
+use icom_tests::{
+    eventually, persistent, workspace_bin, RawClient, RouterFiles, Routers, TestCluster,
+};
 
 fn send(id: u64, to: Target, event: &str) -> Send {
     let data = Bytes::from(rmp_serde::to_vec(&format!("payload {id}")).unwrap());
     icom_tests::send(id, to, event, data)
-}
-
-fn persistent(id: u64, to: Target, pid: &str) -> Send {
-    Send {
-        persist: Some(Persist::Id(pid.into())),
-        ..send(id, to, "state")
-    }
 }
 
 fn ttl(id: u64, to: &str, ms: u32) -> Send {

@@ -7,18 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use icom_protocol::{AckCode, Control, Forget, Persist, Send, Target};
-use icom_tests::{RawClient, TestCluster};
+use icom_tests::{persistent, RawClient, TestCluster};
 
 fn send(id: u64, to: Target, event: &str) -> Send {
     let data = Bytes::from(rmp_serde::to_vec(&format!("payload {id}")).unwrap());
     icom_tests::send(id, to, event, data)
-}
-
-fn persistent(id: u64, to: Target, pid: &str) -> Send {
-    Send {
-        persist: Some(Persist::Id(pid.into())),
-        ..send(id, to, "state")
-    }
 }
 
 /// Reads `replayed` and the deliveries that came with it, sorted by the
