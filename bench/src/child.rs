@@ -126,8 +126,16 @@ pub(crate) async fn spawn(bin: &Path, tweak: impl Fn(&mut ConfigFile)) -> anyhow
     })
 }
 
+/// The configuration file for `file`: only the top-level keys that differ
+/// from the defaults, so that an older binary (`--server-bin`), which
+/// refuses keys it does not know, still reads it.
 fn toml_of(file: &ConfigFile) -> anyhow::Result<String> {
-    toml::to_string(file).context("serialising the router's configuration")
+    let value = |f: &ConfigFile| toml::Value::try_from(f).context("serialising the configuration");
+    let (mut ours, defaults) = (value(file)?, value(&ConfigFile::default())?);
+    if let (Some(t), Some(d)) = (ours.as_table_mut(), defaults.as_table()) {
+        t.retain(|k, v| d.get(k) != Some(v));
+    }
+    toml::to_string(&ours).context("serialising the router's configuration")
 }
 
 /// The `addr` of the router's JSON `listening` log line.

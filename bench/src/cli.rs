@@ -71,8 +71,9 @@ pub(crate) struct Cli {
     /// its CPU, memory and descriptors.
     #[arg(long, value_name = "PID")]
     pub(crate) router_pid: Option<u32>,
-    /// Worker threads of the in-process router (and of the `limit` sink)
-    /// [default: one per core, as icom-server starts].
+    /// Worker threads of the router (`workers`: in process, spawned, and
+    /// the `limit` sink) [default: icom-server's default, 1]; of the naive
+    /// router [default: one per core, as `#[tokio::main]` starts].
     #[arg(long, value_name = "N")]
     pub(crate) router_threads: Option<usize>,
     /// Worker threads of the bench clients' runtime.

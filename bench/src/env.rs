@@ -31,6 +31,8 @@ pub(crate) struct Env {
     placement: Placement,
     /// Worker threads of an in-process router or sink.
     pub(crate) router_threads: usize,
+    /// `--router-threads` if given: the workers of a spawned router.
+    spawn_workers: Option<usize>,
     server_bin: Option<PathBuf>,
     wan: Option<Wan>,
     /// Every client [`Env::connect`] made, closed before the router stops.
@@ -42,13 +44,14 @@ impl Env {
     /// impairment link `wan` if given. `server_bin` is `--server-bin`.
     pub(crate) fn new(
         placement: Placement,
-        router_threads: usize,
+        router_threads: Option<usize>,
         server_bin: Option<PathBuf>,
         wan: Option<Wan>,
     ) -> Env {
         Env {
             placement,
-            router_threads,
+            router_threads: router_threads.unwrap_or_else(crate::router::default_workers),
+            spawn_workers: router_threads,
             server_bin,
             wan,
             clients: std::sync::Mutex::default(),
@@ -139,10 +142,10 @@ impl Env {
             Placement::Remote(r) if r.pid.is_none() => {
                 anyhow::bail!("measuring a remote router's memory needs --router-pid")
             }
-            Placement::Remote(_) | Placement::Spawn(_) => Ok(self.placement.clone()),
-            Placement::InProcess(_) | Placement::Cluster(..) | Placement::Naive(_) => {
-                Ok(Placement::Spawn(server_bin(self.server_bin.as_ref())?))
-            }
+            Placement::Remote(_) | Placement::Spawn(..) => Ok(self.placement.clone()),
+            Placement::InProcess(_) | Placement::Cluster(..) | Placement::Naive(_) => Ok(
+                Placement::Spawn(server_bin(self.server_bin.as_ref())?, self.spawn_workers),
+            ),
         }
     }
 }

@@ -101,6 +101,9 @@ fn main() -> ExitCode {
 /// When a router, proxy or client cannot be started, or stdout written.
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     let router_threads = cli.router_threads.unwrap_or_else(router::default_workers);
+    // The naive router runs as a first quinn router would: `#[tokio::main]`,
+    // a worker per core.
+    let naive_threads = cli.router_threads.unwrap_or_else(router::cores);
     if cli.cluster
         && !matches!(
             cli.scenario,
@@ -135,9 +138,12 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             },
         )
     } else if cli.naive {
-        Placement::Naive(router_threads)
+        Placement::Naive(naive_threads)
     } else if cli.spawn {
-        Placement::Spawn(env::server_bin(cli.server_bin.as_ref())?)
+        Placement::Spawn(
+            env::server_bin(cli.server_bin.as_ref())?,
+            cli.router_threads,
+        )
     } else {
         Placement::InProcess(router_threads)
     };
@@ -145,7 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::Wan(a) => Some(Wan::of(a)?),
         _ => None,
     };
-    let env = Env::new(placement, router_threads, cli.server_bin, wan);
+    let env = Env::new(placement, cli.router_threads, cli.server_bin, wan);
     let report = match &cli.scenario {
         Scenario::Tput(a) => flow::tput(&env, a).await?,
         Scenario::Fanout(a) => flow::fanout(&env, a).await?,

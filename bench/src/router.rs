@@ -30,8 +30,16 @@ use crate::wan::Link;
 /// The name of the in-process router's threads (at most 15 bytes).
 pub(crate) const ROUTER_THREADS: &str = "icom-router";
 /// Worker threads of an in-process router or sink by default: as many as
-/// the `icom-server` binary starts (one per core).
+/// the `icom-server` binary starts by default (`workers`).
 pub(crate) fn default_workers() -> usize {
+    match ConfigFile::default().workers {
+        0 => cores(),
+        n => n as usize,
+    }
+}
+
+/// This machine's CPU cores (what `#[tokio::main]` starts a worker for).
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
 
@@ -44,8 +52,9 @@ pub(crate) enum Placement {
     Cluster(usize, crate::cluster::Nodes),
     /// The naive router of [`crate::naive`], on this many threads.
     Naive(usize),
-    /// The `icom-server` binary at this path, as a child process.
-    Spawn(PathBuf),
+    /// The `icom-server` binary at this path, as a child process, with
+    /// this many workers if given (else its default).
+    Spawn(PathBuf, Option<usize>),
     /// Somewhere else: connect with these settings.
     Remote(Box<Remote>),
 }
@@ -154,7 +163,13 @@ impl Router {
                     },
                 })
             }
-            Placement::Spawn(bin) => {
+            Placement::Spawn(bin, workers) => {
+                let tweak = move |f: &mut ConfigFile| {
+                    tweak(f);
+                    if let Some(n) = workers {
+                        f.workers = u32::try_from(*n).unwrap_or(u32::MAX);
+                    }
+                };
                 let s = crate::child::spawn(bin, tweak).await?;
                 Ok(Router {
                     dial: s.addr,

@@ -27,6 +27,9 @@ pub use self::file::{
 /// The longest presence changes may gather, in ms.
 const MAX_PRESENCE_BATCH_MS: u64 = 10_000;
 
+/// The most worker threads `workers` may ask for.
+const MAX_WORKERS: u32 = 1024;
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -40,9 +43,10 @@ pub enum ConfigError {
 
 /// The top-level keys of the configuration file, which `ICOM_*`
 /// environment variables may set.
-pub const TOP_LEVEL_KEYS: [&str; 11] = [
+pub const TOP_LEVEL_KEYS: [&str; 12] = [
     "listen",
     "data_dir",
+    "workers",
     "tls",
     "limits",
     "transport",
@@ -124,6 +128,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory for the router's database.
     pub data_dir: PathBuf,
+    /// Worker threads of the router's runtime (`workers`, 0 made one per
+    /// core): read by the binary when it builds the runtime.
+    pub workers: usize,
     /// Certificate and key paths.
     pub tls: TlsFiles,
     /// Limits.
@@ -270,6 +277,12 @@ impl Config {
                 l.outbound_queue_bytes
             ));
         }
+        if f.workers > MAX_WORKERS {
+            return bad(format!(
+                "workers = {} must be at most {MAX_WORKERS} (0: one per CPU core)",
+                f.workers
+            ));
+        }
         let t = &f.transport;
         if t.keep_alive_secs >= t.idle_timeout_secs {
             return bad(format!(
@@ -312,6 +325,10 @@ impl Config {
             metrics: f.metrics.enabled.then_some(f.metrics.listen),
             listen: f.listen,
             data_dir: f.data_dir,
+            workers: match f.workers {
+                0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+                n => n as usize,
+            },
             tls: f.tls,
             limits: Limits {
                 max_event_bytes: l.max_event_bytes as usize,
@@ -432,6 +449,25 @@ mod tests {
         let mut f = ConfigFile::default();
         f.transport.keep_alive_secs = 30;
         assert!(Config::try_from(f).is_err());
+
+        let f = ConfigFile {
+            workers: MAX_WORKERS + 1,
+            ..ConfigFile::default()
+        };
+        let e = Config::try_from(f).unwrap_err().to_string();
+        assert!(e.contains("workers = 1025 must be at most 1024"), "{e}");
+    }
+
+    #[test]
+    fn one_worker_by_default_and_zero_is_one_per_core() {
+        assert_eq!(Config::try_from(ConfigFile::default()).unwrap().workers, 1);
+        let with = |workers| ConfigFile {
+            workers,
+            ..ConfigFile::default()
+        };
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(Config::try_from(with(0)).unwrap().workers, cores);
+        assert_eq!(Config::try_from(with(3)).unwrap().workers, 3);
     }
 
     #[test]

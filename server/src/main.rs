@@ -1,7 +1,7 @@
 //! `icom-server`: parses flags, loads the configuration, installs tracing
 //! and runs the router until SIGINT/SIGTERM; SIGHUP reloads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -39,6 +39,10 @@ struct Flags {
     /// The directory of the router's database.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Threads that run connections and routing (`workers`; 0: one per
+    /// CPU core).
+    #[arg(long, value_name = "N")]
+    workers: Option<u32>,
     /// Log format: text or json.
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
@@ -59,14 +63,31 @@ struct Flags {
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let config = match configure(&flags) {
+        Ok(Some(config)) => config,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    install_tracing(config.log_format);
+    // The runtime follows the configuration (`workers`), so it is built
+    // only once that is read.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers)
+        .thread_name(WORKER_THREADS)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
+            error!("cannot start the runtime: {e}");
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(flags)) {
+    match runtime.block_on(run(flags, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -76,34 +97,40 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(flags: Flags) -> anyhow::Result<()> {
+/// The name of the runtime's worker threads (what `top -H` shows).
+const WORKER_THREADS: &str = "icom-worker";
+
+/// Reads the configuration the flags point at. `None` once
+/// `--check-config` has done its work: nothing is left to run.
+fn configure(flags: &Flags) -> anyhow::Result<Option<Config>> {
     if let Some(path) = &flags.check_config {
-        let config = load(Some(path), &flags)?;
+        let config = load(Some(path), flags)?;
         icom_server::tls::load(&config).context("checking the TLS files")?;
         if let Some(tls) = config.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
             icom_server::tls::check_nats_files(tls).context("checking the NATS TLS files")?;
         }
         println!("{}: ok", path.display());
-        return Ok(());
+        return Ok(None);
     }
-    let dev_dir = PathBuf::from(dev::DEV_DIR);
-    let config = if flags.dev {
-        // Absolute, so that a config file layered over the dev layout
-        // (which rebases its own relative paths) leaves these alone.
-        let here = std::env::current_dir().context("finding the working directory")?;
-        let base = dev::prepare(&here.join(&dev_dir)).context("preparing ./icom-dev")?;
-        let path = flags.config.as_deref();
-        let file = merge_flags(ConfigFile::figment_over(&base, path), &flags)
-            .extract::<ConfigFile>()
-            .with_context(|| match path {
-                Some(p) => format!("loading {} over the dev layout", p.display()),
-                None => "reading the environment and flags".to_owned(),
-            })?;
-        Config::from_layers(file, path, Some(Arc::new(base)))?
-    } else {
-        load(flags.config.as_deref(), &flags)?
-    };
-    install_tracing(config.log_format);
+    if !flags.dev {
+        return load(flags.config.as_deref(), flags).map(Some);
+    }
+    // Absolute, so that a config file layered over the dev layout (which
+    // rebases its own relative paths) leaves these alone.
+    let here = std::env::current_dir().context("finding the working directory")?;
+    let base = dev::prepare(&here.join(dev::DEV_DIR)).context("preparing ./icom-dev")?;
+    let path = flags.config.as_deref();
+    let file = merge_flags(ConfigFile::figment_over(&base, path), flags)
+        .extract::<ConfigFile>()
+        .with_context(|| match path {
+            Some(p) => format!("loading {} over the dev layout", p.display()),
+            None => "reading the environment and flags".to_owned(),
+        })?;
+    Ok(Some(Config::from_layers(file, path, Some(Arc::new(base)))?))
+}
+
+async fn run(flags: Flags, config: Config) -> anyhow::Result<()> {
+    info!(workers = config.workers, "runtime started");
     if let Some(dir) = &flags.import_store {
         let done = icom_server::import_store(&config, dir)
             .await
@@ -127,7 +154,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     };
     let addr = server.local_addr();
     if flags.dev {
-        println!("{}", dev::instructions(&dev_dir, addr));
+        println!("{}", dev::instructions(Path::new(dev::DEV_DIR), addr));
     }
     let shutdown = CancellationToken::new();
     spawn_signals(server.reload_handle(), shutdown.clone())?;
@@ -161,6 +188,9 @@ fn merge_flags(mut f: figment::Figment, flags: &Flags) -> figment::Figment {
     }
     if let Some(n) = &flags.cluster_name {
         f = f.merge(Serialized::default("cluster.name", n));
+    }
+    if let Some(w) = flags.workers {
+        f = f.merge(Serialized::default("workers", w));
     }
     f
 }

@@ -278,3 +278,52 @@ fn a_router_refuses_to_start_on_a_nats_without_jetstream_and_says_so() {
         "{err}"
     );
 }
+
+/// The worker threads of the router process `pid`, by their name.
+#[cfg(target_os = "linux")]
+fn workers_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "icom-worker")
+        })
+        .count()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_come_from_the_file_the_environment_or_the_flag() {
+    let files = RouterFiles::new("workers = 2");
+    let cases: [(&[&str], Option<&str>, usize); 4] = [
+        (&[], None, 2),
+        (&["--workers", "3"], None, 3),
+        (&[], Some("4"), 4),
+        (
+            &["--workers", "0"],
+            None,
+            std::thread::available_parallelism().unwrap().get(),
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let mut cmd = files.command(BIN);
+        cmd.args(args);
+        if let Some(v) = env {
+            cmd.env("ICOM_WORKERS", v);
+        }
+        let mut router = RouterProcess::spawn(&mut cmd);
+        let line = router.wait_log("runtime started");
+        assert!(line.contains(&format!("workers={expected}")), "{line}");
+        router.wait_log("listening");
+        assert_eq!(workers_of(router.id()), expected, "{args:?} {env:?}");
+        // It routes with what it has.
+        let _c = RawClient::welcomed(files.addr(), files.pki(), "a").await;
+        router.signal("TERM");
+        assert!(router.wait_exit(Duration::from_secs(10)).success());
+    }
+    // The default file (no `workers`) gives one.
+    let files = RouterFiles::new("");
+    let mut router = RouterProcess::spawn(&mut files.command(BIN));
+    router.wait_log("listening");
+    assert_eq!(workers_of(router.id()), 1);
+}
