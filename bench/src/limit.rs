@@ -234,7 +234,7 @@ async fn serve(
     let open = Arc::new(AtomicU32::new(0));
     while let Ok(mut stream) = conn.accept_uni().await {
         let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(n) = credit.accepted(now_open, Instant::now(), || conn.rtt()) {
+        if let Some(n) = credit.accepted(now_open, Instant::now, || conn.rtt()) {
             conn.set_max_concurrent_uni_streams(n.into());
         }
         // Most events are whole on arrival: read them here; a stream

@@ -78,7 +78,7 @@ pub(crate) async fn run(
                 Ok(stream) => {
                     let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
                     let conn = &inbound.live.conn;
-                    if let Some(streams) = credit.accepted(now_open, Instant::now(), || conn.rtt()) {
+                    if let Some(streams) = credit.accepted(now_open, Instant::now, || conn.rtt()) {
                         tracing::debug!(streams, "more stream credit for the router");
                         conn.set_max_concurrent_uni_streams(VarInt::from_u32(streams));
                     }

@@ -2,8 +2,8 @@
 //! at most 1 MiB).
 
 pub use crate::error::DecodeError;
-use crate::message::Control;
-use crate::msgpack::Reader;
+use crate::message::{Ack, Control};
+use crate::msgpack::{write, Reader};
 
 /// The largest control frame body, in bytes.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
@@ -12,11 +12,37 @@ pub const FRAME_HEADER_LEN: usize = 4;
 
 /// Encodes a control message as a frame: length header, then body.
 pub fn encode_frame(msg: &Control) -> Vec<u8> {
+    if let Control::Ack(ack @ Ack { error: None, .. }) = msg {
+        return ack_frame(ack);
+    }
     let mut out = vec![0u8; FRAME_HEADER_LEN];
     // Serialising these plain structs into a Vec has no failure path: every
     // field is a string, integer, bool or list of strings.
     if let Err(e) = rmp_serde::encode::write_named(&mut out, msg) {
         unreachable!("encoding a control message failed: {e}");
+    }
+    let len = (out.len() - FRAME_HEADER_LEN) as u32;
+    out[..FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// The frame of an ack without an error, the router's most frequent
+/// message (one per event), written by hand: the same bytes as the serde
+/// encoding (tested), at a fraction of its cost.
+fn ack_frame(ack: &Ack) -> Vec<u8> {
+    let persist = ack.persist_id.as_deref();
+    let mut out = Vec::with_capacity(64 + persist.map_or(0, str::len));
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    write::map_len(&mut out, 1);
+    write::str(&mut out, "ack");
+    write::map_len(&mut out, 4 + u32::from(persist.is_some()));
+    write::uint_field(&mut out, "id", ack.id);
+    write::str(&mut out, "ok");
+    out.push(if ack.ok { 0xc3 } else { 0xc2 });
+    write::uint_field(&mut out, "delivered", u64::from(ack.delivered));
+    write::uint_field(&mut out, "queued", u64::from(ack.queued));
+    if let Some(p) = persist {
+        write::str_field(&mut out, "persist_id", p);
     }
     let len = (out.len() - FRAME_HEADER_LEN) as u32;
     out[..FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
@@ -95,4 +121,70 @@ pub(crate) fn open_message(r: &mut Reader<'_>, name: &'static str) -> Result<u64
         });
     }
     r.fields_len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::AckError;
+    use crate::AckCode;
+
+    fn serde_frame(msg: &Control) -> Vec<u8> {
+        let mut out = vec![0u8; FRAME_HEADER_LEN];
+        rmp_serde::encode::write_named(&mut out, msg).unwrap();
+        let len = (out.len() - FRAME_HEADER_LEN) as u32;
+        out[..FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn an_ack_written_by_hand_is_the_serde_encoding() {
+        let long = "p".repeat(300);
+        let ids = [
+            0,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ];
+        let counts = [0, 1, 127, 128, 300, 70_000, u32::MAX];
+        let persists = [None, Some(""), Some("boot-state"), Some(long.as_str())];
+        for id in ids {
+            for (n, persist) in counts.iter().zip(persists.iter().cycle()) {
+                for ok in [true, false] {
+                    let ack = Control::Ack(Ack {
+                        id,
+                        ok,
+                        delivered: *n,
+                        queued: n / 3,
+                        persist_id: persist.map(str::to_owned),
+                        error: None,
+                    });
+                    let frame = encode_frame(&ack);
+                    assert_eq!(frame, serde_frame(&ack), "{ack:?}");
+                    let (body, used) = split_frame(&frame).unwrap().unwrap();
+                    assert_eq!(used, frame.len());
+                    assert_eq!(decode_control(body).unwrap(), Some(ack));
+                }
+            }
+        }
+        // With an error: serde's encoding, as before.
+        let failed = Control::Ack(Ack::failed(7, AckCode::NotFound, "no such server"));
+        assert_eq!(encode_frame(&failed), serde_frame(&failed));
+        let Control::Ack(Ack {
+            error: Some(AckError { code, .. }),
+            ..
+        }) = decode_control(&encode_frame(&failed)[FRAME_HEADER_LEN..])
+            .unwrap()
+            .unwrap()
+        else {
+            panic!("an ack with its error")
+        };
+        assert_eq!(code, AckCode::NotFound);
+    }
 }

@@ -45,13 +45,14 @@ impl StreamCredit {
     }
 
     /// Records one accepted stream. `open` counts the peer's streams open
-    /// now, this one included; `rtt` gives the path's round-trip time (it
-    /// is asked for only when needed). Returns the new limit when the peer
-    /// should be given more.
+    /// now, this one included; `now` and `rtt` give the time and the
+    /// path's round-trip time (each is asked for only when needed: a
+    /// clock read per stream is a measurable part of a stream's cost).
+    /// Returns the new limit when the peer should be given more.
     pub fn accepted(
         &mut self,
         open: u32,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
         rtt: impl FnOnce() -> Duration,
     ) -> Option<u32> {
         if self.limit >= self.max {
@@ -59,13 +60,21 @@ impl StreamCredit {
         }
         let half = (self.limit / 2).max(1);
         if open >= half {
-            return Some(self.raise(now));
+            return Some(self.raise(now()));
         }
-        let since = *self.since.get_or_insert(now);
         self.accepted += 1;
-        if self.accepted < half {
-            return None;
-        }
+        let (since, now) = match self.since {
+            Some(_) if self.accepted < half => return None,
+            Some(since) => (since, now()),
+            None => {
+                let now = now();
+                self.since = Some(now);
+                if self.accepted < half {
+                    return None;
+                }
+                (now, now)
+            }
+        };
         let busy = now.saturating_duration_since(since) < 2 * rtt().max(MIN_RTT);
         self.accepted = 0;
         self.since = Some(now);
@@ -92,12 +101,12 @@ mod tests {
         let now = Instant::now();
         let mut raised = Vec::new();
         for open in 1..=1024 {
-            if let Some(l) = c.accepted(open, now, || RTT) {
+            if let Some(l) = c.accepted(open, || now, || RTT) {
                 raised.push(l);
             }
         }
         assert_eq!(raised, vec![256, 512, 1024]);
-        assert_eq!(c.accepted(1024, now, || RTT), None, "capped");
+        assert_eq!(c.accepted(1024, || now, || RTT), None, "capped");
     }
 
     #[test]
@@ -107,7 +116,8 @@ mod tests {
         // 64 streams, each read at once (one open at a time), within 10 ms.
         let mut last = None;
         for i in 0..64u32 {
-            last = c.accepted(1, t0 + Duration::from_micros(150 * u64::from(i)), || RTT);
+            let at = t0 + Duration::from_micros(150 * u64::from(i));
+            last = c.accepted(1, || at, || RTT);
         }
         assert_eq!(last, Some(256));
     }
@@ -118,7 +128,7 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..10_000u64 {
             let at = t0 + Duration::from_millis(10 * i);
-            assert_eq!(c.accepted(1, at, || RTT), None);
+            assert_eq!(c.accepted(1, || at, || RTT), None);
         }
         assert_eq!(c.limit(), 128);
     }

@@ -243,7 +243,7 @@ async fn serve(shared: &Arc<Shared>, peer: &Arc<Peer>, ctrl: ControlReader) -> E
                 Ok(recv) => {
                     let guard = OpenStream::new(&open);
                     let now_open = open.load(Ordering::Relaxed);
-                    if let Some(limit) = credit.accepted(now_open, Instant::now(), || peer.conn.rtt()) {
+                    if let Some(limit) = credit.accepted(now_open, Instant::now, || peer.conn.rtt()) {
                         debug!(limit, "more stream credit");
                         peer.conn.set_max_concurrent_uni_streams(limit.into());
                     }
