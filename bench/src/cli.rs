@@ -72,8 +72,8 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "PID")]
     pub(crate) router_pid: Option<u32>,
     /// Worker threads of the router (`workers`: in process, spawned, and
-    /// the `limit` sink) [default: icom-server's default, 1]; of the naive
-    /// router [default: one per core, as `#[tokio::main]` starts].
+    /// the `limit` sink) and of the naive router [default: one per core,
+    /// as icom-server and `#[tokio::main]` start].
     #[arg(long, value_name = "N")]
     pub(crate) router_threads: Option<usize>,
     /// Worker threads of the bench clients' runtime.

@@ -13,7 +13,7 @@ use anyhow::Context;
 use icom_client::ClientConfig;
 use icom_server::ConfigFile;
 use icom_tests::{cluster_section, NatsCluster, TestCluster};
-use tokio::runtime::Runtime;
+use tokio::runtime::Handle;
 
 use crate::os::Proc;
 use crate::report::{round, Report};
@@ -49,7 +49,7 @@ pub(crate) struct Peer {
 /// # Errors
 /// When a router cannot start, or they do not meet within 20 s.
 pub(crate) async fn start(
-    runtime: &Runtime,
+    runtime: &Handle,
     nodes: Nodes,
     tweak: impl Fn(&mut ConfigFile) + Clone + Send + Sync + 'static,
 ) -> anyhow::Result<(TestCluster, Peer)> {

@@ -26,13 +26,12 @@ use icom_protocol::{
 };
 use icom_server::Config;
 use tempfile::TempDir;
-use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
 use crate::cli::TputArgs;
 use crate::env::Env;
 use crate::os;
-use crate::os::router_runtime;
+use crate::os::{router_runtime, OwnRuntime};
 use crate::pump::{pump, Flow};
 use crate::report::{self, Report};
 
@@ -116,7 +115,7 @@ pub(crate) async fn run(env: &Env, args: &TputArgs) -> anyhow::Result<Report> {
 struct Sink {
     addr: SocketAddr,
     endpoint: quinn::Endpoint,
-    runtime: Runtime,
+    runtime: OwnRuntime,
     received: Arc<AtomicU64>,
     pki: TestPki,
     dir: TempDir,
@@ -188,7 +187,7 @@ impl Sink {
 
     fn stop(self) {
         self.endpoint.close(0u32.into(), b"done");
-        self.runtime.shutdown_background();
+        drop(self.runtime);
     }
 }
 

@@ -101,9 +101,6 @@ fn main() -> ExitCode {
 /// When a router, proxy or client cannot be started, or stdout written.
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     let router_threads = cli.router_threads.unwrap_or_else(router::default_workers);
-    // The naive router runs as a first quinn router would: `#[tokio::main]`,
-    // a worker per core.
-    let naive_threads = cli.router_threads.unwrap_or_else(router::cores);
     if cli.cluster
         && !matches!(
             cli.scenario,
@@ -138,7 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             },
         )
     } else if cli.naive {
-        Placement::Naive(naive_threads)
+        Placement::Naive(router_threads)
     } else if cli.spawn {
         Placement::Spawn(
             env::server_bin(cli.server_bin.as_ref())?,

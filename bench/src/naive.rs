@@ -26,10 +26,9 @@ use icom_protocol::{
 };
 use icom_server::Config;
 use tempfile::TempDir;
-use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
-use crate::os::router_runtime;
+use crate::os::{router_runtime, OwnRuntime};
 
 /// The name of the naive router's threads.
 pub(crate) const NAIVE_THREADS: &str = "icom-naive";
@@ -41,7 +40,7 @@ type Peers = Arc<Mutex<HashMap<String, quinn::Connection>>>;
 pub(crate) struct Naive {
     pub(crate) addr: SocketAddr,
     endpoint: quinn::Endpoint,
-    runtime: Option<Runtime>,
+    runtime: Option<OwnRuntime>,
     pub(crate) pki: TestPki,
     pub(crate) dir: TempDir,
 }
@@ -102,9 +101,7 @@ impl Naive {
     /// Stops it.
     pub(crate) fn stop(&mut self) {
         self.endpoint.close(0u32.into(), b"done");
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        drop(self.runtime.take());
     }
 }
 

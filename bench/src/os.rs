@@ -54,14 +54,43 @@ impl Proc {
 
 /// A multi-thread runtime whose threads are all named `name`, kept alive
 /// for the whole run so that their CPU time stays countable.
-pub(crate) fn router_runtime(name: &str, threads: usize) -> anyhow::Result<Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+pub(crate) fn router_runtime(name: &str, threads: usize) -> anyhow::Result<OwnRuntime> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .thread_name(name)
         .thread_keep_alive(Duration::from_secs(24 * 3600))
         .enable_all()
         .build()
-        .with_context(|| format!("starting the {name} runtime"))
+        .with_context(|| format!("starting the {name} runtime"))?;
+    Ok(OwnRuntime {
+        handle: runtime.handle().clone(),
+        runtime: Some(runtime),
+    })
+}
+
+/// A runtime the bench starts beside its own (a router's, the sink's).
+/// Dropped anywhere, even inside the bench's runtime when a scenario fails
+/// after starting it, it shuts down in the background: dropping a runtime
+/// there the usual way blocks, which tokio refuses with a panic.
+pub(crate) struct OwnRuntime {
+    handle: tokio::runtime::Handle,
+    runtime: Option<Runtime>,
+}
+
+impl std::ops::Deref for OwnRuntime {
+    type Target = tokio::runtime::Handle;
+
+    fn deref(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// A process's resident memory.
@@ -155,6 +184,18 @@ mod tests {
         let stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1";
         let hz = clock_tick_hz() as f64;
         assert_eq!(cpu_of_stat(stat), Some(Duration::from_secs_f64(300.0 / hz)));
+    }
+
+    #[tokio::test]
+    async fn a_runtime_of_its_own_can_be_dropped_inside_another() {
+        // As when a scenario fails after its in-process router started: a
+        // plain `Runtime` dropped here would panic ("Cannot drop a runtime
+        // in a context where blocking is not allowed").
+        let own = router_runtime("icom-test-rt", 1).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        own.spawn(async move { tx.send(7).unwrap() });
+        assert_eq!(rx.await.unwrap(), 7);
+        drop(own);
     }
 
     #[test]

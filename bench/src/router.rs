@@ -19,28 +19,22 @@ use icom_client::ClientConfig;
 use icom_server::ConfigFile;
 use icom_tests::TestCluster;
 use tempfile::TempDir;
-use tokio::runtime::Runtime;
 
 pub(crate) use crate::child::Remote;
 use crate::naive::{Naive, NAIVE_THREADS};
-use crate::os::{self, router_runtime, Memory, Proc};
+use crate::os::{self, router_runtime, Memory, OwnRuntime, Proc};
 use crate::report::{round, Report};
 use crate::wan::Link;
 
 /// The name of the in-process router's threads (at most 15 bytes).
 pub(crate) const ROUTER_THREADS: &str = "icom-router";
 /// Worker threads of an in-process router or sink by default: as many as
-/// the `icom-server` binary starts by default (`workers`).
+/// the `icom-server` binary starts by default (`workers`: one per core).
 pub(crate) fn default_workers() -> usize {
     match ConfigFile::default().workers {
-        0 => cores(),
+        0 => std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
         n => n as usize,
     }
-}
-
-/// This machine's CPU cores (what `#[tokio::main]` starts a worker for).
-pub(crate) fn cores() -> usize {
-    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
 
 /// Where the router under test runs.
@@ -97,7 +91,7 @@ pub(crate) struct Router {
 enum Kind {
     InProcess {
         cluster: Option<TestCluster>,
-        runtime: Option<Runtime>,
+        runtime: Option<OwnRuntime>,
         threads: usize,
         /// With `--cluster`: the second router, and NATS.
         peer: Option<Box<crate::cluster::Peer>>,
@@ -419,9 +413,7 @@ impl Router {
                 if let Some(mut p) = peer.take() {
                     p.stop().await;
                 }
-                if let Some(rt) = runtime.take() {
-                    rt.shutdown_background();
-                }
+                drop(runtime.take());
             }
             Kind::Child { child, pid, .. } => {
                 // SIGTERM, as systemd would: the router closes its

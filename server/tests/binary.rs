@@ -294,10 +294,10 @@ fn workers_of(pid: u32) -> usize {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_come_from_the_file_the_environment_or_the_flag() {
-    let files = RouterFiles::new("workers = 2");
+    let files = RouterFiles::new("workers = 3");
     let cases: [(&[&str], Option<&str>, usize); 4] = [
-        (&[], None, 2),
-        (&["--workers", "3"], None, 3),
+        (&[], None, 3),
+        (&["--workers", "1"], None, 1),
         (&[], Some("4"), 4),
         (
             &["--workers", "0"],
@@ -321,9 +321,10 @@ async fn workers_come_from_the_file_the_environment_or_the_flag() {
         router.signal("TERM");
         assert!(router.wait_exit(Duration::from_secs(10)).success());
     }
-    // The default file (no `workers`) gives one.
+    // The default file (no `workers`) gives one per core.
     let files = RouterFiles::new("");
     let mut router = RouterProcess::spawn(&mut files.command(BIN));
     router.wait_log("listening");
-    assert_eq!(workers_of(router.id()), 1);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(workers_of(router.id()), cores);
 }

@@ -201,7 +201,7 @@ impl Default for ConfigFile {
         ConfigFile {
             listen: SocketAddr::from(([0, 0, 0, 0], icom_protocol::DEFAULT_PORT)),
             data_dir: PathBuf::from("data"),
-            workers: 1,
+            workers: 0,
             tls: TlsFiles::default(),
             limits: LimitsFile::default(),
             transport: TransportFile::default(),
