@@ -301,6 +301,13 @@ impl ReloadHandle {
             );
             config.listen = old.listen;
         }
+        if config.workers != old.workers {
+            warn!(
+                "workers changed from {} to {}: that takes a restart",
+                old.workers, config.workers
+            );
+            config.workers = old.workers;
+        }
         if config.cluster != old.cluster {
             warn!("[cluster] changed: that takes a restart; keeping the running cluster settings");
             config.cluster = old.cluster.clone();

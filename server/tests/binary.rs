@@ -321,6 +321,17 @@ async fn workers_come_from_the_file_the_environment_or_the_flag() {
         router.signal("TERM");
         assert!(router.wait_exit(Duration::from_secs(10)).success());
     }
+    // A reload keeps the threads it started with, and says so.
+    let mut router = RouterProcess::spawn(&mut files.command(BIN));
+    router.wait_log("listening");
+    let text = std::fs::read_to_string(files.config()).unwrap();
+    std::fs::write(files.config(), text.replace("workers = 3", "workers = 1")).unwrap();
+    router.signal("HUP");
+    router.wait_log("workers changed from 3 to 1: that takes a restart");
+    router.wait_log("reloaded");
+    assert_eq!(workers_of(router.id()), 3);
+    router.signal("TERM");
+    assert!(router.wait_exit(Duration::from_secs(10)).success());
     // The default file (no `workers`) gives one per core.
     let files = RouterFiles::new("");
     let mut router = RouterProcess::spawn(&mut files.command(BIN));
