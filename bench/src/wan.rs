@@ -8,10 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use icom_tests::{Impairment, ImpairmentProxy};
-use tokio::runtime::Runtime;
 
 use crate::cli::WanArgs;
-use crate::os;
+use crate::os::{self, OwnRuntime};
 use crate::report::{round, Report};
 
 /// The name of the proxy's thread.
@@ -52,12 +51,7 @@ impl Wan {
 
     /// Starts a proxy in front of `upstream`.
     pub(crate) async fn start(&self, upstream: SocketAddr) -> anyhow::Result<Link> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(PROXY_THREADS)
-            .thread_keep_alive(Duration::from_secs(24 * 3600))
-            .enable_all()
-            .build()?;
+        let runtime = os::router_runtime(PROXY_THREADS, 1)?;
         let each_way = |salt: u64| {
             Impairment::rtt(self.rtt)
                 .with_loss(self.loss)
@@ -71,7 +65,7 @@ impl Wan {
         Ok(Link {
             cpu_at_start: os::threads_cpu(PROXY_THREADS),
             proxy: Some(proxy),
-            runtime: Some(runtime),
+            _runtime: runtime,
         })
     }
 }
@@ -79,7 +73,8 @@ impl Wan {
 /// A running proxy.
 pub(crate) struct Link {
     proxy: Option<ImpairmentProxy>,
-    runtime: Option<Runtime>,
+    /// Dropped after the proxy (fields drop in order), in the background.
+    _runtime: OwnRuntime,
     cpu_at_start: Option<Duration>,
 }
 
@@ -115,15 +110,6 @@ impl Link {
                 "proxy packets dropped, queue full",
                 s.to_upstream.dropped_queue + s.to_client.dropped_queue,
             );
-        }
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        drop(self.proxy.take());
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
         }
     }
 }
