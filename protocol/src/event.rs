@@ -138,24 +138,24 @@ fn decode_send(buf: &Bytes, id_out: &mut Option<u64>) -> Result<Send, DecodeErro
     let (mut to, mut event, mut data) = (None, None, None);
     let (mut persist, mut ttl_ms, mut reply_to) = (None, None, None);
     for _ in 0..fields {
-        let key = r.str()?;
+        let key = r.str_bytes()?;
         if r.eat_nil()? {
             continue;
         }
         match key {
-            "id" => {
+            b"id" => {
                 let v = r.uint()?;
                 *id_out = Some(v);
             }
-            "to" => to = Some(decode_target(&mut r)?),
-            "event" => event = Some(r.str()?.to_owned()),
-            "data" => {
+            b"to" => to = Some(decode_target(&mut r)?),
+            b"event" => event = Some(r.str()?.to_owned()),
+            b"data" => {
                 let range = r.skip_value()?;
                 data = Some(buf.slice(range));
             }
-            "persist" => persist = Some(decode_persist(&mut r)?),
-            "ttl_ms" => ttl_ms = Some(r.u32()?),
-            "reply_to" => reply_to = Some(r.uint()?),
+            b"persist" => persist = Some(decode_persist(&mut r)?),
+            b"ttl_ms" => ttl_ms = Some(r.u32()?),
+            b"reply_to" => reply_to = Some(r.uint()?),
             _ => {
                 r.skip_value()?;
             }
@@ -227,21 +227,21 @@ impl Deliver {
         let (mut from, mut id, mut event, mut data) = (None, None, None, None);
         let (mut persist_id, mut reply_to, mut sent_ms) = (None, None, None);
         for _ in 0..fields {
-            let key = r.str()?;
+            let key = r.str_bytes()?;
             if r.eat_nil()? {
                 continue;
             }
             match key {
-                "from" => from = Some(r.str()?.to_owned()),
-                "id" => id = Some(r.uint()?),
-                "event" => event = Some(r.str()?.to_owned()),
-                "data" => {
+                b"from" => from = Some(r.str()?.to_owned()),
+                b"id" => id = Some(r.uint()?),
+                b"event" => event = Some(r.str()?.to_owned()),
+                b"data" => {
                     let range = r.skip_value()?;
                     data = Some(buf.slice(range));
                 }
-                "persist_id" => persist_id = Some(r.str()?.to_owned()),
-                "reply_to" => reply_to = Some(r.uint()?),
-                "sent_ms" => sent_ms = Some(r.uint()?),
+                b"persist_id" => persist_id = Some(r.str()?.to_owned()),
+                b"reply_to" => reply_to = Some(r.uint()?),
+                b"sent_ms" => sent_ms = Some(r.uint()?),
                 _ => {
                     r.skip_value()?;
                 }

@@ -109,6 +109,13 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn str(&mut self) -> Result<&'a str, DecodeError> {
+        std::str::from_utf8(self.str_bytes()?).map_err(|_| DecodeError::InvalidUtf8)
+    }
+
+    /// A string's bytes, not checked for UTF-8: for a map key that is only
+    /// compared with known names (an unknown one is skipped whatever its
+    /// bytes).
+    pub(crate) fn str_bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let m = self.byte()?;
         let n = match m {
             0xa0..=0xbf => u64::from(m & 0x1f),
@@ -118,7 +125,7 @@ impl<'a> Reader<'a> {
             _ => return Err(self.wrong(m, "string")),
         };
         let n = usize::try_from(n).map_err(|_| DecodeError::Truncated)?;
-        std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError::InvalidUtf8)
+        self.take(n)
     }
 
     pub(crate) fn uint(&mut self) -> Result<u64, DecodeError> {

@@ -155,6 +155,45 @@ fn unknown_names_and_fields_are_ignored() {
     assert_eq!(&s.data[..], &[0xc0], "absent data is nil");
 }
 
+/// The name of a `send`'s field is only compared with the known ones: a
+/// name that is not UTF-8 is an unknown field, ignored; a value that must
+/// be a string and is not UTF-8 is an error.
+#[test]
+fn send_field_names_that_are_not_utf8_are_unknown_fields() {
+    let with = |key: &[u8], value: &[u8]| {
+        // {"send": {"id": 9, "to": "all", <key>: <value>, "event": "e"}}
+        let mut m = vec![0x81, 0xa4, b's', b'e', b'n', b'd', 0x84];
+        m.extend_from_slice(&[
+            0xa2, b'i', b'd', 0x09, 0xa2, b't', b'o', 0xa3, b'a', b'l', b'l',
+        ]);
+        m.push(0xa0 | key.len() as u8);
+        m.extend_from_slice(key);
+        m.extend_from_slice(value);
+        m.extend_from_slice(&[0xa5, b'e', b'v', b'e', b'n', b't', 0xa1, b'e']);
+        Bytes::from(m)
+    };
+    let s = Send::decode(&with(b"\xff\xfe", &[0x2a])).unwrap();
+    assert_eq!((s.id, s.event.as_str()), (9, "e"));
+    // The same bytes where a string value belongs.
+    let bad_event = with(b"event", &[0xa2, 0xff, 0xfe]);
+    assert_eq!(
+        Send::decode(&bad_event)
+            .map(|_| ())
+            .map_err(|e| (e.id, e.error)),
+        Err((Some(9), DecodeError::InvalidUtf8))
+    );
+    // And in a deliver: {"deliver": {"from": "a", "id": 1, <name>: 42,
+    // "event": "e", "sent_ms": 5}}.
+    let mut m = vec![0x81, 0xa7];
+    m.extend_from_slice(b"deliver");
+    m.extend_from_slice(&[0x85, 0xa4, b'f', b'r', b'o', b'm', 0xa1, b'a']);
+    m.extend_from_slice(&[0xa2, b'i', b'd', 0x01, 0xa2, 0xff, 0xfe, 0x2a]);
+    m.extend_from_slice(&[0xa5, b'e', b'v', b'e', b'n', b't', 0xa1, b'e']);
+    m.extend_from_slice(&[0xa7, b's', b'e', b'n', b't', b'_', b'm', b's', 0x05]);
+    let d = Deliver::decode(&Bytes::from(m)).unwrap();
+    assert_eq!((d.from.as_str(), d.id, d.sent_ms), ("a", 1, 5));
+}
+
 #[test]
 fn trailing_bytes_are_refused() {
     let mut bytes = good_send();

@@ -3,6 +3,9 @@
 //! event streams read whole (bounded) through [`EventBody`] and written one
 //! stream per event. What the frames mean is the handler's business.
 
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+
 use bytes::{Bytes, BytesMut};
 use icom_protocol::{CloseCode, Control, EventBody, FrameBuffer};
 use quinn::{ReadError, RecvStream, SendStream};
@@ -137,21 +140,55 @@ pub(crate) enum EventRead {
     Failed(Vec<u8>, ReadError),
 }
 
-/// Reads a whole event stream of at most `max` bytes. The common case, an
-/// event in one chunk, is kept without a copy. (`RecvStream::read_to_end`
-/// reads out of order, which makes QUIC copy the data twice.)
-pub(crate) async fn read_event(recv: &mut RecvStream, max: usize) -> EventRead {
-    let mut body = EventBody::new(max);
+/// Reads what `recv` holds of an event stream now, without waiting: the
+/// stream's end when it came (most streams are whole when accepted), else
+/// `Pending` with the bytes so far in `body`, for [`read_event`]. The
+/// common case, an event in one chunk, is kept without a copy.
+/// (`RecvStream::read_to_end` reads out of order, which makes QUIC copy the
+/// data twice.)
+pub(crate) fn read_event_now(recv: &mut RecvStream, body: &mut EventBody) -> Poll<EventRead> {
+    let mut cx = Context::from_waker(Waker::noop());
     loop {
-        match recv.read_chunk(body.room(), true).await {
-            Ok(Some(chunk)) => {
-                if body.push(chunk.bytes).is_err() {
-                    return EventRead::TooLarge(body.into_prefix());
+        // Pending leaves a no-op waker with quinn: the task that then
+        // calls `read_event` registers its own.
+        let chunk = std::pin::pin!(recv.read_chunk(body.room(), true)).poll(&mut cx);
+        match chunk {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(read) => {
+                if let Some(done) = take_chunk(body, read) {
+                    return Poll::Ready(done);
                 }
             }
-            Ok(None) => return EventRead::Event(body.finish()),
-            Err(e) => return EventRead::Failed(body.into_prefix(), e),
         }
+    }
+}
+
+/// Reads the rest of an event stream begun by [`read_event_now`].
+pub(crate) async fn read_event(recv: &mut RecvStream, mut body: EventBody) -> EventRead {
+    loop {
+        let read = recv.read_chunk(body.room(), true).await;
+        if let Some(done) = take_chunk(&mut body, read) {
+            return done;
+        }
+    }
+}
+
+/// Adds one read to `body`; the stream as read once it ended, broke, or
+/// went over the limit.
+fn take_chunk(
+    body: &mut EventBody,
+    read: Result<Option<quinn::Chunk>, ReadError>,
+) -> Option<EventRead> {
+    let whole = |body: &mut EventBody| std::mem::replace(body, EventBody::new(0));
+    match read {
+        Ok(Some(chunk)) => {
+            if body.push(chunk.bytes).is_err() {
+                return Some(EventRead::TooLarge(whole(body).into_prefix()));
+            }
+            None
+        }
+        Ok(None) => Some(EventRead::Event(whole(body).finish())),
+        Err(e) => Some(EventRead::Failed(whole(body).into_prefix(), e)),
     }
 }
 
@@ -175,6 +212,18 @@ pub(crate) async fn write_event(conn: &quinn::Connection, wire: Bytes) -> Option
     }
     let _ = stream.finish();
     Some(Written::Whole(stream))
+}
+
+/// Opens a stream and writes `wire` on it, for a delivery nobody waits on:
+/// dropping the stream finishes it (one step less than `finish`). False
+/// when no stream can be opened: the connection is gone.
+pub(crate) async fn send_event(conn: &quinn::Connection, wire: Bytes) -> bool {
+    let Ok(mut stream) = conn.open_uni().await else {
+        return false;
+    };
+    // A peer that stopped the stream did not want it; nothing to do.
+    let _ = stream.write_chunk(wire).await;
+    true
 }
 
 /// Closes the connection with `code`, its name as the reason.

@@ -2,27 +2,61 @@
 //! policy, the store (persistent events and copies for offline servers,
 //! written before the ack), and the hand-off to each recipient's queue.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use icom_protocol::{Ack, AckCode, Deliver, Persist, Send, Target};
 use tracing::{debug, warn};
 
 use crate::clock::now_ms;
+use crate::config::Config;
 use crate::keep::Persistent;
 use crate::policy::{Request, Verdict};
-use crate::router::Tally;
+use crate::router::{Peer, Tally};
 use crate::shared::Shared;
 use crate::space::Reached;
 use crate::store::StoreError;
 
-/// Routes one decoded send from `from` and returns its ack.
-pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
-    let config = shared.config();
+/// How far [`route`] took a send.
+pub(crate) enum Routed {
+    /// Routed and answered without waiting: the common case.
+    Done(Ack),
+    /// Routed as far as it could be without waiting; [`Rest::finish`]
+    /// waits for the store or the other routers and answers.
+    Wait(Box<Rest>),
+}
+
+/// What is left of a send's routing once it must wait: storing a
+/// persistent event (before any live delivery), forwarding to other
+/// routers, queueing copies for offline named recipients.
+pub(crate) struct Rest {
+    from: Arc<str>,
+    tally: Tally,
+    wire: Bytes,
+    /// Named servers (`server`, `servers`) are owed the event even when
+    /// they are offline: a persistent send is stored for them, a send with
+    /// a ttl queues a copy for each, and any other send is `not_found` for
+    /// them. The broad targets reach whoever is connected.
+    named: bool,
+    persistent: bool,
+    expires_ms: Option<u64>,
+    /// The persistent event, until it is stored.
+    store: Option<Persistent>,
+    /// The recipients connected here, until the event is handed to them.
+    peers: Vec<Arc<Peer>>,
+    remote: Vec<(Arc<str>, Vec<Arc<str>>)>,
+    /// Named recipients that did not get it live.
+    absent: Vec<String>,
+}
+
+/// Routes one decoded send from `from` as far as it goes without waiting.
+pub(crate) fn route(shared: &Shared, config: &Config, from: &Arc<str>, send: Send) -> Routed {
     if let Err(e) = send.validate(&config.groups) {
-        return Ack::failed(send.id, AckCode::Invalid, e.to_string());
+        return Routed::Done(Ack::failed(send.id, AckCode::Invalid, e.to_string()));
     }
     let resolved = match shared.table.resolve(from, &send.to, &config.groups) {
         Ok(r) => r,
-        Err(e) => return Ack::failed(send.id, AckCode::Invalid, e.to_string()),
+        Err(e) => return Routed::Done(Ack::failed(send.id, AckCode::Invalid, e.to_string())),
     };
     {
         let recipients: Vec<&str> = resolved
@@ -46,12 +80,12 @@ pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
         if let Verdict::Deny(why) = config.policy.check(&request, &config.groups) {
             warn!(
                 code = "forbidden",
-                sender = from,
+                sender = &**from,
                 event = %send.event,
                 target = ?send.to,
                 "refused by policy: {why}"
             );
-            return Ack::failed(send.id, AckCode::Forbidden, why);
+            return Routed::Done(Ack::failed(send.id, AckCode::Forbidden, why));
         }
     }
     let sent_ms = now_ms();
@@ -63,7 +97,7 @@ pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
     let expires_ms = send.ttl_ms.map(|t| sent_ms + u64::from(t));
     let wire = Bytes::from(
         Deliver {
-            from: from.to_owned(),
+            from: from.to_string(),
             id: send.id,
             event: send.event,
             data: send.data,
@@ -73,86 +107,136 @@ pub(crate) async fn dispatch(shared: &Shared, from: &str, send: Send) -> Ack {
         }
         .encode(),
     );
-    // Named servers (`server`, `servers`) are owed the event even when they
-    // are offline: a persistent send is stored for them, a send with a ttl
-    // queues a copy for each, and any other send is `not_found` for them.
-    // The broad targets reach whoever is connected.
     let named = matches!(send.to, Target::Server(_) | Target::Servers(_));
-    let persistent = persist_id.is_some();
-    let mut tally = Tally::new(send.id);
-    if let Some(pid) = persist_id {
-        // Stored before any live delivery: a server that connects meanwhile
-        // finds it in its replay.
-        let stored = shared
-            .keep
-            .persist(Persistent {
-                persist_id: pid.clone(),
-                target: send.to.clone(),
-                from: from.to_owned(),
-                expires_ms,
-                wire: wire.clone(),
-            })
+    let mut rest = Rest {
+        from: from.clone(),
+        tally: Tally::new(send.id),
+        named,
+        persistent: persist_id.is_some(),
+        expires_ms,
+        // Stored before any live delivery: a server that connects
+        // meanwhile finds it in its replay.
+        store: persist_id.map(|pid| Persistent {
+            persist_id: pid,
+            target: send.to,
+            from: from.to_string(),
+            expires_ms,
+            wire: wire.clone(),
+        }),
+        wire,
+        peers: resolved.peers,
+        remote: resolved.remote,
+        absent: resolved.offline,
+    };
+    if rest.store.is_some() {
+        return Routed::Wait(Box::new(rest));
+    }
+    rest.hand_over();
+    if !rest.remote.is_empty() || rest.settle(shared) {
+        return Routed::Wait(Box::new(rest));
+    }
+    Routed::Done(rest.conclude())
+}
+
+impl Rest {
+    /// Stores, forwards and queues what [`route`] left, and answers.
+    pub(crate) async fn finish(mut self, shared: &Shared) -> Ack {
+        if let Some(item) = self.store.take() {
+            let pid = item.persist_id.clone();
+            if let Err(e) = shared.keep.persist(item).await {
+                let code = store_code(&e);
+                warn!(
+                    code = code.as_str(),
+                    sender = &*self.from,
+                    "not stored: {e}"
+                );
+                return Ack::failed(self.tally.ack.id, code, e.to_string());
+            }
+            self.tally.ack.persist_id = Some(pid);
+            self.hand_over();
+        }
+        if !self.remote.is_empty() {
+            let remote = std::mem::take(&mut self.remote);
+            for (id, reached) in shared.space.forward(remote, self.wire.clone()).await {
+                match reached {
+                    Reached::Delivered => self.tally.ack.delivered += 1,
+                    Reached::Congested => self.tally.fail(
+                        AckCode::Congested,
+                        format!("the outbound queue of server '{id}' is full"),
+                    ),
+                    Reached::NotFound if self.named => self.absent.push(id.to_string()),
+                    Reached::NotFound => {}
+                    Reached::Unreachable(why) => self.tally.fail(AckCode::Unreachable, why),
+                }
+            }
+        }
+        if self.settle(shared) {
+            let absent = std::mem::take(&mut self.absent);
+            queue_copies(
+                shared,
+                &mut self.tally,
+                absent,
+                &self.from,
+                self.expires_ms,
+                &self.wire,
+            )
             .await;
-        if let Err(e) = stored {
-            let code = store_code(&e);
-            warn!(code = code.as_str(), sender = from, "not stored: {e}");
-            return Ack::failed(send.id, code, e.to_string());
         }
-        tally.ack.persist_id = Some(pid);
+        self.conclude()
     }
-    let mut absent = resolved.offline;
-    for peer in &resolved.peers {
-        if !tally.push(peer, &wire) && named {
-            absent.push(peer.server_id.to_string());
-        }
-    }
-    if !resolved.remote.is_empty() {
-        for (id, reached) in shared.space.forward(resolved.remote, wire.clone()).await {
-            match reached {
-                Reached::Delivered => tally.ack.delivered += 1,
-                Reached::Congested => tally.fail(
-                    AckCode::Congested,
-                    format!("the outbound queue of server '{id}' is full"),
-                ),
-                Reached::NotFound if named => absent.push(id.to_string()),
-                Reached::NotFound => {}
-                Reached::Unreachable(why) => tally.fail(AckCode::Unreachable, why),
+
+    /// Hands the event to each recipient connected here.
+    fn hand_over(&mut self) {
+        for peer in std::mem::take(&mut self.peers) {
+            if !self.tally.push(&peer, &self.wire) && self.named {
+                self.absent.push(peer.server_id.to_string());
             }
         }
     }
-    if !shared.space.reachable() {
-        // Other routers' servers are out of reach: a named one that is not
-        // here may be there, and a broadcast reached this router's alone.
-        if named && !absent.is_empty() {
-            for id in absent.drain(..) {
-                tally.fail(
+
+    /// Settles the named recipients that did not get the event live, once
+    /// every router had its say. True when copies must be queued for them.
+    fn settle(&mut self, shared: &Shared) -> bool {
+        if !shared.space.reachable() {
+            // Other routers' servers are out of reach: a named one that is
+            // not here may be there, and a broadcast reached this router's
+            // alone.
+            if self.named && !self.absent.is_empty() {
+                for id in self.absent.drain(..) {
+                    self.tally.fail(
+                        AckCode::Unreachable,
+                        format!(
+                            "server '{id}' is not connected here, and this router has lost the cluster"
+                        ),
+                    );
+                }
+            } else if !self.named {
+                self.tally.fail(
                     AckCode::Unreachable,
-                    format!(
-                        "server '{id}' is not connected here, and this router has lost the cluster"
-                    ),
+                    "this router has lost the cluster: delivered to its own servers only".into(),
                 );
             }
-        } else if !named {
-            tally.fail(
-                AckCode::Unreachable,
-                "this router has lost the cluster: delivered to its own servers only".into(),
-            );
         }
-    }
-    if persistent {
-        // They get it from the store when they connect.
-        tally.ack.queued = absent.len() as u32;
-    } else if expires_ms.is_some() && !absent.is_empty() {
-        queue_copies(shared, &mut tally, absent, from, expires_ms, &wire).await;
-    } else {
-        for id in &absent {
-            tally.fail(AckCode::NotFound, format!("server '{id}' is not connected"));
+        if self.persistent {
+            // They get it from the store when they connect.
+            self.tally.ack.queued = self.absent.len() as u32;
+        } else if self.expires_ms.is_some() && !self.absent.is_empty() {
+            return true;
+        } else {
+            for id in &self.absent {
+                self.tally
+                    .fail(AckCode::NotFound, format!("server '{id}' is not connected"));
+            }
         }
+        false
     }
-    if let Some(e) = &tally.ack.error {
-        debug!(id = send.id, code = %e.code, "{}", e.message);
+
+    fn conclude(self) -> Ack {
+        if let Some(e) = &self.tally.ack.error {
+            debug!(id = self.tally.ack.id, code = %e.code, "{}", e.message);
+        }
+        self.tally.ack
     }
-    tally.ack
 }
 
 /// Stores a copy of `wire` for each of `ids` (offline named recipients of a

@@ -1,18 +1,17 @@
 //! One peer, from handshake to cleanup: identity from the certificate,
 //! `hello` → `welcome`, replay, the control messages a client may send,
-//! each event stream routed and acked, and the writer of outgoing
-//! deliveries. The frames themselves are read and written by
+//! its event streams accepted (each is read, routed and acked by
+//! [`crate::event`]), and the writer of outgoing deliveries. The frames themselves are read and written by
 //! [`crate::connection`].
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use icom_protocol::{
-    Ack, AckCode, CloseCode, Control, Hello, Limits as WireLimits, Pong, Replayed, Roster, Send,
-    StreamCode, StreamCredit, Welcome, FEATURE_REPLACE, FEATURE_WHO, PROTOCOL_VERSION,
+    CloseCode, Control, Hello, Limits as WireLimits, Pong, Replayed, Roster, StreamCredit, Welcome,
+    FEATURE_REPLACE, FEATURE_WHO, PROTOCOL_VERSION,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
@@ -20,8 +19,9 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::clock::now_ms;
 use crate::connection::{
-    close, read_event, write_control, write_event, ControlEnd, ControlReader, EventRead, Written,
+    close, send_event, write_control, write_event, ControlEnd, ControlReader, Written,
 };
+use crate::event::{take_event_stream, OpenStream};
 use crate::outbound::Outbound;
 use crate::router::{frame, Peer};
 use crate::shared::Shared;
@@ -289,47 +289,6 @@ async fn read_control(shared: Arc<Shared>, peer: Arc<Peer>, mut ctrl: ControlRea
     }
 }
 
-/// A peer's event stream that is not done yet: counted while it lives,
-/// for the stream credit.
-struct OpenStream(Arc<AtomicU32>);
-
-impl OpenStream {
-    fn new(open: &Arc<AtomicU32>) -> OpenStream {
-        open.fetch_add(1, Ordering::Relaxed);
-        OpenStream(open.clone())
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Reads, routes and acks one event stream: at once if it is complete,
-/// else in a task of its own, so that one slow stream never holds up the
-/// others.
-fn take_event_stream(shared: &Arc<Shared>, peer: &Arc<Peer>, recv: RecvStream, open: OpenStream) {
-    let work = on_event_stream(shared.clone(), peer.clone(), recv);
-    let mut work = Box::pin(
-        async move {
-            work.await;
-            drop(open);
-        }
-        .in_current_span(),
-    );
-    let waker = std::task::Waker::noop();
-    // A first poll without a real waker: what is pending is handed to a
-    // task, whose first poll registers the real one.
-    if work
-        .as_mut()
-        .poll(&mut std::task::Context::from_waker(waker))
-        .is_pending()
-    {
-        tokio::spawn(work);
-    }
-}
-
 async fn on_control(shared: &Shared, peer: &Peer, msg: Control) -> Result<(), String> {
     match msg {
         Control::Ping(p) => {
@@ -408,53 +367,10 @@ async fn write_deliveries(peer: Arc<Peer>) {
     while peer.outbound.pop_all(&mut batch).await {
         for wire in batch.drain(..) {
             let len = wire.len();
-            if write_event(&peer.conn, wire).await.is_none() {
+            if !send_event(&peer.conn, wire).await {
                 return;
             }
             peer.outbound.written(len);
         }
     }
-}
-
-/// Reads one event stream, routes it, and acks it.
-async fn on_event_stream(shared: Arc<Shared>, peer: Arc<Peer>, mut recv: RecvStream) {
-    let max = shared.config().limits.max_event_bytes;
-    let ack = match read_event(&mut recv, max).await {
-        EventRead::Event(bytes) => match Send::decode(&bytes) {
-            Ok(send) => crate::dispatch::dispatch(&shared, &peer.server_id, send).await,
-            Err(e) => {
-                warn!(code = "malformed", id = ?e.id, "bad event stream: {e}");
-                Ack::failed(e.id.unwrap_or(0), AckCode::Malformed, e.to_string())
-            }
-        },
-        EventRead::TooLarge(prefix) => {
-            let _ = recv.stop(StreamCode::TooLarge.code().into());
-            let id = Send::peek_id(&prefix);
-            warn!(code = "too_large", id = ?id, "event stream over {max} bytes");
-            Ack::failed(
-                id.unwrap_or(0),
-                AckCode::TooLarge,
-                format!("the event exceeds max_event_bytes ({max})"),
-            )
-        }
-        EventRead::Failed(prefix, e) => {
-            if peer.conn.close_reason().is_some() {
-                return;
-            }
-            let id = Send::peek_id(&prefix);
-            Ack::failed(
-                id.unwrap_or(0),
-                AckCode::Malformed,
-                format!("the event stream failed: {e}"),
-            )
-        }
-    };
-    match &ack.error {
-        None => {
-            shared.metrics.events.inc();
-        }
-        Some(e) => shared.metrics.event_error(e.code.as_str()),
-    }
-    shared.metrics.deliveries.inc_by(u64::from(ack.delivered));
-    let _ = peer.control.send(frame(&Control::Ack(ack))).await;
 }

@@ -12,6 +12,7 @@ pub mod config;
 mod connection;
 pub mod dev;
 mod dispatch;
+mod event;
 mod handler;
 mod keep;
 mod metrics;

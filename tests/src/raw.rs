@@ -119,13 +119,25 @@ impl RawClient {
         crypto: Arc<QuicClientConfig>,
         max_uni_streams: u32,
     ) -> Result<RawClient, RawError> {
-        let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .map_err(|e| RawError::Other(e.to_string()))?;
-        let mut config = quinn::ClientConfig::new(crypto);
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_concurrent_uni_streams(max_uni_streams.into())
             .send_fairness(false);
+        RawClient::connect_transport(addr, crypto, transport).await
+    }
+
+    /// Connects with a ready TLS config and transport settings.
+    ///
+    /// # Errors
+    /// [`RawError`] when the handshake fails on this side.
+    pub async fn connect_transport(
+        addr: SocketAddr,
+        crypto: Arc<QuicClientConfig>,
+        transport: quinn::TransportConfig,
+    ) -> Result<RawClient, RawError> {
+        let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .map_err(|e| RawError::Other(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(crypto);
         config.transport_config(Arc::new(transport));
         endpoint.set_default_client_config(config);
         let connecting = endpoint

@@ -279,3 +279,74 @@ async fn a_recipient_that_never_reads_congests_within_the_bound() {
     );
     assert_eq!(b.deliver().await.unwrap().id, 999);
 }
+
+/// A client that reads its control stream late: its acks wait in the
+/// router (the control queue full, the stream's flow control shut), and
+/// every one arrives once it reads.
+#[tokio::test]
+async fn acks_wait_for_a_client_that_reads_its_control_stream_late() {
+    const EVENTS: u64 = 300;
+    let cluster = TestCluster::start_with(|c| c.limits.control_queue = 1).await;
+    let issued = cluster.pki().client("slow");
+    let mut transport = quinn::TransportConfig::default();
+    // Room for a few dozen acks on the control stream until it is read.
+    transport.stream_receive_window(1024u32.into());
+    let mut slow = RawClient::connect_transport(
+        cluster.addr(),
+        client_crypto(cluster.pki(), Some(&issued)),
+        transport,
+    )
+    .await
+    .unwrap();
+    slow.hello().await.unwrap();
+    let b = cluster.raw("b").await;
+    for id in 1..=EVENTS {
+        slow.send_event_bytes(&send(id, Target::Server("b".into())).encode())
+            .await
+            .unwrap();
+    }
+    // Every event is routed meanwhile.
+    for _ in 1..=EVENTS {
+        b.deliver().await.unwrap();
+    }
+    let mut acked = std::collections::BTreeSet::new();
+    while acked.len() < EVENTS as usize {
+        if let icom_protocol::Control::Ack(a) = slow.next_control().await.unwrap() {
+            assert!(a.ok, "{a:?}");
+            assert!(acked.insert(a.id), "ack {} twice", a.id);
+        }
+    }
+    assert_eq!(acked, (1..=EVENTS).collect());
+}
+
+/// An event stream that is not whole when the router accepts it (the
+/// sender pauses mid-event) is read to its end, routed and acked like any
+/// other; a persistent one too.
+#[tokio::test]
+async fn an_event_that_arrives_in_pieces_is_routed_whole() {
+    let cluster = TestCluster::start().await;
+    let mut a = cluster.raw("a").await;
+    let b = cluster.raw("b").await;
+    let data = Bytes::from(rmp_serde::to_vec(&"piece".repeat(300)).unwrap());
+    let plain = icom_tests::send(41, Target::Server("b".into()), "e", data.clone());
+    let stored = Send {
+        id: 42,
+        persist: Some(Persist::Auto),
+        ..plain.clone()
+    };
+    for s in [plain, stored] {
+        let bytes = s.encode();
+        let mut stream = a.conn.open_uni().await.unwrap();
+        stream.write_all(&bytes[..bytes.len() / 2]).await.unwrap();
+        // The router has accepted the stream and holds half of it.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        stream.write_all(&bytes[bytes.len() / 2..]).await.unwrap();
+        stream.finish().unwrap();
+        let ack = a.ack(s.id).await.unwrap();
+        assert!(ack.ok, "{ack:?}");
+        assert_eq!(ack.delivered, 1);
+        assert_eq!(ack.persist_id.is_some(), s.persist.is_some());
+        let got = b.deliver().await.unwrap();
+        assert_eq!((got.id, &got.data[..]), (s.id, &data[..]));
+    }
+}
