@@ -52,19 +52,45 @@ impl Proc {
     }
 }
 
-/// A multi-thread runtime whose threads are all named `name`, kept alive
-/// for the whole run so that their CPU time stays countable.
+/// A runtime whose threads are all named `name`, kept alive for the whole
+/// run so that their CPU time stays countable. One thread is a
+/// current-thread runtime on a thread of its own, as `icom-server` starts
+/// for `workers = 1`; more are a multi-thread runtime.
 pub(crate) fn router_runtime(name: &str, threads: usize) -> anyhow::Result<OwnRuntime> {
+    let context = || format!("starting the {name} runtime");
+    if threads <= 1 {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .thread_name(name)
+            .thread_keep_alive(Duration::from_secs(24 * 3600))
+            .enable_all()
+            .build()
+            .with_context(context)?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                runtime.shutdown_background();
+            })
+            .with_context(context)?;
+        return Ok(OwnRuntime {
+            handle,
+            own: Own::Thread(Some(stop)),
+        });
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
+        .worker_threads(threads)
         .thread_name(name)
         .thread_keep_alive(Duration::from_secs(24 * 3600))
         .enable_all()
         .build()
-        .with_context(|| format!("starting the {name} runtime"))?;
+        .with_context(context)?;
     Ok(OwnRuntime {
         handle: runtime.handle().clone(),
-        runtime: Some(runtime),
+        own: Own::Runtime(Some(runtime)),
     })
 }
 
@@ -74,7 +100,16 @@ pub(crate) fn router_runtime(name: &str, threads: usize) -> anyhow::Result<OwnRu
 /// there the usual way blocks, which tokio refuses with a panic.
 pub(crate) struct OwnRuntime {
     handle: tokio::runtime::Handle,
-    runtime: Option<Runtime>,
+    own: Own,
+}
+
+/// How an [`OwnRuntime`] is held.
+enum Own {
+    /// A multi-thread runtime.
+    Runtime(Option<Runtime>),
+    /// A current-thread runtime that its own thread drives until told to
+    /// stop.
+    Thread(Option<tokio::sync::oneshot::Sender<()>>),
 }
 
 impl std::ops::Deref for OwnRuntime {
@@ -87,8 +122,17 @@ impl std::ops::Deref for OwnRuntime {
 
 impl Drop for OwnRuntime {
     fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
+        match &mut self.own {
+            Own::Runtime(rt) => {
+                if let Some(rt) = rt.take() {
+                    rt.shutdown_background();
+                }
+            }
+            Own::Thread(stop) => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+            }
         }
     }
 }
@@ -191,11 +235,37 @@ mod tests {
         // As when a scenario fails after its in-process router started: a
         // plain `Runtime` dropped here would panic ("Cannot drop a runtime
         // in a context where blocking is not allowed").
-        let own = router_runtime("icom-test-rt", 1).unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        own.spawn(async move { tx.send(7).unwrap() });
-        assert_eq!(rx.await.unwrap(), 7);
+        for threads in [1, 2] {
+            let own = router_runtime("icom-test-rt", threads).unwrap();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            own.spawn(async move { tx.send(7).unwrap() });
+            assert_eq!(rx.await.unwrap(), 7);
+            drop(own);
+        }
+        // The current-thread runtime's thread ends once it is dropped.
+        let named = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter(|t| {
+                    let comm = t.as_ref().unwrap().path().join("comm");
+                    std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "icom-test-rt1")
+                })
+                .count()
+        };
+        // (A thread takes its name once it runs: wait for it.)
+        let becomes = |want: usize| async move {
+            for _ in 0..250 {
+                if named() == want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        };
+        let own = router_runtime("icom-test-rt1", 1).unwrap();
+        assert!(becomes(1).await, "the runtime runs on a thread of its own");
         drop(own);
+        assert!(becomes(0).await, "the runtime's thread ended");
     }
 
     #[test]

@@ -359,13 +359,18 @@ impl Router {
     pub(crate) fn method(&self) -> String {
         match &self.kind {
             Kind::InProcess { threads, peer, .. } => format!(
-                "{} in-process on its own {threads}-thread tokio runtime; router CPU = \
+                "{} in-process on its own {} tokio runtime; router CPU = \
                  utime+stime of the threads named '{ROUTER_THREADS}' (/proc/self/task/*/stat); \
                  peak RSS is the whole bench process (clients included){}",
                 if peer.is_some() {
                     "two routers of one cluster"
                 } else {
                     "router"
+                },
+                if *threads <= 1 {
+                    "current-thread".to_owned()
+                } else {
+                    format!("{threads}-thread")
                 },
                 match peer {
                     Some(p) => format!("{}; {}", crate::cluster::METHOD, p.nats_label()),

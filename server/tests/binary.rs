@@ -314,6 +314,13 @@ async fn workers_come_from_the_file_the_environment_or_the_flag() {
         let mut router = RouterProcess::spawn(&mut cmd);
         let line = router.wait_log("runtime started");
         assert!(line.contains(&format!("workers={expected}")), "{line}");
+        // One worker is a current-thread runtime, on a thread of its own.
+        let flavor = if expected == 1 {
+            "flavor=CurrentThread"
+        } else {
+            "flavor=MultiThread"
+        };
+        assert!(line.contains(flavor), "{line}");
         router.wait_log("listening");
         assert_eq!(workers_of(router.id()), expected, "{args:?} {env:?}");
         // It routes with what it has.
