@@ -13,23 +13,30 @@
 
 mod durable;
 mod log;
+mod mem;
 mod record;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use bytes::Bytes;
 use icom_protocol::{lock, Groups, Target};
-use redb::ReadableTable;
+use redb::{Database, ReadableTable};
 use thiserror::Error;
-use tracing::error;
+use tracing::{error, info};
 
 pub use self::durable::Durable;
-use self::log::{Change, Log, EVENTS};
+use self::log::{Change, Log, Opener, EVENTS};
+use self::mem::Mem;
 pub(crate) use self::record::{decode, decode_shared, due, encode, expired, Header, Kind, Stored};
 /// The database file's name inside the data dir.
 pub const STORE_FILE: &str = "icom.redb";
+
+/// After a failed commit that could not reopen the file, how long writes
+/// are refused before one tries to reopen it again.
+const REOPEN_RETRY: Duration = Duration::from_secs(1);
 
 /// Bounds of the store.
 #[derive(Debug, Clone, Copy)]
@@ -83,16 +90,6 @@ fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-#[derive(Debug, Default)]
-struct Mem {
-    next_seq: u64,
-    persistent: BTreeMap<u64, Stored>,
-    by_persist_id: HashMap<String, u64>,
-    queued: HashMap<String, BTreeMap<u64, Stored>>,
-    queue_bytes: HashMap<String, usize>,
-    total_bytes: usize,
-}
-
 /// One stored event due to a connecting server, in stored order.
 #[derive(Debug, Clone)]
 pub struct Due {
@@ -129,18 +126,34 @@ impl Store {
     /// be read is an error, never silently emptied.
     pub fn open(data_dir: &Path, limits: StoreLimits) -> Result<Store, StoreError> {
         let path = data_dir.join(STORE_FILE);
+        let file = path.clone();
+        let open: Opener = Box::new(move || {
+            redb::Builder::new()
+                .set_cache_size(limits.cache_bytes)
+                .create(&file)
+                .map_err(|e| e.to_string())
+        });
+        Store::open_with(data_dir, limits, open, REOPEN_RETRY)
+    }
+
+    /// [`Store::open`], the database opened by `open`; after a failed
+    /// commit whose reopen failed, writers try again no sooner than
+    /// `retry` later.
+    fn open_with(
+        data_dir: &Path,
+        limits: StoreLimits,
+        open: Opener,
+        retry: Duration,
+    ) -> Result<Store, StoreError> {
+        let path = data_dir.join(STORE_FILE);
         let open_err = |reason: String| StoreError::Open {
             path: path.clone(),
             reason,
         };
         std::fs::create_dir_all(data_dir)
             .map_err(|e| open_err(format!("creating {}: {e}", data_dir.display())))?;
-        let db = redb::Builder::new()
-            .set_cache_size(limits.cache_bytes)
-            .create(&path)
-            .map_err(|e| open_err(e.to_string()))?;
         let store = Store {
-            log: Log::new(db),
+            log: Log::new(open, retry).map_err(open_err)?,
             path: path.clone(),
             mem: Mutex::new(Mem::default()),
             limits,
@@ -150,7 +163,8 @@ impl Store {
     }
 
     fn load(&self) -> Result<(), StoreError> {
-        let txn = self.log.db().begin_write().map_err(io)?;
+        let txn = self.log.with_db(Database::begin_write).map_err(io)?;
+        let txn = txn.map_err(io)?;
         txn.open_table(EVENTS).map_err(io)?;
         txn.commit().map_err(io)?;
         self.read_into(&mut lock(&self.mem))
@@ -158,7 +172,8 @@ impl Store {
 
     /// Reads every record of the file into `mem`.
     fn read_into(&self, mem: &mut Mem) -> Result<(), StoreError> {
-        let txn = self.log.db().begin_read().map_err(io)?;
+        let txn = self.log.with_db(Database::begin_read).map_err(io)?;
+        let txn = txn.map_err(io)?;
         let table = txn.open_table(EVENTS).map_err(io)?;
         for row in table.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
@@ -200,6 +215,7 @@ impl Store {
         };
         let record = encode(&stored);
         let mut mem = lock(&self.mem);
+        self.writable(&mut mem)?;
         let replaced = mem.by_persist_id.get(persist_id).copied();
         let freed = replaced
             .and_then(|s| mem.persistent.get(&s))
@@ -233,6 +249,7 @@ impl Store {
     /// I/O errors.
     pub fn forget(&self, persist_id: &str) -> Result<bool, StoreError> {
         let mut mem = lock(&self.mem);
+        self.writable(&mut mem)?;
         let Some(seq) = mem.by_persist_id.get(persist_id).copied() else {
             return Ok(false);
         };
@@ -256,6 +273,7 @@ impl Store {
         wire: &Bytes,
     ) -> Result<Vec<Result<(), String>>, StoreError> {
         let mut mem = lock(&self.mem);
+        self.writable(&mut mem)?;
         let mut verdicts = Vec::with_capacity(recipients.len());
         let mut rows = Vec::new();
         let mut added = 0usize;
@@ -325,6 +343,7 @@ impl Store {
     /// I/O errors.
     pub fn delivered(&self, seq: u64) -> Result<(), StoreError> {
         let mut mem = lock(&self.mem);
+        self.writable(&mut mem)?;
         if !mem.contains_queued(seq) {
             return Ok(());
         }
@@ -340,6 +359,7 @@ impl Store {
     /// I/O errors.
     pub fn sweep(&self, now_ms: u64) -> Result<usize, StoreError> {
         let mut mem = lock(&self.mem);
+        self.writable(&mut mem)?;
         let expired = record::expired(
             mem.persistent.iter().chain(mem.queued.values().flatten()),
             now_ms,
@@ -382,74 +402,59 @@ impl Store {
     }
 
     /// After a failed commit: memory holds changes the file does not.
-    /// Fails the changes not yet written, and rereads the file, the truth,
-    /// under the memory's lock, so that no change comes in between.
+    /// Fails the changes not yet written, reopens the file (redb refuses
+    /// every transaction after a failed commit until then) and rereads
+    /// it, the truth, under the memory's lock, so that no change comes in
+    /// between. When that fails, memory stays empty and writes are refused
+    /// until a writer's reopen works ([`Store::writable`]).
     fn recover(&self, why: &str) {
         let mut mem = lock(&self.mem);
         self.log.discard_pending(why);
+        if let Err(e) = self.reload(&mut mem) {
+            error!(
+                path = %self.path.display(),
+                "a store commit failed ({why}), and {e}: writes are refused until the file opens again"
+            );
+        }
+    }
+
+    /// Reopens the file and rereads it into `mem`, emptied first; the
+    /// database is left closed when that fails.
+    fn reload(&self, mem: &mut Mem) -> Result<(), String> {
         let next_seq = mem.next_seq;
         *mem = Mem {
             next_seq,
             ..Mem::default()
         };
-        if let Err(e) = self.read_into(&mut mem) {
-            error!(
-                path = %self.path.display(),
-                "a store commit failed ({why}) and the file cannot be reread: {e}"
-            );
-        }
-    }
-}
-
-impl Mem {
-    fn insert(&mut self, seq: u64, s: Stored) {
-        self.total_bytes += s.wire.len();
-        match &s.header.kind {
-            Kind::Persistent { persist_id, .. } => {
-                self.by_persist_id.insert(persist_id.clone(), seq);
-                self.persistent.insert(seq, s);
-            }
-            Kind::Queued { recipient } => {
-                *self.queue_bytes.entry(recipient.clone()).or_default() += s.wire.len();
-                self.queued
-                    .entry(recipient.clone())
-                    .or_default()
-                    .insert(seq, s);
-            }
-        }
+        self.log
+            .reopen()
+            .map_err(|e| format!("the file cannot be reopened: {e}"))?;
+        self.read_into(mem).map_err(|e| {
+            self.log.close();
+            *mem = Mem {
+                next_seq,
+                ..Mem::default()
+            };
+            format!("the file cannot be reread: {e}")
+        })
     }
 
-    fn contains_queued(&self, seq: u64) -> bool {
-        self.queued.values().any(|q| q.contains_key(&seq))
-    }
-
-    fn remove(&mut self, seq: u64) {
-        if let Some(s) = self.persistent.remove(&seq) {
-            self.total_bytes -= s.wire.len();
-            if let Kind::Persistent { persist_id, .. } = &s.header.kind {
-                if self.by_persist_id.get(persist_id) == Some(&seq) {
-                    self.by_persist_id.remove(persist_id);
-                }
-            }
-            return;
+    /// Whether a write may change `mem` now: after a failed commit that
+    /// could not reopen the file, it is tried again here (at most every
+    /// `retry`), before the write touches memory.
+    fn writable(&self, mem: &mut Mem) -> Result<(), StoreError> {
+        if self.log.is_open() {
+            return Ok(());
         }
-        let mut emptied = None;
-        for (recipient, q) in &mut self.queued {
-            if let Some(s) = q.remove(&seq) {
-                self.total_bytes -= s.wire.len();
-                if let Some(b) = self.queue_bytes.get_mut(recipient) {
-                    *b -= s.wire.len();
-                }
-                if q.is_empty() {
-                    emptied = Some(recipient.clone());
-                }
-                break;
-            }
+        if !self.log.may_reopen() {
+            return Err(StoreError::Io(
+                "the store's file failed and is not open again yet".into(),
+            ));
         }
-        if let Some(r) = emptied {
-            self.queued.remove(&r);
-            self.queue_bytes.remove(&r);
-        }
+        self.reload(mem)
+            .map_err(|e| StoreError::Io(format!("the store's file failed: {e}")))?;
+        info!(path = %self.path.display(), "the store's file is open again");
+        Ok(())
     }
 }
 
@@ -634,6 +639,97 @@ mod tests {
         drop(s);
         let s = Store::open(dir.path(), limits()).unwrap();
         assert_eq!(s.counts().0, 2);
+    }
+
+    /// A file whose writes and syncs fail while `broken` is set, as on a
+    /// full or failing disk.
+    #[derive(Debug)]
+    struct Flaky {
+        file: redb::backends::FileBackend,
+        broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Flaky {
+        fn check(&self) -> std::io::Result<()> {
+            if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other("the disk failed"));
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for Flaky {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+            self.file.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self, eventual: bool) -> std::io::Result<()> {
+            self.check()?;
+            self.file.sync_data(eventual)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_fails_its_writers_and_the_store_comes_back() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let broken = std::sync::Arc::new(AtomicBool::new(false));
+        let path = dir.path().join(STORE_FILE);
+        let flag = broken.clone();
+        let open: Opener = Box::new(move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| e.to_string())?;
+            let file = redb::backends::FileBackend::new(file).map_err(|e| e.to_string())?;
+            let backend = Flaky {
+                file,
+                broken: flag.clone(),
+            };
+            redb::Builder::new()
+                .create_with_backend(backend)
+                .map_err(|e| e.to_string())
+        });
+        let s = Store::open_with(dir.path(), limits(), open, Duration::ZERO).unwrap();
+        s.persist("a", &Target::All, "x", None, wire("A")).unwrap();
+
+        // The disk fails: the write is refused, memory is the file's again
+        // (a, not b), and the store refuses writes while the file cannot
+        // be reopened, without touching memory.
+        broken.store(true, Ordering::SeqCst);
+        let e = s
+            .persist("b", &Target::All, "x", None, wire("B"))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Io(_)), "{e}");
+        let e = s.enqueue(&["r"], "x", None, &wire("C")).unwrap_err();
+        assert!(matches!(e, StoreError::Io(_)), "{e}");
+        assert!(s.forget("a").is_err(), "refused, a kept");
+
+        // The disk is back: the next write reopens the file, which holds
+        // what was acked, and goes on.
+        broken.store(false, Ordering::SeqCst);
+        let g = Groups::new();
+        s.persist("d", &Target::All, "x", None, wire("D")).unwrap();
+        let due: Vec<Bytes> = s.due_for("y", &g, 0).into_iter().map(|d| d.wire).collect();
+        assert_eq!(due, [wire("A"), wire("D")]);
+        assert_eq!(s.counts().1, 0, "the failed queued copy is not there");
+        drop(s);
+        let s = Store::open(dir.path(), limits()).unwrap();
+        let due: Vec<Bytes> = s.due_for("y", &g, 0).into_iter().map(|d| d.wire).collect();
+        assert_eq!(due, [wire("A"), wire("D")], "the file holds what was acked");
     }
 
     #[test]

@@ -12,10 +12,15 @@
 //! the next leader. A writer is told its batch is done only once it is
 //! committed (redb's default durability: on disk), so an ack given after
 //! that is never lost to a crash.
+//!
+//! A commit that fails leaves redb refusing every later transaction until
+//! the file is opened again, so the log owns the database's opening: the
+//! store reopens it ([`Log::reopen`]) before it rereads the file.
 
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
-use icom_protocol::lock;
+use icom_protocol::{lock, read, write as write_lock};
 use redb::{Database, TableDefinition};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
@@ -64,9 +69,17 @@ pub(super) struct Lead {
     batch: Arc<Batch>,
 }
 
+/// Opens the store's database file (again, after a failed commit).
+pub(super) type Opener = Box<dyn Fn() -> Result<Database, String> + Send + Sync>;
+
 /// The writer of the store's file.
 pub(super) struct Log {
-    db: Database,
+    /// `None` after a failed commit whose reopen failed too.
+    db: RwLock<Option<Database>>,
+    open: Opener,
+    /// When the last reopen failed; the next is tried `retry` later.
+    failed_open: Mutex<Option<Instant>>,
+    retry: Duration,
     state: Mutex<State>,
 }
 
@@ -101,22 +114,73 @@ impl Batch {
     }
 }
 
+/// What a caller is told while the database is closed.
+const CLOSED: &str = "the store's file is closed after a failed commit";
+
 impl Log {
-    pub(super) fn new(db: Database) -> Log {
-        Log {
-            db,
+    /// Opens the database with `open`; after a failed reopen the next is
+    /// tried no sooner than `retry` later.
+    ///
+    /// # Errors
+    /// What `open` said.
+    pub(super) fn new(open: Opener, retry: Duration) -> Result<Log, String> {
+        let db = open()?;
+        Ok(Log {
+            db: RwLock::new(Some(db)),
+            open,
+            failed_open: Mutex::new(None),
+            retry,
             state: Mutex::new(State {
                 pending: Vec::new(),
                 batch: Arc::default(),
                 committing: false,
                 commits: 0,
             }),
+        })
+    }
+
+    /// Runs `f` on the database.
+    ///
+    /// # Errors
+    /// While the database is closed (a failed commit that no reopen has
+    /// mended yet).
+    pub(super) fn with_db<T>(&self, f: impl FnOnce(&Database) -> T) -> Result<T, String> {
+        match &*read(&self.db) {
+            Some(db) => Ok(f(db)),
+            None => Err(CLOSED.to_owned()),
         }
     }
 
-    /// The database, for reads.
-    pub(super) fn db(&self) -> &Database {
-        &self.db
+    pub(super) fn is_open(&self) -> bool {
+        read(&self.db).is_some()
+    }
+
+    /// Whether a reopen may be tried now: none failed within `retry`.
+    pub(super) fn may_reopen(&self) -> bool {
+        lock(&self.failed_open).is_none_or(|at| at.elapsed() >= self.retry)
+    }
+
+    /// Closes the database and opens it again: redb repairs what a failed
+    /// commit left. Call it with no commit under way (the leader that
+    /// failed, or a writer under the store's memory lock while closed).
+    ///
+    /// # Errors
+    /// What opening said; the database stays closed.
+    pub(super) fn reopen(&self) -> Result<(), String> {
+        let mut db = write_lock(&self.db);
+        // Closed first: the file is locked while a handle holds it.
+        *db = None;
+        let opened = (self.open)();
+        *lock(&self.failed_open) = opened.is_err().then(Instant::now);
+        *db = Some(opened?);
+        Ok(())
+    }
+
+    /// Closes the database (its file could not be read back after a
+    /// reopen): writes are refused until a reopen works.
+    pub(super) fn close(&self) {
+        *write_lock(&self.db) = None;
+        *lock(&self.failed_open) = Some(Instant::now());
     }
 
     /// Queues `changes` for the next commit. Call it in the order the
@@ -167,7 +231,7 @@ impl Log {
     /// # Errors
     /// What redb said.
     pub(super) fn write(&self, lead: &Lead) -> Result<(), String> {
-        write(&self.db, &lead.changes)
+        self.with_db(|db| write(db, &lead.changes))?
     }
 
     /// Ends a leader's commit with `result`: its writers are told, and the
@@ -236,11 +300,16 @@ mod tests {
 
     fn log() -> (tempfile::TempDir, Arc<Log>) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("t.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(EVENTS).unwrap();
-        txn.commit().unwrap();
-        (dir, Arc::new(Log::new(db)))
+        let path = dir.path().join("t.redb");
+        let open: Opener = Box::new(move || Database::create(&path).map_err(|e| e.to_string()));
+        let log = Log::new(open, Duration::ZERO).unwrap();
+        log.with_db(|db| {
+            let txn = db.begin_write().unwrap();
+            txn.open_table(EVENTS).unwrap();
+            txn.commit().unwrap();
+        })
+        .unwrap();
+        (dir, Arc::new(log))
     }
 
     /// Waits for `t` on this thread, leading its commit if need be.
@@ -257,8 +326,11 @@ mod tests {
     }
 
     fn rows(log: &Log) -> u64 {
-        let txn = log.db().begin_read().unwrap();
-        txn.open_table(EVENTS).unwrap().len().unwrap()
+        log.with_db(|db| {
+            let txn = db.begin_read().unwrap();
+            txn.open_table(EVENTS).unwrap().len().unwrap()
+        })
+        .unwrap()
     }
 
     #[test]
@@ -303,11 +375,14 @@ mod tests {
             Change::Put(2, b"c".to_vec()),
         ]);
         settle(&log, &t).unwrap();
-        let txn = log.db().begin_read().unwrap();
-        let table = txn.open_table(EVENTS).unwrap();
-        assert!(redb::ReadableTable::get(&table, 1).unwrap().is_none());
-        let two = redb::ReadableTable::get(&table, 2).unwrap().unwrap();
-        assert_eq!(two.value(), b"c");
+        log.with_db(|db| {
+            let txn = db.begin_read().unwrap();
+            let table = txn.open_table(EVENTS).unwrap();
+            assert!(redb::ReadableTable::get(&table, 1).unwrap().is_none());
+            let two = redb::ReadableTable::get(&table, 2).unwrap().unwrap();
+            assert_eq!(two.value(), b"c");
+        })
+        .unwrap();
         // A ticket already written answers at once, without a commit.
         let commits = log.commits();
         settle(&log, &t).unwrap();
