@@ -132,9 +132,11 @@ pub(crate) fn route(shared: &Shared, config: &Config, from: &Arc<str>, send: Sen
         return Routed::Wait(Box::new(rest));
     }
     rest.hand_over();
-    if !rest.remote.is_empty() || rest.settle(shared) {
+    if !rest.remote.is_empty() || rest.may_queue() {
         return Routed::Wait(Box::new(rest));
     }
+    // Nothing to queue (`may_queue`), so settling waits for nothing.
+    let _ = rest.settle(shared);
     Routed::Done(rest.conclude())
 }
 
@@ -194,6 +196,13 @@ impl Rest {
         }
     }
 
+    /// Whether copies may have to be queued for named recipients that did
+    /// not get the event live (a send with a ttl): that waits for the
+    /// store.
+    fn may_queue(&self) -> bool {
+        !self.persistent && self.expires_ms.is_some() && !self.absent.is_empty()
+    }
+
     /// Settles the named recipients that did not get the event live, once
     /// every router had its say. True when copies must be queued for them.
     fn settle(&mut self, shared: &Shared) -> bool {
@@ -220,7 +229,7 @@ impl Rest {
         if self.persistent {
             // They get it from the store when they connect.
             self.tally.ack.queued = self.absent.len() as u32;
-        } else if self.expires_ms.is_some() && !self.absent.is_empty() {
+        } else if self.may_queue() {
             return true;
         } else {
             for id in &self.absent {

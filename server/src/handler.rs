@@ -1,8 +1,8 @@
 //! One peer, from handshake to cleanup: identity from the certificate,
 //! `hello` → `welcome`, replay, the control messages a client may send,
 //! its event streams accepted (each is read, routed and acked by
-//! [`crate::event`]), and the writer of outgoing deliveries. The frames themselves are read and written by
-//! [`crate::connection`].
+//! [`crate::event`]), and the writer of outgoing deliveries. The frames
+//! themselves are read and written by [`crate::connection`].
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
