@@ -125,8 +125,7 @@ impl Store {
     /// [`StoreError::Open`] or [`StoreError::Corrupt`]: a store that cannot
     /// be read is an error, never silently emptied.
     pub fn open(data_dir: &Path, limits: StoreLimits) -> Result<Store, StoreError> {
-        let path = data_dir.join(STORE_FILE);
-        let file = path.clone();
+        let file = data_dir.join(STORE_FILE);
         let open: Opener = Box::new(move || {
             redb::Builder::new()
                 .set_cache_size(limits.cache_bytes)
@@ -421,20 +420,13 @@ impl Store {
     /// Reopens the file and rereads it into `mem`, emptied first; the
     /// database is left closed when that fails.
     fn reload(&self, mem: &mut Mem) -> Result<(), String> {
-        let next_seq = mem.next_seq;
-        *mem = Mem {
-            next_seq,
-            ..Mem::default()
-        };
+        mem.clear();
         self.log
             .reopen()
             .map_err(|e| format!("the file cannot be reopened: {e}"))?;
         self.read_into(mem).map_err(|e| {
             self.log.close();
-            *mem = Mem {
-                next_seq,
-                ..Mem::default()
-            };
+            mem.clear();
             format!("the file cannot be reread: {e}")
         })
     }

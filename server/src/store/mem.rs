@@ -17,6 +17,15 @@ pub(super) struct Mem {
 }
 
 impl Mem {
+    /// Forgets every record, keeping the next sequence number (a number
+    /// once given out is never given again).
+    pub(super) fn clear(&mut self) {
+        *self = Mem {
+            next_seq: self.next_seq,
+            ..Mem::default()
+        };
+    }
+
     pub(super) fn insert(&mut self, seq: u64, s: Stored) {
         self.total_bytes += s.wire.len();
         match &s.header.kind {
