@@ -194,7 +194,27 @@ pub struct Deliver {
     pub sent_ms: u64,
 }
 
-impl Deliver {
+/// A `deliver` to encode, its fields borrowed: the router builds one per
+/// event from the parts of the `send` it decoded, without copying them.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliverRef<'a> {
+    /// See [`Deliver::from`].
+    pub from: &'a str,
+    /// See [`Deliver::id`].
+    pub id: u64,
+    /// See [`Deliver::event`].
+    pub event: &'a str,
+    /// See [`Deliver::data`]: one MessagePack value, as the sender encoded it.
+    pub data: &'a [u8],
+    /// See [`Deliver::persist_id`].
+    pub persist_id: Option<&'a str>,
+    /// See [`Deliver::reply_to`].
+    pub reply_to: Option<u64>,
+    /// See [`Deliver::sent_ms`].
+    pub sent_ms: u64,
+}
+
+impl DeliverRef<'_> {
     /// Encodes the delivery as the whole content of an event stream.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(80 + self.from.len() + self.event.len() + self.data.len());
@@ -202,12 +222,12 @@ impl Deliver {
         write::str(&mut out, "deliver");
         let fields = 5 + u32::from(self.persist_id.is_some()) + u32::from(self.reply_to.is_some());
         write::map_len(&mut out, fields);
-        write::str_field(&mut out, "from", &self.from);
+        write::str_field(&mut out, "from", self.from);
         write::uint_field(&mut out, "id", self.id);
-        write::str_field(&mut out, "event", &self.event);
+        write::str_field(&mut out, "event", self.event);
         write::str(&mut out, "data");
-        out.extend_from_slice(&self.data);
-        if let Some(p) = &self.persist_id {
+        out.extend_from_slice(self.data);
+        if let Some(p) = self.persist_id {
             write::str_field(&mut out, "persist_id", p);
         }
         if let Some(r) = self.reply_to {
@@ -215,6 +235,22 @@ impl Deliver {
         }
         write::uint_field(&mut out, "sent_ms", self.sent_ms);
         out
+    }
+}
+
+impl Deliver {
+    /// Encodes the delivery as the whole content of an event stream.
+    pub fn encode(&self) -> Vec<u8> {
+        DeliverRef {
+            from: &self.from,
+            id: self.id,
+            event: &self.event,
+            data: &self.data,
+            persist_id: self.persist_id.as_deref(),
+            reply_to: self.reply_to,
+            sent_ms: self.sent_ms,
+        }
+        .encode()
     }
 
     /// Decodes an event stream's content as a `deliver`. `data` shares `buf`.

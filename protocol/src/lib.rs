@@ -30,13 +30,14 @@ mod target;
 mod validate;
 
 pub use codec::{
-    decode_control, encode_frame, frame_len, split_frame, DecodeError, FRAME_HEADER_LEN,
-    MAX_FRAME_LEN,
+    append_frame, decode_control, encode_frame, frame_len, split_frame, DecodeError,
+    FRAME_HEADER_LEN, MAX_FRAME_LEN,
 };
 pub use codes::{AckCode, CloseCode, StreamCode};
 pub use credit::StreamCredit;
 pub use event::{
-    Deliver, Invalid, Send, SendDecodeError, DEFAULT_MAX_EVENT_BYTES, DELIVER_OVERHEAD, NIL,
+    Deliver, DeliverRef, Invalid, Send, SendDecodeError, DEFAULT_MAX_EVENT_BYTES, DELIVER_OVERHEAD,
+    NIL,
 };
 pub use glob::Glob;
 pub use message::{

@@ -5,10 +5,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use icom_protocol::{Ack, AckCode, Deliver, Persist, Send, Target};
+use icom_protocol::{Ack, AckCode, DeliverRef, Persist, Send, Target};
 use tracing::{debug, warn};
 
-use crate::clock::now_ms;
 use crate::config::Config;
 use crate::keep::Persistent;
 use crate::policy::{Request, Verdict};
@@ -49,8 +48,15 @@ pub(crate) struct Rest {
     absent: Vec<String>,
 }
 
-/// Routes one decoded send from `from` as far as it goes without waiting.
-pub(crate) fn route(shared: &Shared, config: &Config, from: &Arc<str>, send: Send) -> Routed {
+/// Routes one decoded send from `from`, accepted at `sent_ms` (Unix ms),
+/// as far as it goes without waiting.
+pub(crate) fn route(
+    shared: &Shared,
+    config: &Config,
+    from: &Arc<str>,
+    send: Send,
+    sent_ms: u64,
+) -> Routed {
     if let Err(e) = send.validate(&config.groups) {
         return Routed::Done(Ack::failed(send.id, AckCode::Invalid, e.to_string()));
     }
@@ -59,18 +65,23 @@ pub(crate) fn route(shared: &Shared, config: &Config, from: &Arc<str>, send: Sen
         Err(e) => return Routed::Done(Ack::failed(send.id, AckCode::Invalid, e.to_string())),
     };
     {
-        let recipients: Vec<&str> = resolved
-            .peers
-            .iter()
-            .map(|p| &*p.server_id)
-            .chain(
-                resolved
-                    .remote
-                    .iter()
-                    .flat_map(|(_, ids)| ids.iter().map(|i| &**i)),
-            )
-            .chain(resolved.offline.iter().map(String::as_str))
-            .collect();
+        // Listed only for a policy that reads them (no allocation else).
+        let recipients: Vec<&str> = if config.policy.reads_recipients() {
+            resolved
+                .peers
+                .iter()
+                .map(|p| &*p.server_id)
+                .chain(
+                    resolved
+                        .remote
+                        .iter()
+                        .flat_map(|(_, ids)| ids.iter().map(|i| &**i)),
+                )
+                .chain(resolved.offline.iter().map(String::as_str))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let request = Request {
             sender: from,
             event: &send.event,
@@ -88,7 +99,6 @@ pub(crate) fn route(shared: &Shared, config: &Config, from: &Arc<str>, send: Sen
             return Routed::Done(Ack::failed(send.id, AckCode::Forbidden, why));
         }
     }
-    let sent_ms = now_ms();
     let persist_id = match &send.persist {
         None => None,
         Some(Persist::Id(id)) => Some(id.clone()),
@@ -96,12 +106,12 @@ pub(crate) fn route(shared: &Shared, config: &Config, from: &Arc<str>, send: Sen
     };
     let expires_ms = send.ttl_ms.map(|t| sent_ms + u64::from(t));
     let wire = Bytes::from(
-        Deliver {
-            from: from.to_string(),
+        DeliverRef {
+            from,
             id: send.id,
-            event: send.event,
-            data: send.data,
-            persist_id: persist_id.clone(),
+            event: &send.event,
+            data: &send.data,
+            persist_id: persist_id.as_deref(),
             reply_to: send.reply_to,
             sent_ms,
         }

@@ -1,82 +1,228 @@
-//! One event stream from a client: read (at once when it is whole, as
-//! nearly all are), decoded, routed, and acked on the control stream.
+//! Event streams from a client: each read (at once when it is whole, as
+//! nearly all are), decoded, routed, and acked on the control stream; the
+//! streams a connection has ready at once are taken as one burst, their
+//! acks written together.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
-use icom_protocol::{Ack, AckCode, Control, EventBody, Send, StreamCode};
+use icom_protocol::{append_frame, Ack, AckCode, Control, EventBody, Send, StreamCode};
 use quinn::RecvStream;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::Notify;
 use tracing::{warn, Instrument};
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::connection::{read_event, read_event_now, EventRead};
 use crate::dispatch::{route, Rest, Routed};
 use crate::router::{frame, Peer};
 use crate::shared::Shared;
 
-/// A peer's event stream that is not done yet: counted while it lives,
-/// for the stream credit.
-pub(crate) struct OpenStream(Arc<AtomicU32>);
+/// A peer's event streams taken but not answered yet (their ack not
+/// queued for the control stream): counted for the stream credit, and
+/// bounded. QUIC's stream limit counts a stream only until it is read to
+/// its end; one whose ack waits (a client that does not read its control
+/// stream, a store that is slow) is counted here, and at the bound the
+/// router takes no more streams from the peer until some are answered,
+/// so the waiting work stays bounded.
+#[derive(Debug)]
+pub(crate) struct Unanswered {
+    count: AtomicU32,
+    max: u32,
+    room: Notify,
+}
 
-impl OpenStream {
-    pub(crate) fn new(open: &Arc<AtomicU32>) -> OpenStream {
-        open.fetch_add(1, Ordering::Relaxed);
-        OpenStream(open.clone())
+impl Unanswered {
+    /// At most `max` streams unanswered at once.
+    pub(crate) fn new(max: u32) -> Arc<Unanswered> {
+        Arc::new(Unanswered {
+            count: AtomicU32::new(0),
+            max: max.max(1),
+            room: Notify::new(),
+        })
+    }
+
+    /// How many are unanswered now.
+    pub(crate) fn count(&self) -> u32 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether another stream may be taken now.
+    pub(crate) fn has_room(&self) -> bool {
+        self.count() < self.max
+    }
+
+    /// Waits until another stream may be taken.
+    pub(crate) async fn room(&self) {
+        loop {
+            let freed = self.room.notified();
+            if self.has_room() {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// Counts one more stream until the returned guard is dropped.
+    pub(crate) fn hold(self: &Arc<Unanswered>) -> Held {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Held {
+            of: self.clone(),
+            n: 1,
+        }
     }
 }
 
-impl Drop for OpenStream {
+/// Streams counted in [`Unanswered`] while this lives.
+#[derive(Debug)]
+pub(crate) struct Held {
+    of: Arc<Unanswered>,
+    n: u32,
+}
+
+impl Held {
+    /// Takes over the streams `other` holds.
+    fn join(&mut self, mut other: Held) {
+        self.n += std::mem::take(&mut other.n);
+    }
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.n == 0 {
+            return;
+        }
+        let before = self.of.count.fetch_sub(self.n, Ordering::Relaxed);
+        if before >= self.of.max && before - self.n < self.of.max {
+            self.of.room.notify_one();
+        }
     }
 }
 
-/// Reads, routes and acks one event stream: at once when it is whole and
-/// routes without waiting, as nearly all do; else in a task of its own, so
-/// that one slow stream never holds up the others.
-pub(crate) fn take_event_stream(
-    shared: &Arc<Shared>,
-    peer: &Arc<Peer>,
-    mut recv: RecvStream,
-    open: OpenStream,
-) {
-    let config = shared.config();
-    let mut body = EventBody::new(config.limits.max_event_bytes);
-    if let Poll::Ready(read) = read_event_now(&mut recv, &mut body) {
-        match on_event(shared, peer, &config, &mut recv, read) {
-            Step::Answer(ack) => answer(shared, peer, ack, open),
-            Step::Wait(rest) => {
-                let (shared, peer) = (shared.clone(), peer.clone());
+/// The acks of a burst of event streams gathered into one write: this
+/// many bytes at most, so that one entry of the control queue stays small.
+const ACK_BATCH: usize = 1024;
+
+/// The event streams one connection has ready at once, taken one after
+/// the other: each is read, routed and answered at once when it is whole
+/// and routes without waiting, as nearly all do, else in a task of its
+/// own, so that one slow stream never holds up the others. The acks of
+/// those answered at once are queued together by [`Burst::answer`], and
+/// the events share one clock reading (`sent_ms`).
+pub(crate) struct Burst<'a> {
+    shared: &'a Arc<Shared>,
+    peer: &'a Arc<Peer>,
+    config: Arc<Config>,
+    sent_ms: u64,
+    acks: Vec<u8>,
+    /// The streams whose acks are in `acks`.
+    held: Option<Held>,
+    ok: u64,
+    delivered: u64,
+}
+
+impl<'a> Burst<'a> {
+    pub(crate) fn new(shared: &'a Arc<Shared>, peer: &'a Arc<Peer>) -> Burst<'a> {
+        Burst {
+            shared,
+            peer,
+            config: shared.config(),
+            sent_ms: now_ms(),
+            acks: Vec::new(),
+            held: None,
+            ok: 0,
+            delivered: 0,
+        }
+    }
+
+    /// Whether the burst should end here and its acks go out.
+    pub(crate) fn is_full(&self) -> bool {
+        self.acks.len() >= ACK_BATCH
+    }
+
+    /// Reads, routes and acks one event stream, `held` until answered.
+    pub(crate) fn take(&mut self, mut recv: RecvStream, held: Held) {
+        let (shared, peer, config) = (self.shared, self.peer, &self.config);
+        let mut body = EventBody::new(config.limits.max_event_bytes);
+        if let Poll::Ready(read) = read_event_now(&mut recv, &mut body) {
+            match on_event(shared, peer, config, &mut recv, read, self.sent_ms) {
+                Step::Answer(ack) => self.add(ack, held),
+                Step::Wait(rest) => {
+                    let (shared, peer) = (shared.clone(), peer.clone());
+                    tokio::spawn(
+                        async move {
+                            let ack = rest.finish(&shared).await;
+                            answer_later(&shared, &peer, ack).await;
+                            drop(held);
+                        }
+                        .in_current_span(),
+                    );
+                }
+                Step::Gone => {}
+            }
+            return;
+        }
+        let (shared, peer, config) = (shared.clone(), peer.clone(), config.clone());
+        tokio::spawn(
+            async move {
+                let read = read_event(&mut recv, body).await;
+                let ack = match on_event(&shared, &peer, &config, &mut recv, read, now_ms()) {
+                    Step::Answer(ack) => ack,
+                    Step::Wait(rest) => rest.finish(&shared).await,
+                    Step::Gone => return,
+                };
+                answer_later(&shared, &peer, ack).await;
+                drop(held);
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Adds an ack to the burst's.
+    fn add(&mut self, ack: Ack, held: Held) {
+        match &ack.error {
+            None => self.ok += 1,
+            Some(e) => self.shared.metrics.event_error(e.code.as_str()),
+        }
+        self.delivered += u64::from(ack.delivered);
+        append_frame(&mut self.acks, &Control::Ack(ack));
+        match &mut self.held {
+            Some(h) => h.join(held),
+            None => self.held = Some(held),
+        }
+    }
+
+    /// Queues the burst's acks for the control stream without waiting;
+    /// when the queue is full, a task waits for room, and the streams stay
+    /// unanswered meanwhile.
+    pub(crate) fn answer(self) {
+        let Some(held) = self.held else {
+            return;
+        };
+        let metrics = &self.shared.metrics;
+        metrics.events.inc_by(self.ok);
+        metrics.deliveries.inc_by(self.delivered);
+        // A buffer of its exact size becomes `Bytes` without a second
+        // allocation; shrinking it mostly stays in place (the allocator
+        // keeps a block that stays at least half used).
+        let acks = Bytes::from(self.acks.into_boxed_slice());
+        match self.peer.control.try_send(acks) {
+            Ok(()) | Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(acks)) => {
+                let peer = self.peer.clone();
                 tokio::spawn(
                     async move {
-                        let ack = rest.finish(&shared).await;
-                        answer_later(&shared, &peer, ack).await;
-                        drop(open);
+                        let _ = peer.control.send(acks).await;
+                        drop(held);
                     }
                     .in_current_span(),
                 );
             }
-            Step::Gone => {}
         }
-        return;
     }
-    let (shared, peer) = (shared.clone(), peer.clone());
-    tokio::spawn(
-        async move {
-            let read = read_event(&mut recv, body).await;
-            let ack = match on_event(&shared, &peer, &config, &mut recv, read) {
-                Step::Answer(ack) => ack,
-                Step::Wait(rest) => rest.finish(&shared).await,
-                Step::Gone => return,
-            };
-            answer_later(&shared, &peer, ack).await;
-            drop(open);
-        }
-        .in_current_span(),
-    );
 }
 
 /// What became of one event stream, once read.
@@ -97,11 +243,12 @@ fn on_event(
     config: &Config,
     recv: &mut RecvStream,
     read: EventRead,
+    sent_ms: u64,
 ) -> Step {
     let max = config.limits.max_event_bytes;
     match read {
         EventRead::Event(bytes) => match Send::decode(&bytes) {
-            Ok(send) => match route(shared, config, &peer.server_id, send) {
+            Ok(send) => match route(shared, config, &peer.server_id, send, sent_ms) {
                 Routed::Done(ack) => Step::Answer(ack),
                 Routed::Wait(rest) => Step::Wait(rest),
             },
@@ -138,8 +285,8 @@ fn on_event(
     }
 }
 
-/// Counts an event's ack into the metrics and frames it.
-fn ack_frame(shared: &Shared, ack: Ack) -> Bytes {
+/// Queues one ack for the control stream, waiting for room.
+async fn answer_later(shared: &Shared, peer: &Peer, ack: Ack) {
     match &ack.error {
         None => {
             shared.metrics.events.inc();
@@ -147,28 +294,5 @@ fn ack_frame(shared: &Shared, ack: Ack) -> Bytes {
         Some(e) => shared.metrics.event_error(e.code.as_str()),
     }
     shared.metrics.deliveries.inc_by(u64::from(ack.delivered));
-    frame(&Control::Ack(ack))
-}
-
-/// Queues an ack for the control stream without waiting; when the queue
-/// is full, a task waits for room (the stream stays counted meanwhile).
-fn answer(shared: &Shared, peer: &Arc<Peer>, ack: Ack, open: OpenStream) {
-    match peer.control.try_send(ack_frame(shared, ack)) {
-        Ok(()) | Err(TrySendError::Closed(_)) => {}
-        Err(TrySendError::Full(frame)) => {
-            let peer = peer.clone();
-            tokio::spawn(
-                async move {
-                    let _ = peer.control.send(frame).await;
-                    drop(open);
-                }
-                .in_current_span(),
-            );
-        }
-    }
-}
-
-/// Queues an ack for the control stream, waiting for room.
-async fn answer_later(shared: &Shared, peer: &Peer, ack: Ack) {
-    let _ = peer.control.send(ack_frame(shared, ack)).await;
+    let _ = peer.control.send(frame(&Control::Ack(ack))).await;
 }

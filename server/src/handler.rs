@@ -4,8 +4,10 @@
 //! [`crate::event`]), and the writer of outgoing deliveries. The frames
 //! themselves are read and written by [`crate::connection`].
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,7 +23,7 @@ use crate::clock::now_ms;
 use crate::connection::{
     close, send_event, write_control, write_event, ControlEnd, ControlReader, Written,
 };
-use crate::event::{take_event_stream, OpenStream};
+use crate::event::{Burst, Unanswered};
 use crate::outbound::Outbound;
 use crate::router::{frame, Peer};
 use crate::shared::Shared;
@@ -224,9 +226,12 @@ fn early_stream(uni: Result<RecvStream, quinn::ConnectionError>) -> String {
 ///
 /// The control stream is read by a task of its own, so that a frame half
 /// read when an event stream arrives is never lost, and so that accepting
-/// an event stream polls nothing else. Each event stream is read and
-/// routed right here when it arrived whole, as most do; only one still
-/// waiting for data gets a task of its own.
+/// an event stream polls nothing else. The event streams ready at once are
+/// taken as one burst: each is read and routed right here when it arrived
+/// whole, as most do (only one still waiting for data gets a task of its
+/// own), and their acks go out together. While `limits.max_streams`
+/// streams wait for their ack, no more are taken: the peer's further
+/// streams wait in QUIC, within its stream limit.
 async fn serve(shared: &Arc<Shared>, peer: &Arc<Peer>, ctrl: ControlReader) -> Ended {
     let mut control =
         tokio::spawn(read_control(shared.clone(), peer.clone(), ctrl).in_current_span());
@@ -235,22 +240,34 @@ async fn serve(shared: &Arc<Shared>, peer: &Arc<Peer>, ctrl: ControlReader) -> E
     tokio::pin!(closed, cancelled);
     let limits = shared.config().limits;
     let mut credit = StreamCredit::new(limits.initial_streams, limits.max_streams);
-    let open = Arc::new(AtomicU32::new(0));
+    let unanswered = Unanswered::new(limits.max_streams);
     let ended = loop {
         tokio::select! {
             biased;
-            stream = peer.conn.accept_uni() => match stream {
-                Ok(recv) => {
-                    let guard = OpenStream::new(&open);
-                    let now_open = open.load(Ordering::Relaxed);
-                    if let Some(limit) = credit.accepted(now_open, Instant::now, || peer.conn.rtt()) {
-                        debug!(limit, "more stream credit");
-                        peer.conn.set_max_concurrent_uni_streams(limit.into());
+            stream = peer.conn.accept_uni(), if unanswered.has_room() => match stream {
+                Ok(first) => {
+                    // Every stream ready now, one burst.
+                    let mut burst = Burst::new(shared, peer);
+                    let mut next = Some(first);
+                    while let Some(recv) = next {
+                        let held = unanswered.hold();
+                        let open = unanswered.count();
+                        if let Some(limit) = credit.accepted(open, Instant::now, || peer.conn.rtt()) {
+                            debug!(limit, "more stream credit");
+                            peer.conn.set_max_concurrent_uni_streams(limit.into());
+                        }
+                        burst.take(recv, held);
+                        next = if burst.is_full() || !unanswered.has_room() {
+                            None
+                        } else {
+                            accept_now(&peer.conn)
+                        };
                     }
-                    take_event_stream(shared, peer, recv, guard);
+                    burst.answer();
                 }
                 Err(e) => break Ended::Lost(e),
             },
+            () = unanswered.room(), if !unanswered.has_room() => {}
             ended = &mut control => {
                 break ended.unwrap_or_else(|e| Ended::Protocol(format!("the control task failed: {e}")));
             }
@@ -263,6 +280,16 @@ async fn serve(shared: &Arc<Shared>, peer: &Arc<Peer>, ctrl: ControlReader) -> E
     };
     control.abort();
     ended
+}
+
+/// The next event stream if one is ready now, without waiting.
+fn accept_now(conn: &quinn::Connection) -> Option<RecvStream> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match std::pin::pin!(conn.accept_uni()).poll(&mut cx) {
+        Poll::Ready(Ok(recv)) => Some(recv),
+        // An error comes again to the accept in `serve`'s loop.
+        Poll::Ready(Err(_)) | Poll::Pending => None,
+    }
 }
 
 /// Reads and answers control frames until the stream ends or breaks the

@@ -188,6 +188,12 @@ impl Policy {
         }
     }
 
+    /// Whether [`Policy::check`] reads a request's recipients: only the
+    /// whitelist does, so the router lists them only for it.
+    pub fn reads_recipients(&self) -> bool {
+        self.mode == Mode::Whitelist
+    }
+
     /// Whether `sender` may persist at all, and so may `forget`.
     pub fn may_persist(&self, sender: &str, groups: &Groups) -> bool {
         if self.is_trusted(sender) {
@@ -280,6 +286,40 @@ mod tests {
         events = ["global_alert"]
         persist = false
     "#;
+
+    /// The router lists recipients only for a policy that reads them: any
+    /// other decides the same with none listed.
+    #[test]
+    fn only_the_whitelist_reads_recipients() {
+        let g = groups();
+        let closed = policy("[policy]\nmode = \"closed\"\ntrusted = [\"root\"]\n");
+        let no_persist = policy("[policy]\nmode = \"open\"\npersist = false\n");
+        let wl = policy(WHITELIST);
+        assert!(wl.reads_recipients());
+        // Whether "report" from "x" is allowed depends on its recipients.
+        let req = |recipients| Request {
+            sender: "x",
+            event: "report",
+            recipients,
+            persist: false,
+        };
+        assert_eq!(wl.check(&req(&["hq"]), &g), Verdict::Allow);
+        assert_ne!(wl.check(&req(&["eu-1"]), &g), Verdict::Allow);
+        for p in [&Policy::open(), &closed, &no_persist] {
+            assert!(!p.reads_recipients());
+            for sender in ["x", "root"] {
+                for persist in [false, true] {
+                    let with = |recipients| Request {
+                        sender,
+                        event: "e",
+                        recipients,
+                        persist,
+                    };
+                    assert_eq!(p.check(&with(&["a", "b"]), &g), p.check(&with(&[]), &g));
+                }
+            }
+        }
+    }
 
     #[test]
     fn table() {

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use icom_protocol::{
-    encode_frame, lock, read, write, Ack, AckCode, AckError, CloseCode, Control, Groups, Presence,
-    Recipients, RosterEntry, MAX_ROSTER_PAGE,
+    encode_frame, lock, read, validate_server_id, write, Ack, AckCode, AckError, CloseCode,
+    Control, Groups, Presence, Recipients, RosterEntry, MAX_ROSTER_PAGE,
 };
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, warn};
@@ -332,23 +332,37 @@ impl Table {
     ) -> Result<Resolved, icom_protocol::TargetError> {
         let map = read(&self.peers);
         let mut out = Resolved::default();
+        // One named server, the most frequent target: no list of one.
+        if let icom_protocol::Target::Server(id) = to {
+            validate_server_id(id).map_err(icom_protocol::TargetError::BadServerId)?;
+            out.place(&map, id, true);
+            return Ok(out);
+        }
         let (ids, named) = match to.resolve(from, map.ids().map(|k| &**k), groups)? {
             Recipients::Named(ids) => (ids, true),
             Recipients::Connected(ids) => (ids, false),
         };
         for id in ids {
-            if let Some(peer) = map.local.get(id) {
-                out.peers.push(peer.clone());
-            } else if let Some((id, owner)) = map.remote.get_key_value(id) {
-                match out.remote.iter_mut().find(|(r, _)| *r == owner.router) {
-                    Some((_, ids)) => ids.push(id.clone()),
-                    None => out.remote.push((owner.router.clone(), vec![id.clone()])),
-                }
-            } else if named {
-                out.offline.push(id.to_owned());
-            }
+            out.place(&map, id, named);
         }
         Ok(out)
+    }
+}
+
+impl Resolved {
+    /// Adds server `id`: connected here, on another router, or (when it
+    /// was named) offline.
+    fn place(&mut self, map: &Members, id: &str, named: bool) {
+        if let Some(peer) = map.local.get(id) {
+            self.peers.push(peer.clone());
+        } else if let Some((id, owner)) = map.remote.get_key_value(id) {
+            match self.remote.iter_mut().find(|(r, _)| *r == owner.router) {
+                Some((_, ids)) => ids.push(id.clone()),
+                None => self.remote.push((owner.router.clone(), vec![id.clone()])),
+            }
+        } else if named {
+            self.offline.push(id.to_owned());
+        }
     }
 }
 

@@ -319,6 +319,78 @@ async fn acks_wait_for_a_client_that_reads_its_control_stream_late() {
     assert_eq!(acked, (1..=EVENTS).collect());
 }
 
+/// A client that sends events and never reads its control stream: once
+/// `limits.max_streams` of its streams wait for their ack, the router takes
+/// no more of them (the rest wait in QUIC, within the client's stream
+/// limit), so the work waiting on that client stays bounded. Once it
+/// reads, every event is routed and acked, each once.
+#[tokio::test]
+async fn a_client_that_never_reads_its_acks_is_held_at_the_stream_bound() {
+    const EVENTS: u64 = 5000;
+    const MAX_STREAMS: u32 = 1024;
+    let cluster = TestCluster::start_with(|c| {
+        c.limits.control_queue = 1;
+        c.limits.max_streams = MAX_STREAMS;
+    })
+    .await;
+    let issued = cluster.pki().client("deaf");
+    let mut transport = quinn::TransportConfig::default();
+    // Room for a few dozen acks on the control stream until it is read.
+    transport.stream_receive_window(1024u32.into());
+    let mut deaf = RawClient::connect_transport(
+        cluster.addr(),
+        client_crypto(cluster.pki(), Some(&issued)),
+        transport,
+    )
+    .await
+    .unwrap();
+    deaf.hello().await.unwrap();
+    let b = cluster.raw("b").await;
+    let conn = deaf.conn.clone();
+    let sender = tokio::spawn(async move {
+        for id in 1..=EVENTS {
+            let mut s = conn.open_uni().await.unwrap();
+            s.write_all(&send(id, Target::Server("b".into())).encode())
+                .await
+                .unwrap();
+            s.finish().unwrap();
+        }
+    });
+    // Routed until the router stops taking streams: no delivery for a
+    // second. The bound: the streams held unanswered, plus the acks in
+    // the control queue (one batch), in the writer's hand and in the
+    // stream's 1 KiB window, a few dozen each.
+    let mut routed = 0u64;
+    while let Ok(got) = tokio::time::timeout(std::time::Duration::from_secs(1), b.deliver()).await {
+        got.unwrap();
+        routed += 1;
+    }
+    eprintln!("{routed} of {EVENTS} events routed while the client read no acks");
+    assert!(
+        routed > 0 && routed <= u64::from(MAX_STREAMS) + 256,
+        "{routed} of {EVENTS} events routed to a client that reads no acks"
+    );
+    assert!(!sender.is_finished(), "every stream was taken");
+    let deliveries = async {
+        for _ in routed..EVENTS {
+            b.deliver().await.unwrap();
+        }
+    };
+    let acks = async {
+        let mut acked = std::collections::BTreeSet::new();
+        while acked.len() < EVENTS as usize {
+            if let icom_protocol::Control::Ack(a) = deaf.next_control().await.unwrap() {
+                assert!(a.ok, "{a:?}");
+                assert!(acked.insert(a.id), "ack {} twice", a.id);
+            }
+        }
+        acked
+    };
+    let ((), acked) = tokio::join!(deliveries, acks);
+    assert_eq!(acked, (1..=EVENTS).collect());
+    sender.await.unwrap();
+}
+
 /// An event stream that is not whole when the router accepts it (the
 /// sender pauses mid-event) is read to its end, routed and acked like any
 /// other; a persistent one too.
