@@ -108,10 +108,16 @@ impl Local {
     /// it shares with every writer waiting meanwhile (group commit). For
     /// the writes whose memory work is short: one record, or one per
     /// recipient.
-    async fn write<T>(
+    /// While the file is closed after a failed commit, the write would
+    /// reopen it first: that is file work, so it goes to
+    /// [`Local::blocking`].
+    async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Store) -> Result<T, StoreError>,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        if !self.store.is_open() {
+            return self.blocking(f).await;
+        }
         let (value, durable) = self.store.deferring(|| f(&self.store));
         let value = value?;
         durable.settled().await?;
@@ -190,5 +196,56 @@ impl Keep for Local {
 
     fn counts(&self) -> (usize, usize, usize) {
         self.store.counts()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    use std::thread::ThreadId;
+
+    use super::*;
+    use crate::store::tests::{flaky_store, wire};
+
+    fn event(id: &str) -> Persistent {
+        Persistent {
+            persist_id: id.into(),
+            target: Target::All,
+            from: "x".into(),
+            expires_ms: None,
+            wire: wire(id),
+        }
+    }
+
+    /// After a failed commit, the write that reopens the store's file does
+    /// it on a blocking thread, never on the runtime's.
+    #[tokio::test]
+    async fn the_reopen_after_a_failed_commit_is_off_the_runtime_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = Arc::new(AtomicBool::new(false));
+        let opened_on = Arc::new(Mutex::new(Vec::<ThreadId>::new()));
+        let record = opened_on.clone();
+        let store = flaky_store(dir.path(), broken.clone(), move || {
+            record.lock().unwrap().push(std::thread::current().id());
+        });
+        let keep = Local::new(Arc::new(store));
+        keep.persist(event("a")).await.unwrap();
+        broken.store(true, Ordering::SeqCst);
+        assert!(keep.persist(event("b")).await.is_err());
+        broken.store(false, Ordering::SeqCst);
+        keep.persist(event("c")).await.unwrap();
+        let opened_on = opened_on.lock().unwrap().clone();
+        let here = std::thread::current().id();
+        // Opened at the start (here), then reopened by the failed
+        // commit's leader (which failed: the disk was still broken), then
+        // by the next write, which found the file closed.
+        assert_eq!(opened_on.len(), 3, "{opened_on:?}");
+        assert_eq!(opened_on[0], here);
+        assert!(
+            opened_on[1..].iter().all(|t| *t != here),
+            "a reopen ran on the runtime's thread: {opened_on:?}"
+        );
+        assert!(keep.store.is_open());
     }
 }

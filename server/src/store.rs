@@ -431,6 +431,12 @@ impl Store {
         })
     }
 
+    /// Whether the file is open: false after a failed commit until a
+    /// reopen mends it. The next write then reopens it, which is file work.
+    pub(crate) fn is_open(&self) -> bool {
+        self.log.is_open()
+    }
+
     /// Whether a write may change `mem` now: after a failed commit that
     /// could not reopen the file, it is tried again here (at most every
     /// `retry`), before the write touches memory.
@@ -451,10 +457,10 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn limits() -> StoreLimits {
+    pub(crate) fn limits() -> StoreLimits {
         StoreLimits {
             max_bytes: 10_000,
             max_persistent: 3,
@@ -464,7 +470,7 @@ mod tests {
         }
     }
 
-    fn wire(s: &str) -> Bytes {
+    pub(crate) fn wire(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
@@ -671,14 +677,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_failed_commit_fails_its_writers_and_the_store_comes_back() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let dir = tempfile::tempdir().unwrap();
-        let broken = std::sync::Arc::new(AtomicBool::new(false));
-        let path = dir.path().join(STORE_FILE);
-        let flag = broken.clone();
+    /// A store in `dir` whose file fails while `broken` is set; `opened`
+    /// runs each time the file is opened (the first time too).
+    pub(crate) fn flaky_store(
+        dir: &Path,
+        broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        opened: impl Fn() + Send + Sync + 'static,
+    ) -> Store {
+        let path = dir.join(STORE_FILE);
         let open: Opener = Box::new(move || {
+            opened();
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -689,13 +697,21 @@ mod tests {
             let file = redb::backends::FileBackend::new(file).map_err(|e| e.to_string())?;
             let backend = Flaky {
                 file,
-                broken: flag.clone(),
+                broken: broken.clone(),
             };
             redb::Builder::new()
                 .create_with_backend(backend)
                 .map_err(|e| e.to_string())
         });
-        let s = Store::open_with(dir.path(), limits(), open, Duration::ZERO).unwrap();
+        Store::open_with(dir, limits(), open, Duration::ZERO).unwrap()
+    }
+
+    #[test]
+    fn a_failed_commit_fails_its_writers_and_the_store_comes_back() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let broken = std::sync::Arc::new(AtomicBool::new(false));
+        let s = flaky_store(dir.path(), broken.clone(), || {});
         s.persist("a", &Target::All, "x", None, wire("A")).unwrap();
 
         // The disk fails: the write is refused, memory is the file's again

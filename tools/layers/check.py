@@ -46,7 +46,7 @@ def imports(text: str) -> set[str]:
     return found
 
 
-TESTS_MOD = re.compile(r"#\[cfg\(test\)\]\s*(#\[[^\]]*\]\s*)*mod tests\b")
+TESTS_MOD = re.compile(r"#\[cfg\(test\)\]\s*(#\[[^\]]*\]\s*)*(pub\(crate\)\s+)?mod tests\b")
 
 
 def without_tests(text: str) -> str:
