@@ -16,6 +16,7 @@
 //! Persistent events and offline queues live in JetStream ([`Vault`]).
 //! docs/PROTOCOL.md §12 says what clients see of it.
 
+mod error;
 mod follow;
 mod forward;
 mod import;
@@ -28,6 +29,7 @@ mod vault;
 mod view;
 mod wire;
 
+pub use error::ClusterError;
 pub use import::{import_store, Imported};
 pub(crate) use vault::Vault;
 
@@ -62,19 +64,6 @@ const CHANGES_QUEUE: usize = 65_536;
 /// The least time between two moves of one identity from router to
 /// router.
 const TAKEOVER_HOLD: Duration = Duration::from_secs(1);
-
-/// Why the cluster link could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[error("cluster: {0}")]
-pub struct ClusterError(pub(crate) String);
-
-impl ClusterError {
-    /// Whether trying again cannot help: NATS too old, without JetStream,
-    /// with too few nodes for the replicas (not a timeout).
-    pub(crate) fn is_lasting(&self) -> bool {
-        !self.0.contains("timed out")
-    }
-}
 
 /// The routing space of a cluster on NATS.
 #[derive(Debug)]

@@ -44,16 +44,16 @@ pub async fn import_store(config: &Config, data_dir: &Path) -> Result<Imported, 
     let cfg = config
         .cluster
         .clone()
-        .ok_or_else(|| ClusterError("importing needs a [cluster] section (or --nats)".into()))?;
+        .ok_or_else(|| ClusterError::new("importing needs a [cluster] section (or --nats)"))?;
     let file = data_dir.join(STORE_FILE);
     if !file.is_file() {
-        return Err(ClusterError(format!(
+        return Err(ClusterError::new(format!(
             "no store to import: {} does not exist",
             file.display()
         )));
     }
     let store = Store::open(data_dir, config.store)
-        .map_err(|e| ClusterError(format!("{e} (is its router still running?)")))?;
+        .map_err(|e| ClusterError::new(format!("{e} (is its router still running?)")))?;
     let records = store.export(now_ms());
     drop(store);
     let gauge = Metrics::new().cluster.link_up.clone();
@@ -61,7 +61,7 @@ pub async fn import_store(config: &Config, data_dir: &Path) -> Result<Imported, 
     let started = Instant::now();
     while !link.up.load(Ordering::Acquire) {
         if started.elapsed() > cfg.connect_timeout.max(Duration::from_secs(1)) {
-            return Err(ClusterError(format!(
+            return Err(ClusterError::new(format!(
                 "NATS not reachable at {:?}",
                 cfg.urls
             )));
@@ -96,7 +96,7 @@ pub async fn import_store(config: &Config, data_dir: &Path) -> Result<Imported, 
             .publish(&tail, Bytes::from(encode(&record)), ttl)
             .await
             .map_err(|e| {
-                ClusterError(format!(
+                ClusterError::new(format!(
                     "record {seq}: {e} (copied before it: {} persistent, {} queued)",
                     done.persistent, done.queued
                 ))

@@ -43,7 +43,7 @@ pub(super) async fn connect(
         .iter()
         .map(|u| {
             u.parse::<ServerAddr>()
-                .map_err(|e| ClusterError(format!("cluster.urls: {u}: {e}")))
+                .map_err(|e| ClusterError::new(format!("cluster.urls: {u}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let up = Arc::new(AtomicBool::new(false));
@@ -82,7 +82,8 @@ pub(super) async fn connect(
             }
         });
     if let Some(tls) = &cfg.tls {
-        crate::tls::check_nats_files(tls).map_err(|e| ClusterError(format!("NATS TLS: {e}")))?;
+        crate::tls::check_nats_files(tls)
+            .map_err(|e| ClusterError::new(format!("NATS TLS: {e}")))?;
         options = options
             .require_tls(true)
             .add_root_certificates(tls.ca.clone())
@@ -91,7 +92,7 @@ pub(super) async fn connect(
     let client = options
         .connect(addrs)
         .await
-        .map_err(|e| ClusterError(format!("connecting to NATS: {e}")))?;
+        .map_err(|e| ClusterError::new(format!("connecting to NATS: {e}")))?;
     info!(urls = ?cfg.urls, "cluster: connecting to NATS");
     let started = Instant::now();
     while !up.load(Ordering::Acquire) && started.elapsed() < cfg.connect_timeout {

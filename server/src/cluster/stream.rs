@@ -1,5 +1,10 @@
 //! The JetStream stream of the cluster's store: its name, its byte
-//! limit, and the NATS versions that can hold it.
+//! limit, the NATS versions that can hold it, and what a failure to
+//! create it means.
+
+use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+
+use super::ClusterError;
 
 /// The oldest NATS server with per-message TTL.
 const MIN_NATS: (u64, u64) = (2, 11);
@@ -36,6 +41,30 @@ pub(crate) fn check_version(version: &str) -> Result<(), String> {
     }
 }
 
+/// The error of creating stream `stream` (or updating it), with a hint at
+/// what to change; a timeout may pass, anything else is lasting.
+pub(crate) fn create_error(e: &CreateStreamError, stream: &str, replicas: usize) -> ClusterError {
+    let text = e.to_string();
+    let hint = if text.contains("insufficient resources") || text.contains("replicas") {
+        format!(
+            " (cluster.store_replicas = {replicas}: NATS needs at least that many JetStream nodes)"
+        )
+    } else if ["not enabled", "no responders", "unavailable"]
+        .iter()
+        .any(|m| text.contains(m))
+    {
+        " (is JetStream enabled on the NATS servers?)".to_owned()
+    } else {
+        String::new()
+    };
+    let message = format!("creating the stream {stream}: {text}{hint}");
+    if e.kind() == CreateStreamErrorKind::TimedOut {
+        ClusterError::passing(message)
+    } else {
+        ClusterError::new(message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +79,29 @@ mod tests {
             assert!(e.contains("2.11 or newer"), "{e}");
         }
         assert_eq!(stream_name("community.eu"), "community_eu_store");
+    }
+
+    #[test]
+    fn only_a_timeout_creating_the_stream_may_pass() {
+        let e = create_error(
+            &CreateStreamError::new(CreateStreamErrorKind::TimedOut),
+            "icom_store",
+            3,
+        );
+        assert!(!e.is_lasting(), "{e}");
+        assert!(
+            e.to_string().contains("creating the stream icom_store"),
+            "{e}"
+        );
+        let e = create_error(
+            &CreateStreamError::new(CreateStreamErrorKind::JetStreamUnavailable),
+            "icom_store",
+            3,
+        );
+        assert!(e.is_lasting(), "{e}");
+        assert!(e.to_string().contains("is JetStream enabled"), "{e}");
+        // Lasting whatever its text says: the kind decides, not the words.
+        let e = ClusterError::new("the request timed out, and will again");
+        assert!(e.is_lasting());
     }
 }

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::mirror::{persistent_tail, queued_tail, Booked, Booking, Mirror};
-use super::stream::{check_version, stream_bytes, stream_name};
+use super::stream::{check_version, create_error, stream_bytes, stream_name};
 use super::ClusterError;
 use crate::clock::now_ms;
 use crate::config::{Cluster, Config};
@@ -137,7 +137,7 @@ impl Vault {
     /// # Errors
     /// [`ClusterError`] saying what to change.
     pub(super) async fn prepare(&self) -> Result<(), ClusterError> {
-        check_version(&self.js.client().server_info().version).map_err(ClusterError)?;
+        check_version(&self.js.client().server_info().version).map_err(ClusterError::new)?;
         let config = stream::Config {
             name: self.stream.clone(),
             description: Some("ICOM: persistent events and offline queues".into()),
@@ -155,23 +155,10 @@ impl Vault {
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         };
-        self.js.create_or_update_stream(config).await.map_err(|e| {
-            let e = e.to_string();
-            let hint = if e.contains("insufficient resources") || e.contains("replicas") {
-                format!(
-                    " (cluster.store_replicas = {}: NATS needs at least that many JetStream nodes)",
-                    self.replicas
-                )
-            } else if ["not enabled", "no responders", "unavailable"]
-                .iter()
-                .any(|m| e.contains(m))
-            {
-                " (is JetStream enabled on the NATS servers?)".to_owned()
-            } else {
-                String::new()
-            };
-            ClusterError(format!("creating the stream {}: {e}{hint}", self.stream))
-        })?;
+        self.js
+            .create_or_update_stream(config)
+            .await
+            .map_err(|e| create_error(&e, &self.stream, self.replicas))?;
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
