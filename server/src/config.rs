@@ -165,6 +165,8 @@ pub struct Limits {
     pub max_event_bytes: usize,
     /// Most connected clients at once.
     pub max_connections: usize,
+    /// Handshakes under way at once, at most.
+    pub max_handshakes: usize,
     /// Concurrent uni streams each client may open, at most.
     pub max_streams: u32,
     /// Concurrent uni streams each client may open at first.
@@ -258,6 +260,7 @@ impl Config {
         }
         for (name, v) in [
             ("limits.max_connections", u64::from(l.max_connections)),
+            ("limits.max_handshakes", u64::from(l.max_handshakes)),
             (
                 "limits.outbound_queue_events",
                 u64::from(l.outbound_queue_events),
@@ -333,6 +336,7 @@ impl Config {
             limits: Limits {
                 max_event_bytes: l.max_event_bytes as usize,
                 max_connections: l.max_connections as usize,
+                max_handshakes: l.max_handshakes as usize,
                 max_streams: l.max_streams,
                 initial_streams: l.initial_streams,
                 outbound_queue_events: l.outbound_queue_events as usize,

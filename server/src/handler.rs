@@ -31,10 +31,28 @@ use crate::tls::{is_revoked, peer_identity};
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
-/// Drives one accepted connection until it ends.
-pub(crate) async fn handle(shared: Arc<Shared>, connecting: quinn::Connecting) {
+/// How long a handshake holds its place among those under way
+/// (`limits.max_handshakes`, see [`crate::server`]) at most: one that takes
+/// longer (a lost client, or one that never finishes) goes on without it.
+const HANDSHAKE_SLOT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Drives one accepted connection until it ends; `slot` is its place
+/// among the handshakes under way, given back once the handshake is done
+/// or after [`HANDSHAKE_SLOT`].
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    connecting: quinn::Connecting,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
     let remote = connecting.remote_address();
-    let conn = match connecting.await {
+    let mut connecting = std::pin::pin!(connecting);
+    let done = tokio::time::timeout(HANDSHAKE_SLOT, connecting.as_mut()).await;
+    drop(slot);
+    let done = match done {
+        Ok(done) => done,
+        Err(_) => connecting.await,
+    };
+    let conn = match done {
         Ok(c) => c,
         Err(e) => {
             warn!(%remote, "handshake failed: {e}");

@@ -215,7 +215,19 @@ impl Server {
         let (persistent, queued, bytes) = self.shared.keep.counts();
         info!(addr = %self.local_addr, persistent, queued, bytes, "listening");
         self.shared.metrics.set_ready(true);
+        // Handshakes under way at once. A burst of connections (every
+        // game server back after a router restart, or failing over from a
+        // lost router) would otherwise interleave all their round trips and
+        // overflow the socket's buffer: several times as long, and some
+        // past the client's idle timeout. Past the limit, new connections
+        // wait in quinn's queue, unprocessed, for a slot.
+        let handshakes = Arc::new(Semaphore::new(config.limits.max_handshakes));
         loop {
+            let slot = tokio::select! {
+                s = handshakes.clone().acquire_owned() => s,
+                () = shutdown.cancelled() => break,
+            };
+            let Ok(slot) = slot else { break };
             let incoming = tokio::select! {
                 i = self.endpoint.accept() => i,
                 () = shutdown.cancelled() => break,
@@ -240,7 +252,7 @@ impl Server {
             };
             let shared = self.shared.clone();
             tracker.spawn(async move {
-                crate::handler::handle(shared, connecting).await;
+                crate::handler::handle(shared, connecting, slot).await;
                 drop(permit);
             });
         }

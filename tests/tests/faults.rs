@@ -263,6 +263,66 @@ async fn a_storm_over_the_connection_limit_is_refused_cleanly() {
     );
 }
 
+/// More handshakes at once than `limits.max_handshakes`: those past it
+/// wait their turn in QUIC's queue, and every one is welcomed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_past_max_handshakes_waits_its_turn_and_is_welcomed_whole() {
+    let cluster = TestCluster::start_with(|c| {
+        c.limits.max_connections = (STORM + 10) as u32;
+        c.limits.max_handshakes = 2;
+    })
+    .await;
+    let mut a = cluster.raw("a").await;
+    let b = cluster.raw("b").await;
+    let s = storm(&cluster, "s", STORM).await;
+    assert!(s.failed.is_empty(), "failed: {:?}", s.failed);
+    assert_eq!((s.welcomed.len(), s.refused), (STORM, 0));
+    assert_eq!(cluster.stats().connections, STORM + 2);
+    routes(&mut a, &b, 1).await;
+}
+
+/// A handshake that never finishes holds its place among the handshakes
+/// under way for a second at most: with `limits.max_handshakes = 1` and
+/// one half-open handshake, the next client is still welcomed, long
+/// before the half-open one's idle timeout (30 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_handshake_does_not_keep_the_others_waiting() {
+    let cluster = TestCluster::start_with(|c| {
+        c.limits.max_handshakes = 1;
+        c.transport.idle_timeout_secs = 30;
+        with_metrics(c);
+    })
+    .await;
+    let lossy = Impairment {
+        loss: 1.0,
+        ..Impairment::none()
+    };
+    let proxy = ImpairmentProxy::start(cluster.addr(), Impairment::none(), lossy)
+        .await
+        .unwrap();
+    let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let issued = cluster.pki().client("half");
+    let config = quinn::ClientConfig::new(client_crypto(cluster.pki(), Some(&issued)));
+    let _half_open = tokio::spawn(
+        endpoint
+            .connect_with(config, proxy.addr(), "localhost")
+            .unwrap(),
+    );
+    // The router answered its ClientHello: it holds the one slot.
+    assert!(eventually(|| proxy.stats().to_client.packets_in > 0).await);
+    proxy.pause();
+    let joined = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut a = cluster.raw("a").await;
+        let b = cluster.raw("b").await;
+        routes(&mut a, &b, 1).await;
+    })
+    .await;
+    assert!(
+        joined.is_ok(),
+        "the next clients waited for the half-open handshake"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_handshakes_hold_a_slot_only_until_the_idle_timeout() {
     const HALF_OPEN: usize = 3;

@@ -114,6 +114,9 @@ pub struct LimitsFile {
     pub max_event_bytes: u32,
     /// Most connected clients at once; past it new handshakes are refused.
     pub max_connections: u32,
+    /// Handshakes under way at once, at most; past it new connections
+    /// wait their turn in QUIC's queue.
+    pub max_handshakes: u32,
     /// Concurrent uni streams each client may open (at least 1024): the
     /// most its stream credit grows to.
     pub max_streams: u32,
@@ -231,6 +234,7 @@ impl Default for LimitsFile {
         LimitsFile {
             max_event_bytes: icom_protocol::DEFAULT_MAX_EVENT_BYTES as u32,
             max_connections: 1000,
+            max_handshakes: 64,
             max_streams: 16_384,
             initial_streams: 32,
             outbound_queue_events: 8192,
