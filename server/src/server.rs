@@ -217,10 +217,10 @@ impl Server {
         self.shared.metrics.set_ready(true);
         // Handshakes under way at once. A burst of connections (every
         // game server back after a router restart, or failing over from a
-        // lost router) would otherwise interleave all their round trips and
-        // overflow the socket's buffer: several times as long, and some
-        // past the client's idle timeout. Past the limit, new connections
-        // wait in quinn's queue, unprocessed, for a slot.
+        // lost router) would otherwise interleave all their round trips,
+        // each step of each waiting behind every other's: several times as
+        // long in all, and some past the client's idle timeout. Past the
+        // limit, new connections wait in quinn's queue, unprocessed.
         let handshakes = Arc::new(Semaphore::new(config.limits.max_handshakes));
         loop {
             let slot = tokio::select! {
