@@ -24,6 +24,7 @@ use crate::connection::{
     close, send_event, write_control, write_event, ControlEnd, ControlReader, Written,
 };
 use crate::event::{Burst, Unanswered};
+use crate::handshakes::Place;
 use crate::outbound::Outbound;
 use crate::router::{frame, Peer};
 use crate::shared::Shared;
@@ -31,27 +32,17 @@ use crate::tls::{is_revoked, peer_identity};
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
-/// How long a handshake holds its place among those under way
-/// (`limits.max_handshakes`, see [`crate::server`]) at most: one that takes
-/// longer (a lost client, or one that never finishes) goes on without it.
-const HANDSHAKE_SLOT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Drives one accepted connection until it ends; `slot` is its place
-/// among the handshakes under way, given back once the handshake is done
-/// or after [`HANDSHAKE_SLOT`].
-pub(crate) async fn handle(
-    shared: Arc<Shared>,
-    connecting: quinn::Connecting,
-    slot: tokio::sync::OwnedSemaphorePermit,
-) {
+/// Drives one accepted connection until it ends; `place` is its place
+/// among the handshakes under way, given up once the handshake is done or
+/// has held it long enough ([`Place::hold`]).
+pub(crate) async fn handle(shared: Arc<Shared>, connecting: quinn::Connecting, place: Place) {
     let remote = connecting.remote_address();
-    let mut connecting = std::pin::pin!(connecting);
-    let done = tokio::time::timeout(HANDSHAKE_SLOT, connecting.as_mut()).await;
-    drop(slot);
-    let done = match done {
-        Ok(done) => done,
-        Err(_) => connecting.await,
-    };
+    let done = place
+        .hold(std::pin::pin!(connecting), || {
+            debug!(%remote, "a handshake gave its place up unfinished");
+            shared.metrics.slow_handshakes.inc();
+        })
+        .await;
     let conn = match done {
         Ok(c) => c,
         Err(e) => {

@@ -14,6 +14,7 @@ pub mod dev;
 mod dispatch;
 mod event;
 mod handler;
+mod handshakes;
 mod keep;
 mod metrics;
 mod outbound;

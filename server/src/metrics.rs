@@ -44,6 +44,8 @@ pub(crate) struct Metrics {
     connections: Gauge,
     pub(crate) accepted: Counter,
     pub(crate) refused: Family<Reason, Counter>,
+    pub(crate) slow_handshakes: Counter,
+    pub(crate) handshake_retries: Counter,
     pub(crate) events: Counter,
     pub(crate) presence_batches: Counter,
     pub(crate) presence_messages: Counter,
@@ -90,6 +92,8 @@ impl Metrics {
             connections: Gauge::default(),
             accepted: Counter::default(),
             refused: Family::default(),
+            slow_handshakes: Counter::default(),
+            handshake_retries: Counter::default(),
             events: Counter::default(),
             presence_batches: Counter::default(),
             presence_messages: Counter::default(),
@@ -119,6 +123,16 @@ impl Metrics {
             "connections_refused",
             "Connections refused, by reason (limit, handshake, bad_identity, protocol, revoked, in_use)",
             m.refused.clone(),
+        );
+        registry.register(
+            "handshakes_slow",
+            "Handshakes that held their place among those under way past 1 s (lost clients, or Initials that never finish)",
+            m.slow_handshakes.clone(),
+        );
+        registry.register(
+            "handshake_retries",
+            "Connections sent a QUIC Retry: every handshake place taken, handshakes being abandoned, the address not yet validated",
+            m.handshake_retries.clone(),
         );
         registry.register(
             "presence_batches",

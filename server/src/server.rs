@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::Nats;
 use crate::config::{Config, ConfigError};
+use crate::handshakes::Handshakes;
 use crate::keep::{Keep, Local};
 use crate::metrics::Metrics;
 use crate::router::Table;
@@ -215,19 +216,8 @@ impl Server {
         let (persistent, queued, bytes) = self.shared.keep.counts();
         info!(addr = %self.local_addr, persistent, queued, bytes, "listening");
         self.shared.metrics.set_ready(true);
-        // Handshakes under way at once. A burst of connections (every
-        // game server back after a router restart, or failing over from a
-        // lost router) would otherwise interleave all their round trips,
-        // each step of each waiting behind every other's: several times as
-        // long in all, and some past the client's idle timeout. Past the
-        // limit, new connections wait in quinn's queue, unprocessed.
-        let handshakes = Arc::new(Semaphore::new(config.limits.max_handshakes));
+        let handshakes = Handshakes::new(config.limits.max_handshakes);
         loop {
-            let slot = tokio::select! {
-                s = handshakes.clone().acquire_owned() => s,
-                () = shutdown.cancelled() => break,
-            };
-            let Ok(slot) = slot else { break };
             let incoming = tokio::select! {
                 i = self.endpoint.accept() => i,
                 () = shutdown.cancelled() => break,
@@ -238,6 +228,27 @@ impl Server {
                 self.shared.metrics.refuse("limit");
                 incoming.refuse();
                 continue;
+            };
+            let place = match handshakes.try_take() {
+                Some(place) => place,
+                // Every place taken while handshakes are being abandoned:
+                // an address not yet validated proves itself first (a
+                // stateless Retry, nothing kept), so that spoofed Initials
+                // never wait for a place.
+                None if handshakes.wary() && incoming.may_retry() => {
+                    self.shared.metrics.handshake_retries.inc();
+                    debug!(remote = %incoming.remote_address(), "sent a Retry");
+                    if let Err(e) = incoming.retry() {
+                        debug!("retrying a connection failed: {e}");
+                    }
+                    continue;
+                }
+                // It waits its turn; the connections behind it wait in
+                // quinn's queue, unprocessed.
+                None => tokio::select! {
+                    place = handshakes.take() => place,
+                    () = shutdown.cancelled() => break,
+                },
             };
             let connecting = match incoming.accept() {
                 Ok(c) => c,
@@ -252,7 +263,7 @@ impl Server {
             };
             let shared = self.shared.clone();
             tracker.spawn(async move {
-                crate::handler::handle(shared, connecting, slot).await;
+                crate::handler::handle(shared, connecting, place).await;
                 drop(permit);
             });
         }

@@ -290,27 +290,9 @@ async fn a_half_open_handshake_does_not_keep_the_others_waiting() {
     let cluster = TestCluster::start_with(|c| {
         c.limits.max_handshakes = 1;
         c.transport.idle_timeout_secs = 30;
-        with_metrics(c);
     })
     .await;
-    let lossy = Impairment {
-        loss: 1.0,
-        ..Impairment::none()
-    };
-    let proxy = ImpairmentProxy::start(cluster.addr(), Impairment::none(), lossy)
-        .await
-        .unwrap();
-    let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-    let issued = cluster.pki().client("half");
-    let config = quinn::ClientConfig::new(client_crypto(cluster.pki(), Some(&issued)));
-    let _half_open = tokio::spawn(
-        endpoint
-            .connect_with(config, proxy.addr(), "localhost")
-            .unwrap(),
-    );
-    // The router answered its ClientHello: it holds the one slot.
-    assert!(eventually(|| proxy.stats().to_client.packets_in > 0).await);
-    proxy.pause();
+    let _half = half_open(&cluster, "half").await;
     let joined = tokio::time::timeout(Duration::from_secs(15), async {
         let mut a = cluster.raw("a").await;
         let b = cluster.raw("b").await;
@@ -320,6 +302,68 @@ async fn a_half_open_handshake_does_not_keep_the_others_waiting() {
     assert!(
         joined.is_ok(),
         "the next clients waited for the half-open handshake"
+    );
+}
+
+/// Starts a handshake through a proxy that loses everything the router
+/// answers, and waits until the router has answered it (it holds a place
+/// among the handshakes under way).
+async fn half_open(cluster: &TestCluster, name: &str) -> (ImpairmentProxy, quinn::Endpoint) {
+    let lossy = Impairment {
+        loss: 1.0,
+        ..Impairment::none()
+    };
+    let proxy = ImpairmentProxy::start(cluster.addr(), Impairment::none(), lossy)
+        .await
+        .unwrap();
+    let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let issued = cluster.pki().client(name);
+    let config = quinn::ClientConfig::new(client_crypto(cluster.pki(), Some(&issued)));
+    drop(tokio::spawn(
+        endpoint
+            .connect_with(config, proxy.addr(), "localhost")
+            .unwrap(),
+    ));
+    assert!(eventually(|| proxy.stats().to_client.packets_in > 0).await);
+    proxy.pause();
+    (proxy, endpoint)
+}
+
+/// Once a handshake has held its place past a second (as a flood of
+/// Initials from spoofed addresses would), the router is wary: while every
+/// place is taken, a new address must answer a QUIC Retry before it waits
+/// for a place. A real client does, and is welcomed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_handshakes_are_abandoned_a_new_address_is_sent_a_retry() {
+    let cluster = TestCluster::start_with(|c| {
+        c.limits.max_handshakes = 1;
+        c.transport.idle_timeout_secs = 30;
+        with_metrics(c);
+    })
+    .await;
+    let metric_now = |name: &'static str| {
+        let cluster = &cluster;
+        async move { counter(&cluster.http_get("/metrics").await.1, name) }
+    };
+    let _first = half_open(&cluster, "half1").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric_now("icom_handshakes_slow_total").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no slow handshake counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric_now("icom_handshake_retries_total").await, 0.0);
+    // Another one takes the place (for a second); the next address is
+    // sent a Retry, answers it, and waits its turn.
+    let _second = half_open(&cluster, "half2").await;
+    let mut a = cluster.raw("a").await;
+    let b = cluster.raw("b").await;
+    routes(&mut a, &b, 1).await;
+    assert!(
+        metric_now("icom_handshake_retries_total").await >= 1.0,
+        "no Retry while wary and full"
     );
 }
 
