@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use icom_protocol::{AckCode, Persist, Send, Target};
-use icom_tests::{eventually, RawClient, Routers};
+use icom_tests::{eventually, RawClient, Routers, WAIT};
 
 /// Sends to the offline server `late`, in turn, a persistent event (its
 /// own id) and a copy with a ttl, until the connection ends or `stop`;
@@ -131,12 +131,19 @@ async fn the_stream_leader_sigkilled_under_durable_load_loses_nothing_acked() {
         .expect("the store's stream has a leader");
     rs.nats.kill(leader);
     let at_kill = acked.lock().unwrap().len();
-    // Sends go on once another node leads the stream.
-    assert!(
-        eventually(|| acked.lock().unwrap().len() >= at_kill + 50).await,
-        "no sends acked after the leader died: {:?}",
-        refused.lock().unwrap()
-    );
+    // Sends go on once another node leads the stream. Electing it can take
+    // NATS several seconds on a loaded machine, and each send meanwhile
+    // waits out the store's 5 s timeout: a longer bound than WAIT (a CI
+    // run once saw two sends time out in WAIT).
+    let deadline = tokio::time::Instant::now() + 3 * WAIT;
+    while acked.lock().unwrap().len() < at_kill + 50 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no sends acked after the leader died: {:?}",
+            refused.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     stop.store(true, std::sync::atomic::Ordering::Release);
     task.await.unwrap();
     let acked: Vec<u64> = acked.lock().unwrap().clone();
@@ -147,7 +154,7 @@ async fn the_stream_leader_sigkilled_under_durable_load_loses_nothing_acked() {
         client_support::connect_with(client_support::config(rs.router(1), "late")).await;
     let mut got: Vec<u64> = Vec::new();
     let want: BTreeSet<u64> = acked.iter().copied().collect();
-    let all = tokio::time::timeout(icom_tests::WAIT, async {
+    let all = tokio::time::timeout(WAIT, async {
         while !want.iter().all(|id| got.contains(id)) {
             got.push(client_support::next_event(&mut events).await.id);
         }
