@@ -74,17 +74,14 @@ impl Handshakes {
         })
     }
 
-    /// Waits for a place.
-    pub(crate) async fn take(self: &Arc<Handshakes>) -> Place {
-        // The semaphore is never closed, so acquiring cannot fail.
-        let permit = match self.places.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => unreachable!("the handshake places are never closed"),
-        };
-        Place {
+    /// Waits for a place (`None` only if the places were closed, which
+    /// nothing does).
+    pub(crate) async fn take(self: &Arc<Handshakes>) -> Option<Place> {
+        let permit = self.places.clone().acquire_owned().await.ok()?;
+        Some(Place {
             _permit: permit,
             of: self.clone(),
-        }
+        })
     }
 
     /// Whether most handshakes of the current window held their places

@@ -245,10 +245,14 @@ impl Server {
                 }
                 // It waits its turn; the connections behind it wait in
                 // quinn's queue, unprocessed.
-                None => tokio::select! {
-                    place = handshakes.take() => place,
-                    () = shutdown.cancelled() => break,
-                },
+                None => {
+                    let place = tokio::select! {
+                        place = handshakes.take() => place,
+                        () = shutdown.cancelled() => None,
+                    };
+                    let Some(place) = place else { break };
+                    place
+                }
             };
             let connecting = match incoming.accept() {
                 Ok(c) => c,

@@ -305,17 +305,22 @@ async fn a_half_open_handshake_does_not_keep_the_others_waiting() {
     );
 }
 
-/// Starts a handshake through a proxy that loses everything the router
-/// answers, and waits until the router has answered it (it holds a place
-/// among the handshakes under way).
-async fn half_open(cluster: &TestCluster, name: &str) -> (ImpairmentProxy, quinn::Endpoint) {
+/// A proxy to the router that loses everything the router answers.
+async fn lossy_proxy(cluster: &TestCluster) -> ImpairmentProxy {
     let lossy = Impairment {
         loss: 1.0,
         ..Impairment::none()
     };
-    let proxy = ImpairmentProxy::start(cluster.addr(), Impairment::none(), lossy)
+    ImpairmentProxy::start(cluster.addr(), Impairment::none(), lossy)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Starts a handshake through a proxy that loses everything the router
+/// answers, and waits until the router has answered it (it holds a place
+/// among the handshakes under way).
+async fn half_open(cluster: &TestCluster, name: &str) -> (ImpairmentProxy, quinn::Endpoint) {
+    let proxy = lossy_proxy(cluster).await;
     let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
     let issued = cluster.pki().client(name);
     let config = quinn::ClientConfig::new(client_crypto(cluster.pki(), Some(&issued)));
@@ -384,13 +389,7 @@ async fn half_open_handshakes_hold_a_slot_only_until_the_idle_timeout() {
     let mut proxies = Vec::new();
     let mut pending = Vec::new();
     for i in 0..HALF_OPEN {
-        let lossy = Impairment {
-            loss: 1.0,
-            ..Impairment::none()
-        };
-        let proxy = ImpairmentProxy::start(cluster.addr(), Impairment::none(), lossy)
-            .await
-            .unwrap();
+        let proxy = lossy_proxy(&cluster).await;
         let issued = cluster.pki().client(&format!("half{i}"));
         let config = quinn::ClientConfig::new(client_crypto(cluster.pki(), Some(&issued)));
         let connecting = endpoint

@@ -280,6 +280,23 @@ async fn a_recipient_that_never_reads_congests_within_the_bound() {
     assert_eq!(b.deliver().await.unwrap().id, 999);
 }
 
+/// A client `name`, welcomed, whose control stream has room for a few
+/// dozen acks until it is read.
+async fn slow_reader(cluster: &TestCluster, name: &str) -> RawClient {
+    let issued = cluster.pki().client(name);
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(1024u32.into());
+    let mut c = RawClient::connect_transport(
+        cluster.addr(),
+        client_crypto(cluster.pki(), Some(&issued)),
+        transport,
+    )
+    .await
+    .unwrap();
+    c.hello().await.unwrap();
+    c
+}
+
 /// A client that reads its control stream late: its acks wait in the
 /// router (the control queue full, the stream's flow control shut), and
 /// every one arrives once it reads.
@@ -287,18 +304,7 @@ async fn a_recipient_that_never_reads_congests_within_the_bound() {
 async fn acks_wait_for_a_client_that_reads_its_control_stream_late() {
     const EVENTS: u64 = 300;
     let cluster = TestCluster::start_with(|c| c.limits.control_queue = 1).await;
-    let issued = cluster.pki().client("slow");
-    let mut transport = quinn::TransportConfig::default();
-    // Room for a few dozen acks on the control stream until it is read.
-    transport.stream_receive_window(1024u32.into());
-    let mut slow = RawClient::connect_transport(
-        cluster.addr(),
-        client_crypto(cluster.pki(), Some(&issued)),
-        transport,
-    )
-    .await
-    .unwrap();
-    slow.hello().await.unwrap();
+    let mut slow = slow_reader(&cluster, "slow").await;
     let b = cluster.raw("b").await;
     for id in 1..=EVENTS {
         slow.send_event_bytes(&send(id, Target::Server("b".into())).encode())
@@ -333,18 +339,7 @@ async fn a_client_that_never_reads_its_acks_is_held_at_the_stream_bound() {
         c.limits.max_streams = MAX_STREAMS;
     })
     .await;
-    let issued = cluster.pki().client("deaf");
-    let mut transport = quinn::TransportConfig::default();
-    // Room for a few dozen acks on the control stream until it is read.
-    transport.stream_receive_window(1024u32.into());
-    let mut deaf = RawClient::connect_transport(
-        cluster.addr(),
-        client_crypto(cluster.pki(), Some(&issued)),
-        transport,
-    )
-    .await
-    .unwrap();
-    deaf.hello().await.unwrap();
+    let mut deaf = slow_reader(&cluster, "deaf").await;
     let b = cluster.raw("b").await;
     let conn = deaf.conn.clone();
     let sender = tokio::spawn(async move {
