@@ -1,24 +1,43 @@
 //! `send`: whatever `Send::decode` accepts re-encodes (`encode`) to bytes that
 //! decode to an equal send, canonically; `peek_id` never panics and agrees
 //! with the decoder (the id of a success, the id carried by an error); the
-//! payload is shared with the input, not copied; validation and resolution
-//! of a decoded send agree and never panic.
+//! payload is shared with the input, not copied; the borrowed decode the
+//! router uses (`SendRef`) agrees with the owned one, field for field and
+//! error for error; validation and resolution of a decoded send agree and
+//! never panic.
 #![no_main]
 
 use bytes::Bytes;
-use icom_protocol::{Send, NIL};
+use icom_protocol::{Send, SendRef, NIL};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let buf = Bytes::copy_from_slice(data);
     let peek = Send::peek_id(data);
+    let borrowed = SendRef::decode(data);
     let send = match Send::decode(&buf) {
         Ok(send) => send,
         Err(e) => {
             assert_eq!(peek, e.id, "peek_id and the error's id disagree: {e}");
+            assert_eq!(borrowed.err(), Some(e), "the borrowed decode disagrees");
             return;
         }
     };
+    let r = borrowed.expect("the borrowed decode failed where the owned one did not");
+    assert_eq!(
+        (r.id, r.to.to_target(), r.event, r.data, &r.persist, r.ttl_ms, r.reply_to),
+        (
+            send.id,
+            send.to.clone(),
+            send.event.as_str(),
+            &send.data[..],
+            &send.persist,
+            send.ttl_ms,
+            send.reply_to
+        ),
+        "the borrowed decode disagrees"
+    );
+    assert_eq!(r.validate(&icom_fuzz::groups()), send.validate(&icom_fuzz::groups()));
     assert_eq!(peek, Some(send.id), "peek_id and decode disagree");
 
     // `data` is a slice of the input (zero-copy), or nil when absent.

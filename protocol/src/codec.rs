@@ -43,16 +43,20 @@ fn append_ack(out: &mut Vec<u8>, ack: &Ack) {
     let persist = ack.persist_id.as_deref();
     out.reserve(64 + persist.map_or(0, str::len));
     out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
-    write::map_len(out, 1);
-    write::str(out, "ack");
+    // The message's name and the keys as their MessagePack bytes (fixstr).
+    out.extend_from_slice(b"\x81\xa3ack");
     write::map_len(out, 4 + u32::from(persist.is_some()));
-    write::uint_field(out, "id", ack.id);
-    write::str(out, "ok");
+    out.extend_from_slice(b"\xa2id");
+    write::uint(out, ack.id);
+    out.extend_from_slice(b"\xa2ok");
     out.push(if ack.ok { 0xc3 } else { 0xc2 });
-    write::uint_field(out, "delivered", u64::from(ack.delivered));
-    write::uint_field(out, "queued", u64::from(ack.queued));
+    out.extend_from_slice(b"\xa9delivered");
+    write::uint(out, u64::from(ack.delivered));
+    out.extend_from_slice(b"\xa6queued");
+    write::uint(out, u64::from(ack.queued));
     if let Some(p) = persist {
-        write::str_field(out, "persist_id", p);
+        out.extend_from_slice(b"\xaapersist_id");
+        write::str(out, p);
     }
 }
 

@@ -9,7 +9,7 @@ use crate::codec::{open_message, DecodeError};
 use crate::codes::AckCode;
 use crate::message::Persist;
 use crate::msgpack::{write, Reader};
-use crate::target::{Groups, Target};
+use crate::target::{Groups, Target, TargetRef};
 use crate::validate::{validate_event_name, validate_persist_id};
 
 /// The default and usual `max_event_bytes`: the largest encoded `send`.
@@ -102,15 +102,83 @@ impl Send {
     /// # Errors
     /// [`SendDecodeError`] with the id if it came before the fault.
     pub fn decode(buf: &Bytes) -> Result<Send, SendDecodeError> {
-        let mut id = None;
-        decode_send(buf, &mut id).map_err(|error| SendDecodeError { id, error })
+        let send = SendRef::decode(buf)?;
+        let data = match send.data_at.clone() {
+            Some(range) => buf.slice(range),
+            None => Bytes::from_static(NIL),
+        };
+        Ok(Send {
+            id: send.id,
+            to: send.to.to_target(),
+            event: send.event.to_owned(),
+            data,
+            persist: send.persist,
+            ttl_ms: send.ttl_ms,
+            reply_to: send.reply_to,
+        })
     }
 
     /// Reads only as far as the id: for the ack of a stream cut off for size.
     pub fn peek_id(prefix: &[u8]) -> Option<u64> {
         let mut id = None;
-        let _ = decode_send(&Bytes::copy_from_slice(prefix), &mut id);
+        let _ = decode_send(prefix, &mut id);
         id
+    }
+
+    /// The send with its fields borrowed.
+    pub fn as_ref(&self) -> SendRef<'_> {
+        SendRef {
+            id: self.id,
+            to: self.to.as_ref(),
+            event: &self.event,
+            data: &self.data,
+            data_at: None,
+            persist: self.persist.clone(),
+            ttl_ms: self.ttl_ms,
+            reply_to: self.reply_to,
+        }
+    }
+
+    /// See [`SendRef::validate`].
+    ///
+    /// # Errors
+    /// As [`SendRef::validate`].
+    pub fn validate(&self, groups: &Groups) -> Result<(), Invalid> {
+        self.as_ref().validate(groups)
+    }
+}
+
+/// A `send` whose names and payload borrow the bytes it was decoded from:
+/// the router decodes each event stream into one without copying the
+/// event's name, its target's names or its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRef<'a> {
+    /// See [`Send::id`].
+    pub id: u64,
+    /// See [`Send::to`].
+    pub to: TargetRef<'a>,
+    /// See [`Send::event`].
+    pub event: &'a str,
+    /// See [`Send::data`]: one MessagePack value, as the sender encoded it.
+    pub data: &'a [u8],
+    /// Where `data` is in the decoded buffer (none when it was absent).
+    data_at: Option<std::ops::Range<usize>>,
+    /// See [`Send::persist`].
+    pub persist: Option<Persist>,
+    /// See [`Send::ttl_ms`].
+    pub ttl_ms: Option<u32>,
+    /// See [`Send::reply_to`].
+    pub reply_to: Option<u64>,
+}
+
+impl<'a> SendRef<'a> {
+    /// Decodes an event stream's content as a `send`, borrowing from `buf`.
+    ///
+    /// # Errors
+    /// [`SendDecodeError`] with the id if it came before the fault.
+    pub fn decode(buf: &'a [u8]) -> Result<SendRef<'a>, SendDecodeError> {
+        let mut id = None;
+        decode_send(buf, &mut id).map_err(|error| SendDecodeError { id, error })
     }
 
     /// Checks the rules of docs/PROTOCOL.md §3 and §4 that make a send `invalid`.
@@ -124,7 +192,7 @@ impl Send {
         if self.ttl_ms == Some(0) {
             return Err(Invalid("ttl_ms must be at least 1".into()));
         }
-        validate_event_name(&self.event).map_err(|e| Invalid(e.to_string()))?;
+        validate_event_name(self.event).map_err(|e| Invalid(e.to_string()))?;
         if let Some(Persist::Id(p)) = &self.persist {
             validate_persist_id(p).map_err(|e| Invalid(e.to_string()))?;
         }
@@ -132,10 +200,10 @@ impl Send {
     }
 }
 
-fn decode_send(buf: &Bytes, id_out: &mut Option<u64>) -> Result<Send, DecodeError> {
+fn decode_send<'a>(buf: &'a [u8], id_out: &mut Option<u64>) -> Result<SendRef<'a>, DecodeError> {
     let mut r = Reader::new(buf);
     let fields = open_message(&mut r, "send")?;
-    let (mut to, mut event, mut data) = (None, None, None);
+    let (mut to, mut event, mut data_at) = (None, None, None);
     let (mut persist, mut ttl_ms, mut reply_to) = (None, None, None);
     for _ in 0..fields {
         let key = r.str_bytes()?;
@@ -148,11 +216,8 @@ fn decode_send(buf: &Bytes, id_out: &mut Option<u64>) -> Result<Send, DecodeErro
                 *id_out = Some(v);
             }
             b"to" => to = Some(decode_target(&mut r)?),
-            b"event" => event = Some(r.str()?.to_owned()),
-            b"data" => {
-                let range = r.skip_value()?;
-                data = Some(buf.slice(range));
-            }
+            b"event" => event = Some(r.str()?),
+            b"data" => data_at = Some(r.skip_value()?),
             b"persist" => persist = Some(decode_persist(&mut r)?),
             b"ttl_ms" => ttl_ms = Some(r.u32()?),
             b"reply_to" => reply_to = Some(r.uint()?),
@@ -164,11 +229,12 @@ fn decode_send(buf: &Bytes, id_out: &mut Option<u64>) -> Result<Send, DecodeErro
     if r.remaining() != 0 {
         return Err(DecodeError::TrailingBytes(r.remaining()));
     }
-    Ok(Send {
+    Ok(SendRef {
         id: id_out.ok_or(DecodeError::MissingField("id"))?,
         to: to.ok_or(DecodeError::MissingField("to"))?,
         event: event.ok_or(DecodeError::MissingField("event"))?,
-        data: data.unwrap_or_else(|| Bytes::from_static(NIL)),
+        data: data_at.clone().map_or(NIL, |range| &buf[range]),
+        data_at,
         persist,
         ttl_ms,
         reply_to,
@@ -217,23 +283,31 @@ pub struct DeliverRef<'a> {
 impl DeliverRef<'_> {
     /// Encodes the delivery as the whole content of an event stream.
     pub fn encode(&self) -> Vec<u8> {
+        // The router encodes one per event: the message's name and the
+        // keys are written as their MessagePack bytes (fixstr), not encoded
+        // each time. The golden tests hold the bytes.
         let mut out = Vec::with_capacity(80 + self.from.len() + self.event.len() + self.data.len());
-        write::map_len(&mut out, 1);
-        write::str(&mut out, "deliver");
+        out.extend_from_slice(b"\x81\xa7deliver");
         let fields = 5 + u32::from(self.persist_id.is_some()) + u32::from(self.reply_to.is_some());
         write::map_len(&mut out, fields);
-        write::str_field(&mut out, "from", self.from);
-        write::uint_field(&mut out, "id", self.id);
-        write::str_field(&mut out, "event", self.event);
-        write::str(&mut out, "data");
+        out.extend_from_slice(b"\xa4from");
+        write::str(&mut out, self.from);
+        out.extend_from_slice(b"\xa2id");
+        write::uint(&mut out, self.id);
+        out.extend_from_slice(b"\xa5event");
+        write::str(&mut out, self.event);
+        out.extend_from_slice(b"\xa4data");
         out.extend_from_slice(self.data);
         if let Some(p) = self.persist_id {
-            write::str_field(&mut out, "persist_id", p);
+            out.extend_from_slice(b"\xaapersist_id");
+            write::str(&mut out, p);
         }
         if let Some(r) = self.reply_to {
-            write::uint_field(&mut out, "reply_to", r);
+            out.extend_from_slice(b"\xa8reply_to");
+            write::uint(&mut out, r);
         }
-        write::uint_field(&mut out, "sent_ms", self.sent_ms);
+        out.extend_from_slice(b"\xa7sent_ms");
+        write::uint(&mut out, self.sent_ms);
         out
     }
 }
@@ -325,34 +399,35 @@ pub(crate) fn encode_target(out: &mut Vec<u8>, t: &Target) {
     }
 }
 
-fn decode_target(r: &mut Reader<'_>) -> Result<Target, DecodeError> {
+fn decode_target<'a>(r: &mut Reader<'a>) -> Result<TargetRef<'a>, DecodeError> {
     const SHAPE: DecodeError = DecodeError::WrongType {
         expected: "a target",
         found: "something else",
     };
     if r.at_str() {
         return match r.str()? {
-            "all" => Ok(Target::All),
-            "everyone" => Ok(Target::Everyone),
+            "all" => Ok(TargetRef::All),
+            "everyone" => Ok(TargetRef::Everyone),
             _ => Err(SHAPE),
         };
     }
     if r.map_len()? != 1 {
         return Err(SHAPE);
     }
-    let strings = |r: &mut Reader<'_>| -> Result<Vec<String>, DecodeError> {
+    let strings = |r: &mut Reader<'a>| -> Result<Vec<&'a str>, DecodeError> {
         let n = r.array_len()?;
         let mut v = Vec::with_capacity(n.min(1024));
         for _ in 0..n {
-            v.push(r.str()?.to_owned());
+            v.push(r.str()?);
         }
         Ok(v)
     };
-    match r.str()? {
-        "server" => Ok(Target::Server(r.str()?.to_owned())),
-        "group" => Ok(Target::Group(r.str()?.to_owned())),
-        "servers" => Ok(Target::Servers(strings(r)?)),
-        "except" => Ok(Target::Except(strings(r)?)),
+    // The kind is only compared with the known ones: its bytes, unchecked.
+    match r.str_bytes()? {
+        b"server" => Ok(TargetRef::Server(r.str()?)),
+        b"group" => Ok(TargetRef::Group(r.str()?)),
+        b"servers" => Ok(TargetRef::Servers(strings(r)?)),
+        b"except" => Ok(TargetRef::Except(strings(r)?)),
         _ => Err(SHAPE),
     }
 }

@@ -36,8 +36,8 @@ pub use codec::{
 pub use codes::{AckCode, CloseCode, StreamCode};
 pub use credit::StreamCredit;
 pub use event::{
-    Deliver, DeliverRef, Invalid, Send, SendDecodeError, DEFAULT_MAX_EVENT_BYTES, DELIVER_OVERHEAD,
-    NIL,
+    Deliver, DeliverRef, Invalid, Send, SendDecodeError, SendRef, DEFAULT_MAX_EVENT_BYTES,
+    DELIVER_OVERHEAD, NIL,
 };
 pub use glob::Glob;
 pub use message::{
@@ -47,7 +47,7 @@ pub use message::{
 pub use msgpack::MAX_DEPTH;
 pub use stream::{EventBody, FrameBuffer, TooLong};
 pub use sync::{lock, read, write};
-pub use target::{Groups, Recipients, Target, TargetError};
+pub use target::{Groups, Recipients, Target, TargetError, TargetRef};
 pub use validate::{
     validate_event_name, validate_persist_id, validate_server_id, NameError, MAX_EVENT_NAME_LEN,
     MAX_PERSIST_ID_LEN, MAX_SERVER_ID_LEN,

@@ -160,6 +160,11 @@ impl<'a> Reader<'a> {
     /// returns the byte range it took.
     pub(crate) fn skip_value(&mut self) -> Result<std::ops::Range<usize>, DecodeError> {
         let start = self.pos;
+        if !matches!(self.peek()?, 0x80..=0x9f | 0xdc..=0xdf) {
+            // Not a map or an array: no stack to set up.
+            self.skip_scalar()?;
+            return Ok(start..self.pos);
+        }
         // Items still to read at each open level; the bottom is the value itself.
         let mut stack = [0usize; MAX_DEPTH + 1];
         let mut depth = 0usize;

@@ -114,35 +114,58 @@ impl Groups {
     }
 }
 
+/// A [`Target`] whose names borrow the bytes it was decoded from: the
+/// router resolves each `send`'s target without copying a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetRef<'a> {
+    /// See [`Target::Server`].
+    Server(&'a str),
+    /// See [`Target::Servers`].
+    Servers(Vec<&'a str>),
+    /// See [`Target::Group`].
+    Group(&'a str),
+    /// See [`Target::All`].
+    All,
+    /// See [`Target::Everyone`].
+    Everyone,
+    /// See [`Target::Except`].
+    Except(Vec<&'a str>),
+}
+
 impl Target {
+    /// The target with its names borrowed.
+    pub fn as_ref(&self) -> TargetRef<'_> {
+        fn list(ids: &[String]) -> Vec<&str> {
+            ids.iter().map(String::as_str).collect()
+        }
+        match self {
+            Target::Server(id) => TargetRef::Server(id),
+            Target::Servers(ids) => TargetRef::Servers(list(ids)),
+            Target::Group(g) => TargetRef::Group(g),
+            Target::All => TargetRef::All,
+            Target::Everyone => TargetRef::Everyone,
+            Target::Except(ids) => TargetRef::Except(list(ids)),
+        }
+    }
+
     /// Whether the target names servers (`server`, `servers`), as opposed to
     /// selecting among connected ones.
     pub fn is_named(&self) -> bool {
         matches!(self, Target::Server(_) | Target::Servers(_))
     }
 
-    /// Checks what can be checked without knowing who is connected.
+    /// See [`TargetRef::validate`].
     ///
     /// # Errors
-    /// [`TargetError`] for an empty `servers` list, an unknown group or a
-    /// named server id that cannot exist.
+    /// As [`TargetRef::validate`].
     pub fn validate(&self, groups: &Groups) -> Result<(), TargetError> {
-        match self {
-            Target::Server(id) => validate_server_id(id).map_err(TargetError::BadServerId),
-            Target::Servers(ids) if ids.is_empty() => Err(TargetError::EmptyServers),
-            Target::Servers(ids) => ids
-                .iter()
-                .try_for_each(|id| validate_server_id(id).map_err(TargetError::BadServerId)),
-            Target::Group(g) if !groups.exists(g) => Err(TargetError::UnknownGroup(g.clone())),
-            Target::Group(_) | Target::All | Target::Everyone | Target::Except(_) => Ok(()),
-        }
+        self.as_ref().validate(groups)
     }
 
-    /// Resolves the target for `sender`, given every connected identity (the
-    /// sender among them) and the groups.
+    /// See [`TargetRef::resolve`].
     ///
     /// # Errors
-    /// As [`Target::validate`].
+    /// As [`TargetRef::validate`].
     pub fn resolve<'a, I>(
         &'a self,
         sender: &str,
@@ -152,17 +175,83 @@ impl Target {
     where
         I: IntoIterator<Item = &'a str>,
     {
+        self.as_ref().resolve(sender, connected, groups)
+    }
+
+    /// Whether the target includes `server` when `sender` sent it: for a
+    /// stored persistent event, whether a server that connects now gets it.
+    pub fn includes(&self, server: &str, sender: &str, groups: &Groups) -> bool {
+        // The lists directly: a stored event's target is checked for every
+        // server that connects, without building a borrowed list each time.
+        match self {
+            Target::Servers(ids) => ids.iter().any(|id| id == server),
+            Target::Except(ids) => server != sender && !ids.iter().any(|id| id == server),
+            _ => self.as_ref().includes(server, sender, groups),
+        }
+    }
+}
+
+impl<'a> TargetRef<'a> {
+    /// The target with its names copied.
+    pub fn to_target(&self) -> Target {
+        let list = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect();
+        match self {
+            TargetRef::Server(id) => Target::Server((*id).to_owned()),
+            TargetRef::Servers(ids) => Target::Servers(list(ids)),
+            TargetRef::Group(g) => Target::Group((*g).to_owned()),
+            TargetRef::All => Target::All,
+            TargetRef::Everyone => Target::Everyone,
+            TargetRef::Except(ids) => Target::Except(list(ids)),
+        }
+    }
+
+    /// Whether the target names servers (`server`, `servers`), as opposed to
+    /// selecting among connected ones.
+    pub fn is_named(&self) -> bool {
+        matches!(self, TargetRef::Server(_) | TargetRef::Servers(_))
+    }
+
+    /// Checks what can be checked without knowing who is connected.
+    ///
+    /// # Errors
+    /// [`TargetError`] for an empty `servers` list, an unknown group or a
+    /// named server id that cannot exist.
+    pub fn validate(&self, groups: &Groups) -> Result<(), TargetError> {
+        match self {
+            TargetRef::Server(id) => validate_server_id(id).map_err(TargetError::BadServerId),
+            TargetRef::Servers(ids) if ids.is_empty() => Err(TargetError::EmptyServers),
+            TargetRef::Servers(ids) => ids
+                .iter()
+                .try_for_each(|id| validate_server_id(id).map_err(TargetError::BadServerId)),
+            TargetRef::Group(g) if !groups.exists(g) => {
+                Err(TargetError::UnknownGroup((*g).to_owned()))
+            }
+            TargetRef::Group(_) | TargetRef::All | TargetRef::Everyone | TargetRef::Except(_) => {
+                Ok(())
+            }
+        }
+    }
+
+    /// Resolves the target for `sender`, given every connected identity (the
+    /// sender among them) and the groups.
+    ///
+    /// # Errors
+    /// As [`TargetRef::validate`].
+    pub fn resolve<I>(
+        &self,
+        sender: &str,
+        connected: I,
+        groups: &Groups,
+    ) -> Result<Recipients<'a>, TargetError>
+    where
+        I: IntoIterator<Item = &'a str>,
+    {
         self.validate(groups)?;
         Ok(match self {
-            Target::Server(id) => Recipients::Named(vec![id.as_str()]),
-            Target::Servers(ids) => {
+            TargetRef::Server(id) => Recipients::Named(vec![*id]),
+            TargetRef::Servers(ids) => {
                 let mut seen = BTreeSet::new();
-                Recipients::Named(
-                    ids.iter()
-                        .map(String::as_str)
-                        .filter(|id| seen.insert(*id))
-                        .collect(),
-                )
+                Recipients::Named(ids.iter().copied().filter(|id| seen.insert(*id)).collect())
             }
             _ => Recipients::Connected(
                 connected
@@ -173,23 +262,22 @@ impl Target {
         })
     }
 
-    /// Whether the target includes `server` when `sender` sent it: for a
-    /// stored persistent event, whether a server that connects now gets it.
+    /// See [`Target::includes`].
     pub fn includes(&self, server: &str, sender: &str, groups: &Groups) -> bool {
         match self {
-            Target::Server(id) => id == server,
-            Target::Servers(ids) => ids.iter().any(|id| id == server),
+            TargetRef::Server(id) => *id == server,
+            TargetRef::Servers(ids) => ids.contains(&server),
             _ => self.selects(server, sender, groups),
         }
     }
 
     fn selects(&self, server: &str, sender: &str, groups: &Groups) -> bool {
         match self {
-            Target::Server(_) | Target::Servers(_) => self.includes(server, sender, groups),
-            Target::Group(g) => server != sender && groups.contains(g, server) == Some(true),
-            Target::All => server != sender,
-            Target::Everyone => true,
-            Target::Except(ids) => server != sender && !ids.iter().any(|id| id == server),
+            TargetRef::Server(_) | TargetRef::Servers(_) => self.includes(server, sender, groups),
+            TargetRef::Group(g) => server != sender && groups.contains(g, server) == Some(true),
+            TargetRef::All => server != sender,
+            TargetRef::Everyone => true,
+            TargetRef::Except(ids) => server != sender && !ids.contains(&server),
         }
     }
 }

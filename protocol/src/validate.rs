@@ -67,6 +67,12 @@ pub fn validate_server_id(id: &str) -> Result<(), NameError> {
             rule: RULE,
         });
     }
+    // Bytes first (every allowed character is one byte); the character
+    // is decoded only to name it in the error.
+    let allowed = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    if id.as_bytes().iter().all(allowed) {
+        return Ok(());
+    }
     if let Some(ch) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
         return Err(NameError::BadChar {
             what: WHAT,
@@ -105,6 +111,11 @@ fn validate_label(s: &str, what: &'static str, max: usize) -> Result<(), NameErr
             max,
         });
     }
+    // ASCII (nearly every name) is checked by the byte; the control
+    // characters beyond it (U+0080 to U+009F) need the characters.
+    if s.is_ascii() && !s.bytes().any(|b| b.is_ascii_control()) {
+        return Ok(());
+    }
     if let Some(ch) = s.chars().find(|c| c.is_control()) {
         return Err(NameError::BadChar {
             what,
@@ -138,6 +149,11 @@ mod tests {
                 "{bad:?}"
             );
         }
+        // The error names the character, not a byte of it.
+        assert!(matches!(
+            validate_server_id("eu-é1"),
+            Err(NameError::BadChar { ch: 'é', .. })
+        ));
     }
 
     #[test]
@@ -149,6 +165,8 @@ mod tests {
         assert!(validate_event_name("").is_err());
         assert!(validate_event_name("a\u{7}b").is_err());
         assert!(validate_event_name("a\u{85}b").is_err());
+        assert!(validate_event_name("a\u{7f}b").is_err());
+        assert!(validate_event_name("tab\there").is_err());
         assert!(validate_persist_id(&"p".repeat(129)).is_err());
     }
 }

@@ -291,6 +291,20 @@ fn deliver_matches_section_8() {
         ..d
     };
     assert_eq!(Deliver::decode(&Bytes::from(full.encode())).unwrap(), full);
+
+    // Byte for byte, in the field order of section 8.
+    let small = Deliver {
+        from: "a".into(),
+        id: 1,
+        event: "e".into(),
+        data: Bytes::from_static(&[0xc0]),
+        persist_id: Some("p".into()),
+        reply_to: Some(3),
+        sent_ms: 5,
+    };
+    let mut want = b"\x81\xa7deliver\x87\xa4from\xa1a\xa2id\x01\xa5event\xa1e".to_vec();
+    want.extend_from_slice(b"\xa4data\xc0\xaapersist_id\xa1p\xa8reply_to\x03\xa7sent_ms\x05");
+    assert_eq!(small.encode(), want);
 }
 
 #[test]

@@ -6,8 +6,8 @@
 
 use bytes::Bytes;
 use icom_protocol::{
-    decode_control, frame_len, split_frame, Control, DecodeError, Deliver, Groups, Ping, Send,
-    Target, MAX_DEPTH, MAX_FRAME_LEN,
+    decode_control, frame_len, split_frame, Control, DecodeError, Deliver, Groups, Persist, Ping,
+    Send, SendRef, Target, TargetRef, MAX_DEPTH, MAX_FRAME_LEN,
 };
 use serde_json::{json, Value};
 
@@ -291,4 +291,55 @@ fn semantic_checks_give_invalid() {
     for s in bad {
         assert!(s.validate(&groups).is_err(), "{s:?}");
     }
+}
+
+/// The router decodes each `send` as a `SendRef`: the same fields as the
+/// owned decode, its names and payload pointing into the stream's bytes.
+#[test]
+fn the_borrowed_decode_is_the_owned_one_without_copies() {
+    let targets = [
+        Target::Server("b".into()),
+        Target::Servers(vec!["a".into(), "b".into(), "a".into()]),
+        Target::Group("eu".into()),
+        Target::All,
+        Target::Everyone,
+        Target::Except(vec!["c".into()]),
+    ];
+    for (i, to) in targets.into_iter().enumerate() {
+        let send = Send {
+            id: 5 + i as u64,
+            to,
+            event: "hit".into(),
+            data: Bytes::from_static(&[0x92, 0x01, 0xa1, b'x']),
+            persist: (i % 2 == 0).then_some(Persist::Id("p-1".into())),
+            ttl_ms: Some(900),
+            reply_to: Some(3),
+        };
+        let bytes = send.encode();
+        let within = |p: *const u8| bytes.as_ptr_range().contains(&p);
+        let r = SendRef::decode(&bytes).unwrap();
+        assert_eq!(
+            (r.id, r.to.to_target(), r.event, r.data),
+            (send.id, send.to.clone(), "hit", &send.data[..])
+        );
+        assert_eq!(
+            (&r.persist, r.ttl_ms, r.reply_to),
+            (&send.persist, Some(900), Some(3))
+        );
+        assert!(within(r.event.as_ptr()) && within(r.data.as_ptr()));
+        match &r.to {
+            TargetRef::Server(id) | TargetRef::Group(id) => assert!(within(id.as_ptr())),
+            TargetRef::Servers(ids) | TargetRef::Except(ids) => {
+                assert!(ids.iter().all(|id| within(id.as_ptr())));
+            }
+            TargetRef::All | TargetRef::Everyone => {}
+        }
+        assert_eq!(Send::decode(&Bytes::from(bytes.clone())).unwrap(), send);
+    }
+    // Absent data is nil, in both.
+    let bytes = mp(&json!({"send": {"id": 1, "to": "all", "event": "e"}}));
+    assert_eq!(SendRef::decode(&bytes).unwrap().data, &[0xc0]);
+    // Errors carry the id read before the fault, as the owned decode's.
+    let bad = mp(&json!({"send": {"id": 4, "to": {"server": 7}, "event": "e"}}));
+    assert_eq!(SendRef::decode(&bad).unwrap_err().id, Some(4));
 }

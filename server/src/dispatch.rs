@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use icom_protocol::{Ack, AckCode, DeliverRef, Persist, Send, Target};
+use icom_protocol::{Ack, AckCode, DeliverRef, Persist, SendRef};
 use tracing::{debug, warn};
 
 use crate::config::Config;
@@ -54,7 +54,7 @@ pub(crate) fn route(
     shared: &Shared,
     config: &Config,
     from: &Arc<str>,
-    send: Send,
+    send: SendRef<'_>,
     sent_ms: u64,
 ) -> Routed {
     if let Err(e) = send.validate(&config.groups) {
@@ -84,7 +84,7 @@ pub(crate) fn route(
         };
         let request = Request {
             sender: from,
-            event: &send.event,
+            event: send.event,
             recipients: &recipients,
             persist: send.persist.is_some(),
         };
@@ -109,15 +109,15 @@ pub(crate) fn route(
         DeliverRef {
             from,
             id: send.id,
-            event: &send.event,
-            data: &send.data,
+            event: send.event,
+            data: send.data,
             persist_id: persist_id.as_deref(),
             reply_to: send.reply_to,
             sent_ms,
         }
         .encode(),
     );
-    let named = matches!(send.to, Target::Server(_) | Target::Servers(_));
+    let named = send.to.is_named();
     let mut rest = Rest {
         from: from.clone(),
         tally: Tally::new(send.id),
@@ -128,7 +128,7 @@ pub(crate) fn route(
         // meanwhile finds it in its replay.
         store: persist_id.map(|pid| Persistent {
             persist_id: pid,
-            target: send.to,
+            target: send.to.to_target(),
             from: from.to_string(),
             expires_ms,
             wire: wire.clone(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
-use icom_protocol::{append_frame, Ack, AckCode, Control, EventBody, Send, StreamCode};
+use icom_protocol::{append_frame, Ack, AckCode, Control, EventBody, Send, SendRef, StreamCode};
 use quinn::RecvStream;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::Notify;
@@ -106,6 +106,9 @@ impl Drop for Held {
 /// many bytes at most, so that one entry of the control queue stays small.
 const ACK_BATCH: usize = 1024;
 
+/// A burst's ack buffer to begin with: a dozen acks or so.
+const ACK_ROOM: usize = 256;
+
 /// The event streams one connection has ready at once, taken one after
 /// the other: each is read, routed and answered at once when it is whole
 /// and routes without waiting, as nearly all do, else in a task of its
@@ -131,7 +134,8 @@ impl<'a> Burst<'a> {
             peer,
             config: shared.config(),
             sent_ms: now_ms(),
-            acks: Vec::new(),
+            // Room for a typical burst's acks without growing.
+            acks: Vec::with_capacity(ACK_ROOM),
             held: None,
             ok: 0,
             delivered: 0,
@@ -247,7 +251,7 @@ fn on_event(
 ) -> Step {
     let max = config.limits.max_event_bytes;
     match read {
-        EventRead::Event(bytes) => match Send::decode(&bytes) {
+        EventRead::Event(bytes) => match SendRef::decode(&bytes) {
             Ok(send) => match route(shared, config, &peer.server_id, send, sent_ms) {
                 Routed::Done(ack) => Step::Answer(ack),
                 Routed::Wait(rest) => Step::Wait(rest),

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use icom_protocol::{
-    encode_frame, lock, read, validate_server_id, write, Ack, AckCode, AckError, CloseCode,
-    Control, Groups, Presence, Recipients, RosterEntry, MAX_ROSTER_PAGE,
+    encode_frame, lock, read, write, Ack, AckCode, AckError, CloseCode, Control, Groups, Presence,
+    Recipients, RosterEntry, MAX_ROSTER_PAGE,
 };
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, warn};
@@ -320,21 +320,21 @@ impl Table {
 
     /// Resolves a send's target to the peers it reaches here, the servers
     /// it reaches on other routers (by router), and the named servers that
-    /// are offline.
+    /// are offline. The send has passed [`icom_protocol::SendRef::validate`]:
+    /// a single named server is not checked again.
     ///
     /// # Errors
     /// The target's error (the send is `invalid`).
     pub(crate) fn resolve(
         &self,
         from: &str,
-        to: &icom_protocol::Target,
+        to: &icom_protocol::TargetRef<'_>,
         groups: &Groups,
     ) -> Result<Resolved, icom_protocol::TargetError> {
         let map = read(&self.peers);
         let mut out = Resolved::default();
         // One named server, the most frequent target: no list of one.
-        if let icom_protocol::Target::Server(id) = to {
-            validate_server_id(id).map_err(icom_protocol::TargetError::BadServerId)?;
+        if let icom_protocol::TargetRef::Server(id) = to {
             out.place(&map, id, true);
             return Ok(out);
         }
