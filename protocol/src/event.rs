@@ -151,7 +151,7 @@ impl Send {
 /// A `send` whose names and payload borrow the bytes it was decoded from:
 /// the router decodes each event stream into one without copying the
 /// event's name, its target's names or its payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SendRef<'a> {
     /// See [`Send::id`].
     pub id: u64,
