@@ -25,7 +25,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let r = borrowed.expect("the borrowed decode failed where the owned one did not");
     assert_eq!(
-        (r.id, r.to.to_target(), r.event, r.data, &r.persist, r.ttl_ms, r.reply_to),
+        (
+            r.id,
+            r.to.to_target(),
+            r.event,
+            r.data,
+            &r.persist,
+            r.ttl_ms,
+            r.reply_to
+        ),
         (
             send.id,
             send.to.clone(),
@@ -37,7 +45,6 @@ fuzz_target!(|data: &[u8]| {
         ),
         "the borrowed decode disagrees"
     );
-    assert_eq!(r.validate(&icom_fuzz::groups()), send.validate(&icom_fuzz::groups()));
     assert_eq!(peek, Some(send.id), "peek_id and decode disagree");
 
     // `data` is a slice of the input (zero-copy), or nil when absent.

@@ -62,7 +62,9 @@ pub fn check_resolution(target: &Target) {
     let groups = groups();
     let valid = target.validate(&groups);
     for sender in SENDERS {
-        let resolved = target.resolve(sender, CONNECTED.iter().copied(), &groups);
+        let resolved = target
+            .as_ref()
+            .resolve(sender, CONNECTED.iter().copied(), &groups);
         match (&valid, resolved) {
             (Err(v), Err(r)) => assert_eq!(*v, r, "validate and resolve disagree"),
             (Ok(()), Err(r)) => panic!("validate accepted {target:?}, resolve refused: {r}"),

@@ -162,22 +162,6 @@ impl Target {
         self.as_ref().validate(groups)
     }
 
-    /// See [`TargetRef::resolve`].
-    ///
-    /// # Errors
-    /// As [`TargetRef::validate`].
-    pub fn resolve<'a, I>(
-        &'a self,
-        sender: &str,
-        connected: I,
-        groups: &Groups,
-    ) -> Result<Recipients<'a>, TargetError>
-    where
-        I: IntoIterator<Item = &'a str>,
-    {
-        self.as_ref().resolve(sender, connected, groups)
-    }
-
     /// Whether the target includes `server` when `sender` sent it: for a
     /// stored persistent event, whether a server that connects now gets it.
     pub fn includes(&self, server: &str, sender: &str, groups: &Groups) -> bool {
@@ -298,7 +282,7 @@ mod tests {
     fn resolve(t: &Target, sender: &str) -> Result<Recipients<'static>, TargetError> {
         // The test target outlives the call: leak it for a 'static borrow.
         let t: &'static Target = Box::leak(Box::new(t.clone()));
-        t.resolve(sender, CONNECTED, &groups())
+        t.as_ref().resolve(sender, CONNECTED, &groups())
     }
 
     #[test]
