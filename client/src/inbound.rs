@@ -14,7 +14,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
-use icom_protocol::{Deliver, StreamCode, StreamCredit, DELIVER_OVERHEAD};
+use icom_protocol::{Deliver, EventBody, StreamCode, StreamCredit, DELIVER_OVERHEAD};
 use quinn::{ReadError, RecvStream, VarInt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -121,31 +121,24 @@ fn read_event(mut stream: RecvStream, limit: usize) -> Pin<Box<dyn Future<Output
 }
 
 /// Reads a stream to its end, in order. The usual delivery, one chunk, is
-/// kept as it came, without a copy. (`RecvStream::read_to_end` reads out
-/// of order, which makes QUIC copy the stream's data into a new buffer,
-/// then copies it again into a `Vec`.)
+/// kept as it came, without a copy, and read with its end under one lock of
+/// the connection (a read that empties the stream sees that it ended).
+/// (`RecvStream::read_to_end` reads out of order, which makes QUIC copy the
+/// stream's data into a new buffer, then copies it again into a `Vec`.)
 async fn read_all(stream: &mut RecvStream, limit: usize) -> Read {
-    let mut first: Option<Bytes> = None;
-    let mut rest: Vec<u8> = Vec::new();
-    let mut len = 0usize;
+    const READ_CHUNKS: usize = 4;
+    let mut body = EventBody::new(limit);
+    let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
     loop {
-        match stream.read_chunk(limit + 1 - len, true).await {
-            Ok(Some(chunk)) => {
-                len += chunk.bytes.len();
-                if len > limit {
-                    return Err(ReadFailure::TooLong);
-                }
-                match first.take() {
-                    None if rest.is_empty() => first = Some(chunk.bytes),
-                    prev => {
-                        if let Some(p) = prev {
-                            rest.extend_from_slice(&p);
-                        }
-                        rest.extend_from_slice(&chunk.bytes);
+        match stream.read_chunks(&mut chunks).await {
+            Ok(Some(n)) => {
+                for chunk in &mut chunks[..n.min(READ_CHUNKS)] {
+                    if body.push(std::mem::take(chunk)).is_err() {
+                        return Err(ReadFailure::TooLong);
                     }
                 }
             }
-            Ok(None) => return Ok(first.unwrap_or_else(|| Bytes::from(rest))),
+            Ok(None) => return Ok(body.finish()),
             Err(e) => return Err(ReadFailure::Broken(e)),
         }
     }

@@ -93,7 +93,6 @@ impl FrameBuffer {
 /// use icom_protocol::EventBody;
 ///
 /// let mut body = EventBody::new(8);
-/// assert_eq!(body.room(), 9);
 /// body.push(Bytes::from_static(b"abcd")).unwrap();
 /// body.push(Bytes::from_static(b"ef")).unwrap();
 /// assert_eq!(body.finish(), Bytes::from_static(b"abcdef"));
@@ -129,12 +128,6 @@ impl EventBody {
             len: 0,
             max,
         }
-    }
-
-    /// How many bytes to ask the transport for next: one more than the
-    /// limit allows, so that a stream one byte too long is seen as such.
-    pub fn room(&self) -> usize {
-        (self.max + 1).saturating_sub(self.len)
     }
 
     /// Takes the next chunk, in stream order.
@@ -264,7 +257,6 @@ mod tests {
         let chunk = Bytes::from(vec![7u8; 100]);
         let mut body = EventBody::new(100);
         body.push(chunk.clone()).unwrap();
-        assert_eq!(body.room(), 1);
         let out = body.finish();
         assert_eq!(out.as_ptr(), chunk.as_ptr());
     }
@@ -275,7 +267,6 @@ mod tests {
         for part in [&b"ab"[..], b"", b"cde", b"f"] {
             body.push(Bytes::copy_from_slice(part)).unwrap();
         }
-        assert_eq!(body.room(), 5);
         assert_eq!(body.finish(), Bytes::from_static(b"abcdef"));
     }
 
@@ -284,9 +275,7 @@ mod tests {
         let mut body = EventBody::new(4);
         body.push(Bytes::from_static(b"ab")).unwrap();
         body.push(Bytes::from_static(b"cd")).unwrap();
-        assert_eq!(body.room(), 1);
         assert_eq!(body.push(Bytes::from_static(b"e")), Err(TooLong { max: 4 }));
-        assert_eq!(body.room(), 0);
         assert_eq!(body.into_prefix(), b"abcde");
     }
 

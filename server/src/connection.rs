@@ -140,6 +140,12 @@ pub(crate) enum EventRead {
     Failed(Vec<u8>, ReadError),
 }
 
+/// How many chunks one read of an event stream takes from quinn. A read
+/// that empties the stream also sees its end, so an event that came in one
+/// packet is read under one lock of the connection; reading chunk by chunk
+/// takes a second lock only to learn that the stream ended.
+const READ_CHUNKS: usize = 4;
+
 /// Reads what `recv` holds of an event stream now, without waiting: the
 /// stream's end when it came (most streams are whole when accepted), else
 /// `Pending` with the bytes so far in `body`, for [`read_event`]. The
@@ -148,14 +154,15 @@ pub(crate) enum EventRead {
 /// data twice.)
 pub(crate) fn read_event_now(recv: &mut RecvStream, body: &mut EventBody) -> Poll<EventRead> {
     let mut cx = Context::from_waker(Waker::noop());
+    let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
     loop {
         // Pending leaves a no-op waker with quinn: the task that then
         // calls `read_event` registers its own.
-        let chunk = std::pin::pin!(recv.read_chunk(body.room(), true)).poll(&mut cx);
-        match chunk {
+        let read = std::pin::pin!(recv.read_chunks(&mut chunks)).poll(&mut cx);
+        match read {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(read) => {
-                if let Some(done) = take_chunk(body, read) {
+                if let Some(done) = take_chunks(body, read, &mut chunks) {
                     return Poll::Ready(done);
                 }
             }
@@ -165,25 +172,31 @@ pub(crate) fn read_event_now(recv: &mut RecvStream, body: &mut EventBody) -> Pol
 
 /// Reads the rest of an event stream begun by [`read_event_now`].
 pub(crate) async fn read_event(recv: &mut RecvStream, mut body: EventBody) -> EventRead {
+    let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
     loop {
-        let read = recv.read_chunk(body.room(), true).await;
-        if let Some(done) = take_chunk(&mut body, read) {
+        let read = recv.read_chunks(&mut chunks).await;
+        if let Some(done) = take_chunks(&mut body, read, &mut chunks) {
             return done;
         }
     }
 }
 
-/// Adds one read to `body`; the stream as read once it ended, broke, or
-/// went over the limit.
-fn take_chunk(
+/// Adds one read (`chunks[..n]`) to `body`; the stream as read once it
+/// ended, broke, or went over the limit. quinn's chunks are its packets'
+/// frames, so a stream over the limit is caught within a few packets of it,
+/// as `body` keeps no more than it was given.
+fn take_chunks(
     body: &mut EventBody,
-    read: Result<Option<quinn::Chunk>, ReadError>,
+    read: Result<Option<usize>, ReadError>,
+    chunks: &mut [Bytes; READ_CHUNKS],
 ) -> Option<EventRead> {
     let whole = |body: &mut EventBody| std::mem::replace(body, EventBody::new(0));
     match read {
-        Ok(Some(chunk)) => {
-            if body.push(chunk.bytes).is_err() {
-                return Some(EventRead::TooLarge(whole(body).into_prefix()));
+        Ok(Some(n)) => {
+            for chunk in &mut chunks[..n.min(READ_CHUNKS)] {
+                if body.push(std::mem::take(chunk)).is_err() {
+                    return Some(EventRead::TooLarge(whole(body).into_prefix()));
+                }
             }
             None
         }

@@ -130,6 +130,19 @@ async fn send_delivers_serde_json_and_raw_msgpack_data() {
     // Ids rise.
     let ack2 = a.send("server_2", "again", ()).await.unwrap();
     assert!(ack2.id > ack.id);
+    assert_eq!(next_event(&mut eb).await.event, "again");
+
+    // A payload of many packets each way comes out whole, byte for byte:
+    // both ends read a stream of several chunks.
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let ack3 = a
+        .send("server_2", "big", serde_bytes_like(&big))
+        .await
+        .unwrap();
+    assert!(ack3.ok);
+    let e = next_event(&mut eb).await;
+    assert_eq!((e.event.as_str(), e.id), ("big", ack3.id));
+    assert_eq!(e.data, serde_bytes_like(&big).0);
     a.close().await;
 }
 

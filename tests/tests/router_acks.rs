@@ -220,6 +220,7 @@ async fn oversized_events_are_stopped_and_acked_too_large() {
     assert!(a.send(&fits).await.unwrap().ok);
     let d = b.deliver().await.unwrap();
     assert_eq!(d.id, 42);
+    assert_eq!(d.data, fits.data, "the stream of several packets, whole");
     assert!(
         b.no_delivery_within(std::time::Duration::from_millis(50))
             .await
