@@ -161,11 +161,17 @@ impl EventBody {
     }
 
     /// What came before the stream broke off or went over the limit: enough
-    /// to read the event's id for its ack.
+    /// to read the event's id for its ack. At most one byte over the limit,
+    /// however large the chunk that went over it.
     pub fn into_prefix(self) -> Vec<u8> {
+        let keep = self.len.min(self.max.saturating_add(1));
         match self.first {
-            Some(first) => first.to_vec(),
-            None => self.joined,
+            Some(first) => first[..keep.min(first.len())].to_vec(),
+            None => {
+                let mut joined = self.joined;
+                joined.truncate(keep);
+                joined
+            }
         }
     }
 }
@@ -277,6 +283,18 @@ mod tests {
         body.push(Bytes::from_static(b"cd")).unwrap();
         assert_eq!(body.push(Bytes::from_static(b"e")), Err(TooLong { max: 4 }));
         assert_eq!(body.into_prefix(), b"abcde");
+    }
+
+    #[test]
+    fn the_prefix_of_a_stream_over_the_limit_stops_one_byte_past_it() {
+        let mut one = EventBody::new(4);
+        assert!(one.push(Bytes::from_static(b"abcdefgh")).is_err());
+        assert_eq!(one.into_prefix(), b"abcde");
+
+        let mut joined = EventBody::new(4);
+        joined.push(Bytes::from_static(b"ab")).unwrap();
+        assert!(joined.push(Bytes::from_static(b"cdefgh")).is_err());
+        assert_eq!(joined.into_prefix(), b"abcde");
     }
 
     #[test]

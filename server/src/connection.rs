@@ -182,9 +182,10 @@ pub(crate) async fn read_event(recv: &mut RecvStream, mut body: EventBody) -> Ev
 }
 
 /// Adds one read (`chunks[..n]`) to `body`; the stream as read once it
-/// ended, broke, or went over the limit. quinn's chunks are its packets'
-/// frames, so a stream over the limit is caught within a few packets of it,
-/// as `body` keeps no more than it was given.
+/// ended, broke, or went over the limit. A chunk is what quinn already
+/// holds for the stream (within the stream's receive window), so a stream
+/// over the limit is caught at the read that passes it, and its prefix
+/// keeps at most one byte past the limit.
 fn take_chunks(
     body: &mut EventBody,
     read: Result<Option<usize>, ReadError>,
