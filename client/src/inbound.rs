@@ -126,16 +126,13 @@ fn read_event(mut stream: RecvStream, limit: usize) -> Pin<Box<dyn Future<Output
 /// (`RecvStream::read_to_end` reads out of order, which makes QUIC copy the
 /// stream's data into a new buffer, then copies it again into a `Vec`.)
 async fn read_all(stream: &mut RecvStream, limit: usize) -> Read {
-    const READ_CHUNKS: usize = 4;
     let mut body = EventBody::new(limit);
-    let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
+    let mut chunks: [Bytes; EventBody::READ_CHUNKS] = Default::default();
     loop {
         match stream.read_chunks(&mut chunks).await {
             Ok(Some(n)) => {
-                for chunk in &mut chunks[..n.min(READ_CHUNKS)] {
-                    if body.push(std::mem::take(chunk)).is_err() {
-                        return Err(ReadFailure::TooLong);
-                    }
+                if body.push_read(&mut chunks, n).is_err() {
+                    return Err(ReadFailure::TooLong);
                 }
             }
             Ok(None) => return Ok(body.finish()),

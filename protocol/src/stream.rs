@@ -120,6 +120,13 @@ pub struct TooLong {
 }
 
 impl EventBody {
+    /// How many chunks to read from the transport at once. A read that
+    /// empties the stream also sees its end, so an event that came in one
+    /// packet is read, end and all, in one call (one lock of quinn's
+    /// connection); reading chunk by chunk takes a second call only to learn
+    /// that the stream ended.
+    pub const READ_CHUNKS: usize = 4;
+
     /// Ready for a stream of at most `max` bytes.
     pub fn new(max: usize) -> EventBody {
         EventBody {
@@ -148,6 +155,20 @@ impl EventBody {
         }
         if self.len > self.max {
             return Err(TooLong { max: self.max });
+        }
+        Ok(())
+    }
+
+    /// Takes the chunks of one read, in order, leaving them empty: the
+    /// first `n` of a [`EventBody::READ_CHUNKS`]-long array that quinn's
+    /// `read_chunks` filled.
+    ///
+    /// # Errors
+    /// As [`EventBody::push`], at the chunk that went over the limit.
+    pub fn push_read(&mut self, chunks: &mut [Bytes], n: usize) -> Result<(), TooLong> {
+        let n = n.min(chunks.len());
+        for chunk in &mut chunks[..n] {
+            self.push(std::mem::take(chunk))?;
         }
         Ok(())
     }
@@ -283,6 +304,26 @@ mod tests {
         body.push(Bytes::from_static(b"cd")).unwrap();
         assert_eq!(body.push(Bytes::from_static(b"e")), Err(TooLong { max: 4 }));
         assert_eq!(body.into_prefix(), b"abcde");
+    }
+
+    #[test]
+    fn a_read_of_several_chunks_is_taken_in_order_up_to_n() {
+        let mut body = EventBody::new(10);
+        let mut chunks: [Bytes; EventBody::READ_CHUNKS] = [
+            Bytes::from_static(b"ab"),
+            Bytes::from_static(b"cd"),
+            Bytes::from_static(b"zz"),
+            Bytes::new(),
+        ];
+        body.push_read(&mut chunks, 2).unwrap();
+        assert!(chunks[..2].iter().all(Bytes::is_empty), "taken");
+        assert_eq!(chunks[2], Bytes::from_static(b"zz"), "past n: left alone");
+        assert_eq!(body.finish(), Bytes::from_static(b"abcd"));
+
+        let mut over = EventBody::new(3);
+        let mut chunks = [Bytes::from_static(b"ab"), Bytes::from_static(b"cd")];
+        assert_eq!(over.push_read(&mut chunks, 9), Err(TooLong { max: 3 }));
+        assert_eq!(over.into_prefix(), b"abcd");
     }
 
     #[test]

@@ -140,12 +140,6 @@ pub(crate) enum EventRead {
     Failed(Vec<u8>, ReadError),
 }
 
-/// How many chunks one read of an event stream takes from quinn. A read
-/// that empties the stream also sees its end, so an event that came in one
-/// packet is read under one lock of the connection; reading chunk by chunk
-/// takes a second lock only to learn that the stream ended.
-const READ_CHUNKS: usize = 4;
-
 /// Reads what `recv` holds of an event stream now, without waiting: the
 /// stream's end when it came (most streams are whole when accepted), else
 /// `Pending` with the bytes so far in `body`, for [`read_event`]. The
@@ -154,7 +148,7 @@ const READ_CHUNKS: usize = 4;
 /// data twice.)
 pub(crate) fn read_event_now(recv: &mut RecvStream, body: &mut EventBody) -> Poll<EventRead> {
     let mut cx = Context::from_waker(Waker::noop());
-    let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
+    let mut chunks: [Bytes; EventBody::READ_CHUNKS] = Default::default();
     loop {
         // Pending leaves a no-op waker with quinn: the task that then
         // calls `read_event` registers its own.
@@ -172,7 +166,7 @@ pub(crate) fn read_event_now(recv: &mut RecvStream, body: &mut EventBody) -> Pol
 
 /// Reads the rest of an event stream begun by [`read_event_now`].
 pub(crate) async fn read_event(recv: &mut RecvStream, mut body: EventBody) -> EventRead {
-    let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
+    let mut chunks: [Bytes; EventBody::READ_CHUNKS] = Default::default();
     loop {
         let read = recv.read_chunks(&mut chunks).await;
         if let Some(done) = take_chunks(&mut body, read, &mut chunks) {
@@ -189,18 +183,14 @@ pub(crate) async fn read_event(recv: &mut RecvStream, mut body: EventBody) -> Ev
 fn take_chunks(
     body: &mut EventBody,
     read: Result<Option<usize>, ReadError>,
-    chunks: &mut [Bytes; READ_CHUNKS],
+    chunks: &mut [Bytes],
 ) -> Option<EventRead> {
     let whole = |body: &mut EventBody| std::mem::replace(body, EventBody::new(0));
     match read {
-        Ok(Some(n)) => {
-            for chunk in &mut chunks[..n.min(READ_CHUNKS)] {
-                if body.push(std::mem::take(chunk)).is_err() {
-                    return Some(EventRead::TooLarge(whole(body).into_prefix()));
-                }
-            }
-            None
-        }
+        Ok(Some(n)) => match body.push_read(chunks, n) {
+            Ok(()) => None,
+            Err(_) => Some(EventRead::TooLarge(whole(body).into_prefix())),
+        },
         Ok(None) => Some(EventRead::Event(whole(body).finish())),
         Err(e) => Some(EventRead::Failed(whole(body).into_prefix(), e)),
     }
