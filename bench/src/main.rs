@@ -61,7 +61,7 @@ use crate::wan::Wan;
 /// mimalloc, as in the router binary: the bench runs routers and many
 /// clients in this process.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: icom_server::alloc::MiMalloc = icom_server::alloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -6,6 +6,7 @@
 //! delivers every event on its own stream to each recipient.
 #![warn(missing_docs)]
 
+pub mod alloc;
 mod clock;
 mod cluster;
 pub mod config;

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 /// mimalloc: the router allocates per event; measured faster than the
 /// system allocator on the benchmarks (BENCHMARKS.md).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: icom_server::alloc::MiMalloc = icom_server::alloc::MiMalloc;
 
 /// The ICOM router: QUIC + mutual TLS event routing between game servers.
 #[derive(Debug, Parser)]
