@@ -64,6 +64,12 @@ pub(crate) struct Cli {
     /// process, to compare with in the same run.
     #[arg(long, conflicts_with_all = ["spawn", "cluster"])]
     pub(crate) naive: bool,
+    /// tput and fanout through the floor router instead of ICOM's: the
+    /// naive router's routing on quinn's state machine driven directly by
+    /// one task (no task, lock or waker per connection; ICOM's transport
+    /// settings), in process, to measure what quinn's async layer costs.
+    #[arg(long, conflicts_with_all = ["spawn", "cluster", "naive"])]
+    pub(crate) floor: bool,
     /// The icom-server binary [default: beside this executable].
     #[arg(long, value_name = "FILE")]
     pub(crate) server_bin: Option<PathBuf>,

@@ -143,9 +143,13 @@ impl Env {
                 anyhow::bail!("measuring a remote router's memory needs --router-pid")
             }
             Placement::Remote(_) | Placement::Spawn(..) => Ok(self.placement.clone()),
-            Placement::InProcess(_) | Placement::Cluster(..) | Placement::Naive(_) => Ok(
-                Placement::Spawn(server_bin(self.server_bin.as_ref())?, self.spawn_workers),
-            ),
+            Placement::InProcess(_)
+            | Placement::Cluster(..)
+            | Placement::Naive(_)
+            | Placement::Floor => Ok(Placement::Spawn(
+                server_bin(self.server_bin.as_ref())?,
+                self.spawn_workers,
+            )),
         }
     }
 }

@@ -20,6 +20,9 @@
 //!   two routers of one cluster on NATS ([`cluster`]);
 //! - `--naive` before tput or fanout: through a straightforward quinn
 //!   router instead of ICOM's, to compare with ([`naive`]);
+//! - `--floor` before tput or fanout: through the naive router's routing
+//!   on quinn's state machine driven by one task, to measure what quinn's
+//!   async layer costs ([`floor`]);
 //! - `--plain` after tput or fanout: plain quinn peers instead of
 //!   `icom-client` ([`plain`]).
 //!
@@ -32,6 +35,7 @@ mod child;
 mod cli;
 mod cluster;
 mod env;
+mod floor;
 mod flow;
 mod idle;
 mod join;
@@ -116,8 +120,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         matches!(cli.nats_nodes, 1 | 3),
         "--nats-nodes is 1 or 3 (JetStream needs a majority)"
     );
-    if cli.naive && !matches!(cli.scenario, Scenario::Tput(_) | Scenario::Fanout(_)) {
-        anyhow::bail!("--naive runs tput and fanout");
+    if (cli.naive || cli.floor) && !matches!(cli.scenario, Scenario::Tput(_) | Scenario::Fanout(_))
+    {
+        anyhow::bail!("--naive and --floor run tput and fanout");
     }
     // The bench starts its own router unless one is named.
     let placement = if cli.connection.names_a_router() {
@@ -136,6 +141,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         )
     } else if cli.naive {
         Placement::Naive(router_threads)
+    } else if cli.floor {
+        Placement::Floor
     } else if cli.spawn {
         Placement::Spawn(
             env::server_bin(cli.server_bin.as_ref())?,

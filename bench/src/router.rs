@@ -21,6 +21,7 @@ use icom_tests::TestCluster;
 use tempfile::TempDir;
 
 pub(crate) use crate::child::Remote;
+use crate::floor::Floor;
 use crate::naive::{Naive, NAIVE_THREADS};
 use crate::os::{self, router_runtime, Memory, OwnRuntime, Proc};
 use crate::report::{round, Report};
@@ -46,6 +47,8 @@ pub(crate) enum Placement {
     Cluster(usize, crate::cluster::Nodes),
     /// The naive router of [`crate::naive`], on this many threads.
     Naive(usize),
+    /// The floor router of [`crate::floor`].
+    Floor,
     /// The `icom-server` binary at this path, as a child process, with
     /// this many workers if given (else its default).
     Spawn(PathBuf, Option<usize>),
@@ -104,6 +107,7 @@ enum Kind {
     },
     Remote(Remote),
     Naive(Option<Box<Naive>>),
+    Floor(Option<Box<Floor>>),
 }
 
 impl Router {
@@ -184,6 +188,14 @@ impl Router {
                     kind: Kind::Naive(Some(Box::new(naive))),
                 })
             }
+            Placement::Floor => {
+                let floor = Floor::start().await?;
+                Ok(Router {
+                    dial: floor.addr,
+                    link: None,
+                    kind: Kind::Floor(Some(Box::new(floor))),
+                })
+            }
             Placement::Remote(remote) => {
                 let addr = tokio::net::lookup_host(&remote.base.router)
                     .await
@@ -238,7 +250,8 @@ impl Router {
             Kind::Child { pki, dir, .. } => crate::child::client_files(pki, dir.path(), id, dial)?,
             Kind::Remote(r) => crate::child::remote_client(r, id, dial)?,
             Kind::Naive(Some(n)) => crate::child::client_files(&n.pki, n.dir.path(), id, dial)?,
-            Kind::Naive(None) => bail!("the router was stopped"),
+            Kind::Floor(Some(f)) => crate::child::client_files(&f.pki, f.dir.path(), id, dial)?,
+            Kind::Naive(None) | Kind::Floor(None) => bail!("the router was stopped"),
         };
         config.agent = concat!("icom-bench/", env!("CARGO_PKG_VERSION")).into();
         Ok(config)
@@ -271,7 +284,7 @@ impl Router {
                 fds: None,
                 nats_cpu: peer.as_ref().and_then(|p| p.nats_cpu()),
             },
-            Kind::Naive(_) => Usage {
+            Kind::Naive(_) | Kind::Floor(_) => Usage {
                 cpu: os::threads_cpu(NAIVE_THREADS),
                 bench_cpu: Proc::Own.cpu(),
                 ..Usage::default()
@@ -313,7 +326,7 @@ impl Router {
         }
         if let (Some(a), Some(b)) = (before.bench_cpu, after.bench_cpu) {
             let mut clients = b.saturating_sub(a);
-            if let (Kind::InProcess { .. } | Kind::Naive(_), Some(r0), Some(r1)) =
+            if let (Kind::InProcess { .. } | Kind::Naive(_) | Kind::Floor(_), Some(r0), Some(r1)) =
                 (&self.kind, before.cpu, after.cpu)
             {
                 clients = clients.saturating_sub(r1.saturating_sub(r0));
@@ -338,7 +351,10 @@ impl Router {
     /// in-process router the whole bench process's.
     pub(crate) fn add_memory(&self, report: &mut Report, usage: Usage) {
         if let Some(m) = usage.memory {
-            let own = !matches!(self.kind, Kind::InProcess { .. } | Kind::Naive(_));
+            let own = !matches!(
+                self.kind,
+                Kind::InProcess { .. } | Kind::Naive(_) | Kind::Floor(_)
+            );
             let (rss, peak) = if own {
                 (
                     ("router_rss_kib", "router RSS (KiB)"),
@@ -389,6 +405,10 @@ impl Router {
                 "the naive router (--naive: quinn defaults, a task per stream) in-process; its \
                  CPU = utime+stime of the threads named '{NAIVE_THREADS}'"
             ),
+            Kind::Floor(_) => format!(
+                "the floor router (--floor: quinn-proto driven by one task, ICOM's transport \
+                 settings) in-process; its CPU = utime+stime of the thread named '{NAIVE_THREADS}'"
+            ),
         }
     }
 
@@ -398,6 +418,7 @@ impl Router {
             Kind::Child { child, .. } => matches!(child.try_wait(), Ok(None)),
             Kind::InProcess { cluster, .. } => cluster.is_some(),
             Kind::Naive(n) => n.is_some(),
+            Kind::Floor(f) => f.is_some(),
             Kind::Remote(_) => true,
         }
     }
@@ -433,6 +454,11 @@ impl Router {
             Kind::Naive(n) => {
                 if let Some(mut n) = n.take() {
                     n.stop();
+                }
+            }
+            Kind::Floor(f) => {
+                if let Some(mut f) = f.take() {
+                    f.stop();
                 }
             }
             Kind::Remote(_) => {}

@@ -116,6 +116,32 @@ fn the_naive_router_routes_tput_and_fanout_for_both_kinds_of_client() {
 }
 
 #[test]
+fn the_floor_router_routes_tput_and_fanout_for_both_kinds_of_client() {
+    let v = bench(&[
+        "--floor", "tput", "--events", "200", "--window", "16", "--plain",
+    ]);
+    assert_eq!((n(&v, "acked"), n(&v, "delivered")), (200, 200));
+    assert!(v["method"].as_str().unwrap().contains("floor"), "{v}");
+    assert!(v["router_cpu_s_per_million_events"].is_number(), "{v}");
+    // icom-client, an event larger than a packet: the floor reads a
+    // stream of several chunks and writes a delivery of several packets.
+    let v = bench(&["--floor", "tput", "--events", "100", "--size", "5000"]);
+    assert_eq!((n(&v, "acked"), n(&v, "delivered")), (100, 100));
+    let v = bench(&[
+        "--floor",
+        "fanout",
+        "--events",
+        "40",
+        "--receivers",
+        "3",
+        "--window",
+        "8",
+        "--plain",
+    ]);
+    assert_eq!((n(&v, "acked_deliveries"), n(&v, "delivered")), (120, 120));
+}
+
+#[test]
 fn limit_counts_what_the_sink_received() {
     let v = bench(&["limit", "--events", "300", "--window", "32"]);
     assert_eq!(v["scenario"], "limit");
@@ -310,7 +336,20 @@ fn cluster_refuses_the_scenarios_that_measure_one_router() {
         .expect("icom-bench runs");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--naive runs tput and fanout"), "{err}");
+    assert!(
+        err.contains("--naive and --floor run tput and fanout"),
+        "{err}"
+    );
+    let out = Command::new(icom_tests::workspace_bin("icom-bench", "icom-bench"))
+        .args(["--floor", "lat", "--requests", "10"])
+        .output()
+        .expect("icom-bench runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--naive and --floor run tput and fanout"),
+        "{err}"
+    );
 }
 
 #[test]
