@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use crate::config::Config;
 use crate::keep::Persistent;
 use crate::policy::{Request, Verdict};
-use crate::router::{Peer, Tally};
+use crate::router::{LocalPeers, Tally};
 use crate::shared::Shared;
 use crate::space::Reached;
 use crate::store::StoreError;
@@ -42,7 +42,7 @@ pub(crate) struct Rest {
     /// The persistent event, until it is stored.
     store: Option<Persistent>,
     /// The recipients connected here, until the event is handed to them.
-    peers: Vec<Arc<Peer>>,
+    peers: LocalPeers,
     remote: Vec<(Arc<str>, Vec<Arc<str>>)>,
     /// Named recipients that did not get it live.
     absent: Vec<String>,

@@ -11,6 +11,8 @@ use icom_protocol::{
     encode_frame, lock, read, write, Ack, AckCode, AckError, CloseCode, Control, Groups, Presence,
     Recipients, RosterEntry, MAX_ROSTER_PAGE,
 };
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, warn};
 
@@ -67,9 +69,16 @@ pub(crate) struct Owner {
 
 /// The servers connected here, and those other routers hold.
 #[derive(Debug, Default)]
+///
+/// Hashed with FxHash, not SipHash (a send's recipient is looked up here
+/// for every event; SipHash was about 180 instructions of it): the keys are
+/// only ever put in by the router itself, from a certificate its CA signed
+/// or a presence record of its cluster, so nobody can choose keys that
+/// collide. A send names what to look up, which costs a probe, whatever
+/// the name.
 struct Members {
-    local: HashMap<Arc<str>, Arc<Peer>>,
-    remote: HashMap<Arc<str>, Owner>,
+    local: FxHashMap<Arc<str>, Arc<Peer>>,
+    remote: FxHashMap<Arc<str>, Owner>,
 }
 
 impl Members {
@@ -371,11 +380,15 @@ impl Resolved {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct InUse;
 
+/// The recipients of one send that are connected here: nearly always one,
+/// kept inline (no allocation per event).
+pub(crate) type LocalPeers = SmallVec<[Arc<Peer>; 1]>;
+
 /// Where one send goes.
 #[derive(Debug, Default)]
 pub(crate) struct Resolved {
     /// Recipients connected here.
-    pub(crate) peers: Vec<Arc<Peer>>,
+    pub(crate) peers: LocalPeers,
     /// Recipients on other routers, by router.
     pub(crate) remote: Vec<(Arc<str>, Vec<Arc<str>>)>,
     /// Named recipients that are not connected.
