@@ -67,15 +67,12 @@ pub(crate) struct Owner {
     pub(crate) since: u64,
 }
 
-/// The servers connected here, and those other routers hold.
+/// The servers connected here, and those other routers hold. Hashed with
+/// FxHash, not SipHash (a lookup for every event): only the router puts
+/// keys in, from a certificate its CA signed or its cluster's presence, so
+/// nobody can choose keys that collide; a name a send looks up costs a
+/// probe, whatever it is.
 #[derive(Debug, Default)]
-///
-/// Hashed with FxHash, not SipHash (a send's recipient is looked up here
-/// for every event; SipHash was about 180 instructions of it): the keys are
-/// only ever put in by the router itself, from a certificate its CA signed
-/// or a presence record of its cluster, so nobody can choose keys that
-/// collide. A send names what to look up, which costs a probe, whatever
-/// the name.
 struct Members {
     local: FxHashMap<Arc<str>, Arc<Peer>>,
     remote: FxHashMap<Arc<str>, Owner>,
