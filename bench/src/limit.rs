@@ -277,14 +277,7 @@ async fn read_all(stream: &mut quinn::RecvStream, max: usize) -> Bytes {
 /// Decodes one event's header and acks it.
 fn take(bytes: &Bytes, acks: &mpsc::UnboundedSender<Control>, received: &AtomicU64) {
     let ack = match Send::decode(bytes) {
-        Ok(send) => Ack {
-            id: send.id,
-            ok: true,
-            delivered: 1,
-            queued: 0,
-            persist_id: None,
-            error: None,
-        },
+        Ok(send) => Ack::delivered(send.id, 1),
         Err(e) => Ack::failed(
             e.id.unwrap_or(0),
             icom_protocol::AckCode::Malformed,

@@ -179,14 +179,7 @@ async fn route(peers: &Peers, from: &str, bytes: &Bytes) -> Ack {
             }
         }
     }
-    Ack {
-        id: send.id,
-        ok: true,
-        delivered,
-        queued: 0,
-        persist_id: None,
-        error: None,
-    }
+    Ack::delivered(send.id, delivered)
 }
 
 /// Writes each control message as it comes, one write each.

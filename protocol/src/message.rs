@@ -155,6 +155,19 @@ pub struct Ack {
 }
 
 impl Ack {
+    /// An ok ack: handed to `delivered` recipients, nothing queued or
+    /// stored.
+    pub fn delivered(id: u64, delivered: u32) -> Ack {
+        Ack {
+            id,
+            ok: true,
+            delivered,
+            queued: 0,
+            persist_id: None,
+            error: None,
+        }
+    }
+
     /// A failed ack with nothing delivered or queued.
     pub fn failed(id: u64, code: AckCode, message: impl Into<String>) -> Ack {
         Ack {

@@ -302,12 +302,8 @@ pub(crate) async fn forget(shared: &Shared, from: &str, id: u64, persist_id: Str
     }
     match shared.keep.forget(persist_id.clone()).await {
         Ok(true) => Ack {
-            id,
-            ok: true,
-            delivered: 0,
-            queued: 0,
             persist_id: Some(persist_id),
-            error: None,
+            ..Ack::delivered(id, 0)
         },
         Ok(false) => Ack::failed(
             id,

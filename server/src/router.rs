@@ -400,14 +400,7 @@ pub(crate) struct Tally {
 impl Tally {
     pub(crate) fn new(id: u64) -> Tally {
         Tally {
-            ack: Ack {
-                id,
-                ok: true,
-                delivered: 0,
-                queued: 0,
-                persist_id: None,
-                error: None,
-            },
+            ack: Ack::delivered(id, 0),
         }
     }
 

@@ -317,39 +317,34 @@ fn cluster_tput_fanout_and_lat_count_every_event_across_two_routers() {
     assert!(v["rtt_p50_us"].is_number(), "{v}");
 }
 
-#[test]
-fn cluster_refuses_the_scenarios_that_measure_one_router() {
-    let bench = icom_tests::workspace_bin("icom-bench", "icom-bench");
-    let out = Command::new(bench)
-        .args(["--cluster", "join", "--servers", "5"])
+/// Runs icom-bench with `args` and returns its stderr, checking that it
+/// refused them (exit 1).
+fn refused(args: &[&str]) -> String {
+    let out = Command::new(icom_tests::workspace_bin("icom-bench", "icom-bench"))
+        .args(args)
         .output()
         .expect("icom-bench runs");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn cluster_refuses_the_scenarios_that_measure_one_router() {
+    let err = refused(&["--cluster", "join", "--servers", "5"]);
     assert!(
         err.contains("--cluster runs tput, fanout, lat and persist"),
         "{err}"
     );
-    let out = Command::new(icom_tests::workspace_bin("icom-bench", "icom-bench"))
-        .args(["--naive", "persist", "--events", "10"])
-        .output()
-        .expect("icom-bench runs");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--naive and --floor run tput and fanout"),
-        "{err}"
-    );
-    let out = Command::new(icom_tests::workspace_bin("icom-bench", "icom-bench"))
-        .args(["--floor", "lat", "--requests", "10"])
-        .output()
-        .expect("icom-bench runs");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--naive and --floor run tput and fanout"),
-        "{err}"
-    );
+    for args in [
+        ["--naive", "persist", "--events", "10"],
+        ["--floor", "lat", "--requests", "10"],
+    ] {
+        let err = refused(&args);
+        assert!(
+            err.contains("--naive and --floor run tput and fanout"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

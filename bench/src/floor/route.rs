@@ -217,12 +217,6 @@ impl Router {
     /// Reads the control stream: a `hello` is answered with `welcome`;
     /// nothing else is read.
     fn read_control(&mut self, h: ConnectionHandle) {
-        let others: Vec<String> = self
-            .by_id
-            .iter()
-            .filter(|(_, o)| **o != h)
-            .map(|(id, _)| id.to_string())
-            .collect();
         let limits = self.limits;
         let Some(peer) = self.peers.get_mut(h) else {
             return;
@@ -255,7 +249,12 @@ impl Router {
                     session_id: "00000000-0000-0000-0000-000000000000".into(),
                     server_id: me,
                     groups: Vec::new(),
-                    peers: others.clone(),
+                    peers: self
+                        .by_id
+                        .iter()
+                        .filter(|(_, o)| **o != h)
+                        .map(|(id, _)| id.to_string())
+                        .collect(),
                     limits,
                     features: None,
                 };
@@ -369,14 +368,7 @@ impl Router {
         for d in &mut self.deliveries[start..] {
             d.1 = wire.clone();
         }
-        Ack {
-            id: send.id,
-            ok: true,
-            delivered: (self.deliveries.len() - start) as u32,
-            queued: 0,
-            persist_id: None,
-            error: None,
-        }
+        Ack::delivered(send.id, (self.deliveries.len() - start) as u32)
     }
 
     /// Forgets the connections that are over.
