@@ -12,9 +12,10 @@ use icom_protocol::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::answer::Reply;
 use crate::config::ClientConfig;
 use crate::connection::Live;
-use crate::core::{Core, Reply, WaitError, ATTEMPTS};
+use crate::core::{Core, WaitError, ATTEMPTS};
 use crate::data::ToData;
 use crate::error::{
     refusal, ConfigError, ConnectError, ForgetError, PingError, RequestError, RosterError,

@@ -147,6 +147,14 @@ pub struct ReconnectConfig {
     /// After `REPLACED` (another instance took this identity over), wait
     /// this long before trying again, so as not to fight it.
     pub replaced_delay_ms: u64,
+    /// While connected to a router that is not the first of `routers`,
+    /// try the routers before it about this often (each wait is this plus
+    /// up to half of it again, at random, so that the servers that failed
+    /// over together do not come back at one instant), and move to the
+    /// first that welcomes the client. The move waits for the answers of
+    /// what is in flight, so nothing sent fails for it. 0: never move back.
+    /// Needs `replace` (a client that must not replace stays where it is).
+    pub return_ms: u64,
 }
 
 /// Receiving: buffers and windows, each bounded.
@@ -219,6 +227,7 @@ impl Default for ReconnectConfig {
             max_ms: 30_000,
             healthy_after_ms: 10_000,
             replaced_delay_ms: 300_000,
+            return_ms: 60_000,
         }
     }
 }

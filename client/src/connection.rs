@@ -122,26 +122,37 @@ impl FrameReader {
     }
 }
 
-/// Dials the router at `addr` (configured as `router`), says `hello` and
-/// waits for `welcome`.
+/// Dials the router at `addr`: the QUIC handshake, which tells that the
+/// router is up, not yet that it accepts this client ([`greet`] does).
+///
+/// # Errors
+/// [`ConnectError`].
+pub(crate) async fn dial(
+    endpoint: &quinn::Endpoint,
+    quic: &quinn::ClientConfig,
+    cfg: &ClientConfig,
+    addr: SocketAddr,
+) -> Result<Connection, ConnectError> {
+    let connecting = endpoint
+        .connect_with(quic.clone(), addr, &cfg.server_name)
+        .map_err(|e| ConnectError::Connection(e.to_string()))?;
+    connecting
+        .await
+        .map_err(|e| Loss::of(&e).into_connect_error())
+}
+
+/// Says `hello` on a connection [`dial`] made to `router`, and waits for
+/// `welcome`.
 ///
 /// # Errors
 /// [`ConnectError`]; a certificate the router refuses is
 /// [`ConnectError::CertificateRefused`].
-pub(crate) async fn establish(
-    endpoint: &quinn::Endpoint,
-    quic: &quinn::ClientConfig,
+pub(crate) async fn greet(
+    conn: Connection,
     cfg: &ClientConfig,
     router: &str,
-    addr: SocketAddr,
     generation: u64,
 ) -> Result<(Arc<Live>, FrameReader), ConnectError> {
-    let connecting = endpoint
-        .connect_with(quic.clone(), addr, &cfg.server_name)
-        .map_err(|e| ConnectError::Connection(e.to_string()))?;
-    let conn = connecting
-        .await
-        .map_err(|e| Loss::of(&e).into_connect_error())?;
     // From here on, a failure may be the router's verdict on our
     // certificate: in TLS 1.3 the client's handshake is complete before the
     // server has checked the client's certificate, so any TLS alert now is

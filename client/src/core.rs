@@ -11,18 +11,18 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use icom_protocol::{lock, Ack, Presence, Roster};
-use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use icom_protocol::{lock, Presence};
+use tokio::sync::{broadcast, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::answer::{Answer, Reply, Route, Slot, Waiting};
 use crate::config::{ms, ClientConfig};
-use crate::connection::{establish, resolve, FrameReader, Live};
+use crate::connection::{dial, greet, resolve, FrameReader, Live};
 use crate::error::{ConfigError, ConnectError, SendError, Unavailable};
-use crate::event::Event;
 use crate::gate::Gate;
 use crate::routers::Routers;
-use crate::session::{Ids, Kind, Link, Session};
+use crate::session::{Ids, Link, Session};
 use crate::state::{State, StateCell};
 
 /// How many times an operation tries again when its connection breaks
@@ -102,16 +102,51 @@ impl Core {
         index: usize,
     ) -> Result<(Arc<Live>, FrameReader), ConnectError> {
         let timeout = ms(self.cfg.connect_timeout_ms);
-        let generation = lock(&self.session).next_generation();
-        let router = self.routers.get(index);
         let attempt = async {
-            let addr = resolve(router).await?;
-            let endpoint = self.endpoint_for(addr)?;
-            establish(&endpoint, &self.quic, &self.cfg, router, addr, generation).await
+            let conn = self.dial_unbounded(index).await?;
+            self.greet_unbounded(index, conn).await
         };
         tokio::time::timeout(timeout, attempt)
             .await
             .unwrap_or(Err(ConnectError::Timeout(timeout)))
+    }
+
+    /// The first half of [`Core::establish`]: the QUIC handshake with
+    /// router `index`, within the connect timeout.
+    pub(crate) async fn dial(&self, index: usize) -> Result<quinn::Connection, ConnectError> {
+        let timeout = ms(self.cfg.connect_timeout_ms);
+        tokio::time::timeout(timeout, self.dial_unbounded(index))
+            .await
+            .unwrap_or(Err(ConnectError::Timeout(timeout)))
+    }
+
+    /// The second half of [`Core::establish`]: `hello` and `welcome` on
+    /// `conn`, which [`Core::dial`] made to router `index`, within the
+    /// connect timeout.
+    pub(crate) async fn greet(
+        &self,
+        index: usize,
+        conn: quinn::Connection,
+    ) -> Result<(Arc<Live>, FrameReader), ConnectError> {
+        let timeout = ms(self.cfg.connect_timeout_ms);
+        tokio::time::timeout(timeout, self.greet_unbounded(index, conn))
+            .await
+            .unwrap_or(Err(ConnectError::Timeout(timeout)))
+    }
+
+    async fn dial_unbounded(&self, index: usize) -> Result<quinn::Connection, ConnectError> {
+        let addr = resolve(self.routers.get(index)).await?;
+        let endpoint = self.endpoint_for(addr)?;
+        dial(&endpoint, &self.quic, &self.cfg, addr).await
+    }
+
+    async fn greet_unbounded(
+        &self,
+        index: usize,
+        conn: quinn::Connection,
+    ) -> Result<(Arc<Live>, FrameReader), ConnectError> {
+        let generation = lock(&self.session).next_generation();
+        greet(conn, &self.cfg, self.routers.get(index), generation).await
     }
 
     /// The local endpoint, bound for the router's address family.
@@ -146,6 +181,34 @@ impl Core {
         self.announce(changes);
         drop(session);
         self.gate.up(live.clone());
+    }
+
+    /// The client moves from `old` to `new`, welcomed: operations use
+    /// `new` from now on, the requests waiting for a reply wait on it, and
+    /// what waits on `old` itself (acks) stays there until `old` is gone.
+    pub(crate) fn moved(&self, old: &Live, new: &Arc<Live>) {
+        let mut session = lock(&self.session);
+        let changes = session.connected(new.generation, &new.welcome.peers);
+        session.moved(old.generation, new.generation);
+        self.announce(changes);
+        drop(session);
+        self.gate.up(new.clone());
+    }
+
+    /// Holds `live`, the connection in use, for a move: new operations
+    /// wait. False if it is no longer the one in use.
+    pub(crate) fn hold(&self, live: &Live) -> bool {
+        self.gate.hold_if(|l| l.generation == live.generation)
+    }
+
+    /// Lets operations use `live` again: the move did not happen.
+    pub(crate) fn release(&self, live: &Live) {
+        self.gate.release_if(|l| l.generation == live.generation);
+    }
+
+    /// How many operations wait for an answer on `live` itself.
+    pub(crate) fn unanswered_on(&self, live: &Live) -> usize {
+        lock(&self.session).unanswered_on(live.generation)
     }
 
     /// `live` is gone: operations stop using it, and what waits on it
@@ -221,7 +284,7 @@ impl Core {
             id,
             live.generation,
             peer,
-            T::wrap(Slot(Some(route))),
+            T::wrap(Slot::new(route)),
         );
         Ok(())
     }
@@ -301,139 +364,6 @@ fn first_id() -> u64 {
         u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 1000)
     });
     ms.saturating_mul(1000)
-}
-
-/// What a request gets.
-#[derive(Debug)]
-pub(crate) enum Reply {
-    /// The reply.
-    Event(Event),
-    /// The server asked disconnected before it replied.
-    PeerLeft,
-}
-
-/// Where an answer goes.
-#[derive(Debug)]
-pub(crate) enum Route<T> {
-    /// To one waiting operation.
-    Once(oneshot::Sender<T>),
-    /// Onto a channel that many operations share (a
-    /// [`Publisher`](crate::Publisher)'s), with the id; a route dropped
-    /// unanswered (the connection went away) sends `None` instead. The
-    /// permit is the operation's place in the in-flight window, held until
-    /// it is answered.
-    Stream {
-        id: u64,
-        tx: mpsc::UnboundedSender<(u64, Option<T>)>,
-        permit: OwnedSemaphorePermit,
-    },
-}
-
-/// A route as the session keeps it: a stream route dropped unanswered
-/// tells its channel.
-#[derive(Debug)]
-pub(crate) struct Slot<T>(Option<Route<T>>);
-
-impl<T> Slot<T> {
-    fn take(mut self) -> Option<Route<T>> {
-        self.0.take()
-    }
-
-    /// Hands `value` on; gives it back if nobody takes it.
-    fn send(mut self, value: T) -> Result<(), T> {
-        match self.0.take() {
-            Some(Route::Once(tx)) => tx.send(value),
-            Some(Route::Stream { id, tx, permit }) => {
-                drop(permit);
-                match tx.send((id, Some(value))) {
-                    Ok(()) => Ok(()),
-                    Err(e) => e.0 .1.map_or(Ok(()), Err),
-                }
-            }
-            None => Err(value),
-        }
-    }
-}
-
-impl<T> Drop for Slot<T> {
-    fn drop(&mut self) {
-        if let Some(Route::Stream { id, tx, permit }) = self.0.take() {
-            drop(permit);
-            let _ = tx.send((id, None));
-        }
-    }
-}
-
-/// What the session keeps for one waiting operation.
-#[derive(Debug)]
-pub(crate) enum Waiting {
-    Ack(Slot<Ack>),
-    Pong(Slot<()>),
-    Reply(Slot<Reply>),
-    Roster(Slot<Roster>),
-}
-
-/// An answer the router (or a peer) gives, and the kind the session files
-/// it under.
-pub(crate) trait Answer: Sized {
-    /// Its kind.
-    const KIND: Kind;
-    /// Files a slot.
-    fn wrap(slot: Slot<Self>) -> Waiting;
-    /// The slot back, if it is of this kind.
-    fn unwrap(w: Waiting) -> Option<Slot<Self>>;
-}
-
-impl Answer for Ack {
-    const KIND: Kind = Kind::Ack;
-    fn wrap(slot: Slot<Ack>) -> Waiting {
-        Waiting::Ack(slot)
-    }
-    fn unwrap(w: Waiting) -> Option<Slot<Ack>> {
-        match w {
-            Waiting::Ack(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-impl Answer for () {
-    const KIND: Kind = Kind::Pong;
-    fn wrap(slot: Slot<()>) -> Waiting {
-        Waiting::Pong(slot)
-    }
-    fn unwrap(w: Waiting) -> Option<Slot<()>> {
-        match w {
-            Waiting::Pong(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-impl Answer for Roster {
-    const KIND: Kind = Kind::Roster;
-    fn wrap(slot: Slot<Roster>) -> Waiting {
-        Waiting::Roster(slot)
-    }
-    fn unwrap(w: Waiting) -> Option<Slot<Roster>> {
-        match w {
-            Waiting::Roster(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-impl Answer for Reply {
-    const KIND: Kind = Kind::Reply;
-    fn wrap(slot: Slot<Reply>) -> Waiting {
-        Waiting::Reply(slot)
-    }
-    fn unwrap(w: Waiting) -> Option<Slot<Reply>> {
-        match w {
-            Waiting::Reply(s) => Some(s),
-            _ => None,
-        }
-    }
 }
 
 /// How a waiter ended without its answer.

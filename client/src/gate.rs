@@ -1,7 +1,9 @@
 //! The gate every operation passes to reach the live connection. While the
 //! client is disconnected, operations wait at the gate in a bounded queue
 //! for a bounded time, or fail at once, as configured; nothing waits
-//! forever and nothing grows without bound.
+//! forever and nothing grows without bound. While the client moves back to
+//! a router it prefers, the live connection is held: operations wait for
+//! the move (in either mode), as bounded as any wait.
 
 use std::time::Duration;
 
@@ -17,6 +19,9 @@ pub(crate) enum Slot<T> {
     Down,
     /// The live connection.
     Up(T),
+    /// The live connection, held while the client moves to another router:
+    /// new operations wait for the move, whatever the mode.
+    Held(T),
     /// The client is closed, for good.
     Closed,
 }
@@ -44,10 +49,10 @@ impl<T: Clone> Gate<T> {
         }
     }
 
-    /// The live connection, if there is one now.
+    /// The live connection, if there is one now (held or not).
     pub(crate) fn current(&self) -> Option<T> {
         match &*self.slot.borrow() {
-            Slot::Up(t) => Some(t.clone()),
+            Slot::Up(t) | Slot::Held(t) => Some(t.clone()),
             Slot::Down | Slot::Closed => None,
         }
     }
@@ -60,24 +65,27 @@ impl<T: Clone> Gate<T> {
         match &*self.slot.borrow() {
             Slot::Up(t) => return Ok(t.clone()),
             Slot::Closed => return Err(Unavailable::Closed),
-            Slot::Down => {}
-        }
-        if self.mode == QueueMode::FailFast {
-            return Err(Unavailable::Disconnected);
+            Slot::Down if self.mode == QueueMode::FailFast => {
+                return Err(Unavailable::Disconnected)
+            }
+            Slot::Down | Slot::Held(_) => {}
         }
         let _place = self
             .waiting
             .try_acquire()
             .map_err(|_| Unavailable::QueueFull(self.capacity))?;
         let mut rx = self.slot.subscribe();
-        let waited =
-            tokio::time::timeout(self.timeout, rx.wait_for(|s| !matches!(s, Slot::Down))).await;
+        let waited = tokio::time::timeout(
+            self.timeout,
+            rx.wait_for(|s| matches!(s, Slot::Up(_) | Slot::Closed)),
+        )
+        .await;
         match waited {
             Err(_) => Err(Unavailable::QueueTimeout(self.timeout)),
             Ok(Err(_)) => Err(Unavailable::Closed),
             Ok(Ok(slot)) => match &*slot {
                 Slot::Up(t) => Ok(t.clone()),
-                Slot::Down | Slot::Closed => Err(Unavailable::Closed),
+                Slot::Down | Slot::Held(_) | Slot::Closed => Err(Unavailable::Closed),
             },
         }
     }
@@ -97,8 +105,33 @@ impl<T: Clone> Gate<T> {
     /// another one is live by now).
     pub(crate) fn down_if(&self, is_it: impl Fn(&T) -> bool) {
         self.slot.send_if_modified(|s| match s {
-            Slot::Up(t) if is_it(t) => {
+            Slot::Up(t) | Slot::Held(t) if is_it(t) => {
                 *s = Slot::Down;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// Holds the live connection that `is_it` recognises: operations wait
+    /// from now on, until [`Gate::release_if`] or another connection comes
+    /// up. False if that connection is not the live one.
+    pub(crate) fn hold_if(&self, is_it: impl Fn(&T) -> bool) -> bool {
+        self.slot.send_if_modified(|s| match s {
+            Slot::Up(t) if is_it(t) => {
+                *s = Slot::Held(t.clone());
+                true
+            }
+            _ => false,
+        })
+    }
+
+    /// Lets operations use the held connection that `is_it` recognises
+    /// again (the move did not happen).
+    pub(crate) fn release_if(&self, is_it: impl Fn(&T) -> bool) {
+        self.slot.send_if_modified(|s| match s {
+            Slot::Held(t) if is_it(t) => {
+                *s = Slot::Up(t.clone());
                 true
             }
             _ => false,
@@ -201,6 +234,47 @@ mod tests {
         assert_eq!(g.current(), Some(1));
         g.down_if(|c| *c == 1);
         assert_eq!(g.current(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_connection_makes_operations_wait_even_in_fail_fast_mode() {
+        let g = gate(QueueMode::FailFast, 2, 5_000);
+        g.up(1);
+        assert!(!g.hold_if(|c| *c == 2), "only the live connection is held");
+        assert!(g.hold_if(|c| *c == 1));
+        assert_eq!(g.current(), Some(1), "still the live connection");
+        let waiter = tokio::spawn({
+            let g = g.clone();
+            async move { g.get().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(g.waiting(), 1);
+        // The move: the new connection comes up, and the waiter takes it.
+        g.up(2);
+        assert_eq!(waiter.await.unwrap().unwrap(), 2);
+        // A move that did not happen: the held connection is released.
+        assert!(g.hold_if(|c| *c == 2));
+        let waiter = tokio::spawn({
+            let g = g.clone();
+            async move { g.get().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        g.release_if(|c| *c == 2);
+        assert_eq!(waiter.await.unwrap().unwrap(), 2);
+        // A held connection that is lost is down: fail fast again.
+        assert!(g.hold_if(|c| *c == 2));
+        g.down_if(|c| *c == 2);
+        assert!(matches!(g.get().await, Err(Unavailable::Disconnected)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_is_bounded_like_any_wait() {
+        let g = gate(QueueMode::Wait, 1, 2_000);
+        g.up(1);
+        assert!(g.hold_if(|c| *c == 1));
+        let started = Instant::now();
+        assert!(matches!(g.get().await, Err(Unavailable::QueueTimeout(_))));
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]

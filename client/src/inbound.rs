@@ -18,9 +18,10 @@ use icom_protocol::{Deliver, EventBody, StreamCode, StreamCredit, DELIVER_OVERHE
 use quinn::{ReadError, RecvStream, VarInt};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::answer::Reply;
 use crate::config::ms;
 use crate::connection::Live;
-use crate::core::{Core, Reply};
+use crate::core::Core;
 use crate::event::{Event, Replier};
 use crate::replay::ReplayBuffer;
 

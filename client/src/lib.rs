@@ -49,6 +49,7 @@
 //!   config file and the `ICOM_*` environment.
 #![warn(missing_docs)]
 
+mod answer;
 mod backoff;
 mod client;
 mod config;
@@ -60,6 +61,7 @@ mod dedup;
 mod error;
 mod event;
 mod gate;
+mod homing;
 mod inbound;
 mod loss;
 mod outbound;

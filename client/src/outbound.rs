@@ -12,8 +12,9 @@ use icom_protocol::{
     validate_event_name, validate_persist_id, Ack, Deliver, Persist, Send, Target,
 };
 
+use crate::answer::Reply;
 use crate::connection::Live;
-use crate::core::{Core, Reply, WaitError, Waiter, ATTEMPTS};
+use crate::core::{Core, WaitError, Waiter, ATTEMPTS};
 use crate::error::{refusal, SendError};
 use crate::event::Replier;
 

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use icom_protocol::{Ack, Target};
 use tokio::sync::mpsc;
 
-use crate::core::{Core, Route, ATTEMPTS};
+use crate::answer::Route;
+use crate::core::{Core, ATTEMPTS};
 use crate::data::ToData;
 use crate::error::{refusal, SendError};
 use crate::outbound::{check, encode, fits, SendOptions};

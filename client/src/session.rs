@@ -168,6 +168,27 @@ impl<W> Session<W> {
         (down, failed)
     }
 
+    /// How many operations wait for an answer on connection `generation`
+    /// itself (acks, pongs, rosters; not replies, which come to whichever
+    /// connection the identity has).
+    pub(crate) fn unanswered_on(&self, generation: u64) -> usize {
+        self.waiting
+            .iter()
+            .filter(|(k, e)| k.0 != Kind::Reply && e.generation == generation)
+            .count()
+    }
+
+    /// The client moved from connection `from` to `to`, which is in use
+    /// now: the requests waiting for a reply wait on `to`, where replies
+    /// come from now on; what waits on `from` itself stays there.
+    pub(crate) fn moved(&mut self, from: u64, to: u64) {
+        for (k, e) in &mut self.waiting {
+            if k.0 == Kind::Reply && e.generation == from {
+                e.generation = to;
+            }
+        }
+    }
+
     /// The client closes: no connection will be used again, and every
     /// waiter is handed back, to be failed.
     pub(crate) fn close(&mut self) -> Vec<W> {
@@ -362,6 +383,27 @@ mod tests {
         assert_eq!(failed, vec!["new ack"]);
         assert_eq!(s.link(), Link::Down);
         assert_eq!(s.waiting(), 0);
+    }
+
+    #[test]
+    fn a_move_keeps_the_replies_waiting_and_leaves_the_acks_on_the_old_connection() {
+        let mut s = Session::new(8);
+        let old = up(&mut s);
+        s.expect(Kind::Ack, 1, old, None, "old ack").unwrap();
+        s.expect(Kind::Pong, 2, old, None, "old pong").unwrap();
+        s.expect(Kind::Reply, 1, old, Some("b"), "reply").unwrap();
+        assert_eq!(s.unanswered_on(old), 2, "the reply waits on the identity");
+        assert_eq!(s.answered(Kind::Pong, 2), Some("old pong"));
+        assert_eq!(s.unanswered_on(old), 1);
+        let new = up(&mut s);
+        s.moved(old, new);
+        assert_eq!((s.unanswered_on(old), s.unanswered_on(new)), (1, 0));
+        // The old connection goes: only its own ack fails; the reply still
+        // waits, on the new one.
+        let (down, failed) = s.disconnected(old);
+        assert!(!down);
+        assert_eq!(failed, vec!["old ack"]);
+        assert_eq!(s.answered(Kind::Reply, 1), Some("reply"));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! client is closed. A lost connection or a failed attempt moves on to
 //! the next router at once; once every router of a round has failed, the
 //! backoff (exponential, full jitter) waits before the next round. After
-//! `REPLACED` the client waits long and tries the same router again.
+//! `REPLACED` the client waits long and tries the same router again. On a
+//! router that is not the first of the list, it moves back to an earlier
+//! one once that one answers again (`crate::homing`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +22,7 @@ use crate::event::Event;
 use crate::loss::Loss;
 use crate::routers::Rotation;
 use crate::state::State;
-use crate::{control, inbound};
+use crate::{control, homing, inbound};
 
 /// A connection `connect` made: the index of its router, the connection,
 /// and its control stream.
@@ -30,6 +32,11 @@ pub(crate) type First = (usize, Arc<Live>, FrameReader);
 /// state says so.
 pub(crate) fn publish(core: &Core, live: &Arc<Live>) {
     core.up(live);
+    report(core, live);
+}
+
+/// Says that `live` is the connection in use: the log, and the state.
+fn report(core: &Core, live: &Live) {
     tracing::info!(
         server_id = %live.welcome.server_id,
         session_id = %live.welcome.session_id,
@@ -52,13 +59,20 @@ pub(crate) async fn run(core: Arc<Core>, first: Option<First>, events: mpsc::Sen
     let mut attempts: u32 = 0;
     let mut next = first.map(|(index, live, reader)| {
         rotation.connected(index);
-        (live, reader)
+        (index, live, reader)
     });
     loop {
-        if let Some((live, reader)) = next.take() {
+        if let Some((index, live, reader)) = next.take() {
             backoff.connected();
-            let Some(loss) = serve(&core, live.clone(), reader, &events).await else {
-                break;
+            let loss = match serve(&core, index, live.clone(), reader, &events).await {
+                Served::Closed => break,
+                Served::Moved((index, live, reader)) => {
+                    report(&core, &live);
+                    rotation.connected(index);
+                    next = Some((index, live, reader));
+                    continue;
+                }
+                Served::Lost(loss) => loss,
             };
             if backoff.disconnected() {
                 attempts = 0;
@@ -98,10 +112,10 @@ pub(crate) async fn run(core: Arc<Core>, first: Option<First>, events: mpsc::Sen
             attempt = core.establish(index) => attempt,
         };
         match attempt {
-            Ok(pair) => {
-                publish(&core, &pair.0);
+            Ok((live, reader)) => {
+                publish(&core, &live);
                 rotation.connected(index);
-                next = Some(pair);
+                next = Some((index, live, reader));
             }
             Err(e) => {
                 tracing::warn!(error = %e, router = %router, "reconnect failed");
@@ -135,14 +149,26 @@ fn failed(core: &Core, loss: &Loss, router: String) {
     });
 }
 
-/// Serves one connection until it ends (`Some(why)`) or the client is
-/// closed (`None`).
+/// How serving one connection ended.
+enum Served {
+    /// The connection ended.
+    Lost(Loss),
+    /// The client moved to a router earlier in the list, over this
+    /// connection (published); the old one ends by itself.
+    Moved(homing::Moved),
+    /// The client was closed.
+    Closed,
+}
+
+/// Serves one connection, to router `index`, until it ends, the client
+/// moves back to a router earlier in the list, or the client is closed.
 async fn serve(
     core: &Arc<Core>,
+    index: usize,
     live: Arc<Live>,
     reader: FrameReader,
     events: &mpsc::Sender<Event>,
-) -> Option<Loss> {
+) -> Served {
     let span = tracing::info_span!(
         "connection",
         server_id = %live.welcome.server_id,
@@ -154,15 +180,16 @@ async fn serve(
     tokio::spawn(control.instrument(span.clone()));
     let inbound = inbound::run(core.clone(), live.clone(), events.clone(), replayed_rx);
     tokio::spawn(inbound.instrument(span));
-    let loss = tokio::select! {
+    let served = tokio::select! {
         () = core.shutdown.cancelled() => {
             live.close(CloseCode::Normal);
-            None
+            Served::Closed
         }
-        e = live.conn.closed() => Some(Loss::of(&e)),
+        e = live.conn.closed() => Served::Lost(Loss::of(&e)),
+        moved = homing::back(core, index, &live) => return Served::Moved(moved),
     };
     core.gone(&live);
-    loss
+    served
 }
 
 /// Sleeps, unless the client is closed first (then false).

@@ -1,16 +1,22 @@
 //! A client given the routers of one cluster: it connects to the first
 //! that answers, moves on to the next when its router goes (even without a
 //! word: killed, no close, no reset), says which router it is on, and does
-//! not hop between routers after `REPLACED`.
+//! not hop between routers after `REPLACED`; it moves back to the first
+//! router once that one answers again, with no send failing for it and, in
+//! a cluster, no presence change for the other servers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod client_support;
 
 use std::time::{Duration, Instant};
 
-use client_support::{config, connect_with, next_event, wait_state};
+use bytes::Bytes;
+use client_support::{config, config_for, connect_with, next_event, wait_state};
 use icom_client::{Client, ClientConfig, State, States};
-use icom_tests::{silent_udp_socket, workspace_bin, RouterFiles, RouterProcess, TestCluster, WAIT};
+use icom_protocol::Target;
+use icom_tests::{
+    send, silent_udp_socket, workspace_bin, RouterFiles, RouterProcess, Routers, TestCluster, WAIT,
+};
 
 /// How long a client may take to notice a router that went silent and be
 /// on the next one. Generous: with the default keep-alive (2 s) and idle
@@ -183,4 +189,152 @@ async fn a_replaced_client_does_not_hop_to_another_router() {
     assert!(!old.is_connected());
     assert!(new.is_connected());
     assert_eq!(b.stats().connections, 0, "{:?}", b.stats());
+}
+
+/// Sends events to itself one after the other until `stop`, each awaited:
+/// how many were acked as delivered, and the first that was not.
+async fn sends_to_itself(
+    client: Client,
+    id: &'static str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (u64, Option<String>) {
+    let mut n = 0u64;
+    while !*stop.borrow() {
+        match client.send(id, "loop", n).await {
+            Ok(ack) if ack.ok && ack.delivered == 1 => n += 1,
+            other => return (n, Some(format!("send {n}: {other:?}"))),
+        }
+    }
+    (n, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_moves_back_to_the_first_router_when_it_answers_again_and_no_send_fails() {
+    let mut a = TestCluster::start().await;
+    let b = a.sibling().await;
+    let routers = [a.addr().to_string(), b.addr().to_string()];
+    let mut cfg = config(&a, "server_1").with_routers(routers.clone());
+    cfg.reconnect.return_ms = 200;
+    let (x, mut x_events) = connect_with(cfg.clone()).await;
+    // Another client that does not move back (`return_ms = 0`).
+    let mut stay = config(&a, "server_2").with_routers(routers.clone());
+    stay.reconnect.return_ms = 0;
+    let (y, _y_events) = connect_with(stay).await;
+    assert_eq!(x.router(), Some(routers[0].clone()));
+    let (mut states, mut y_states) = (x.states(), y.states());
+
+    a.stop().await;
+    state_within(&mut states, WAIT, connected_to(&routers[1])).await;
+    wait_state(&mut y_states, connected_to(&routers[1])).await;
+    assert_eq!(b.stats().connections, 2, "{:?}", b.stats());
+
+    // Events flow through the move, one at a time: every one is acked as
+    // delivered, and arrives once.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sender = tokio::spawn(sends_to_itself(x.clone(), "server_1", stopped));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.restart().await;
+    let back = state_within(&mut states, WAIT, |s| matches!(s, State::Connected { .. })).await;
+    assert_eq!(back.router(), Some(routers[0].as_str()), "{back:?}");
+    assert_eq!(x.router(), Some(routers[0].clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(true).unwrap();
+    let (sent, failed) = sender.await.unwrap();
+    assert_eq!(failed, None, "after {sent} sends");
+    assert!(sent > 0);
+    for i in 0..sent {
+        let got = next_event(&mut x_events).await;
+        assert_eq!(
+            (got.event.as_str(), got.from.as_str()),
+            ("loop", "server_1")
+        );
+        assert_eq!(got.decode::<u64>().unwrap(), i, "in order, each once");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), x_events.next())
+            .await
+            .is_err(),
+        "nothing more arrived"
+    );
+
+    // The old connection is closed (these routers share no table: the
+    // client closes it) and the other client stayed where it was.
+    let deadline = Instant::now() + WAIT;
+    while b.stats().connections != 1 {
+        assert!(Instant::now() < deadline, "{:?}", b.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.stats().connections, 1, "{:?}", a.stats());
+    assert_eq!(y.router(), Some(routers[1].clone()));
+    x.close().await;
+    y.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_a_client_moves_back_without_a_presence_change_for_the_others() {
+    let mut rs = Routers::start(3, 2).await;
+    let routers = [
+        rs.router(0).addr().to_string(),
+        rs.router(1).addr().to_string(),
+    ];
+    let mut cfg = config_for(rs.router(0).client_files("x")).with_routers(routers.clone());
+    cfg.reconnect.return_ms = 200;
+    let (x, mut x_events) = connect_with(cfg).await;
+    let mut w = rs.router(1).raw("w").await;
+    let mut states = x.states();
+
+    rs.routers[0].stop().await;
+    state_within(&mut states, WAIT, connected_to(&routers[1])).await;
+    // x is on w's router now; what w hears of that settles.
+    let _ = w.presence_within(Duration::from_millis(500)).await;
+
+    // Events flow through the move: its router closes the old connection
+    // (REPLACED) as soon as the cluster hands the identity over, and still
+    // no send fails, since the move waited for their acks first.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sender = tokio::spawn(sends_to_itself(x.clone(), "x", stopped));
+    rs.routers[0].restart().await;
+    let back = state_within(&mut states, WAIT, |s| matches!(s, State::Connected { .. })).await;
+    assert_eq!(back.router(), Some(routers[0].as_str()), "{back:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(true).unwrap();
+    let (sent, failed) = sender.await.unwrap();
+    assert_eq!(failed, None, "after {sent} sends");
+    for i in 0..sent {
+        assert_eq!(next_event(&mut x_events).await.decode::<u64>().unwrap(), i);
+    }
+    // The cluster handed the identity over: w saw x neither leave nor come.
+    let heard = w.presence_within(Duration::from_secs(2)).await;
+    assert!(heard.iter().all(|(id, _)| id != "x"), "{heard:?}");
+    assert_eq!(
+        rs.router(1).stats().connections,
+        1,
+        "{:?}",
+        rs.router(1).stats()
+    );
+
+    // Both ways across the routers, from where x is now.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match x.send("w", "from_x", 1).await {
+            Ok(ack) if ack.delivered == 1 => break,
+            other => {
+                assert!(Instant::now() < deadline, "x cannot reach w: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert_eq!(w.deliver().await.unwrap().event, "from_x");
+    let ack = w
+        .send(&send(
+            7,
+            Target::Server("x".into()),
+            "from_w",
+            Bytes::from_static(&[0xc0]),
+        ))
+        .await
+        .unwrap();
+    assert!(ack.ok && ack.delivered == 1, "{ack:?}");
+    assert_eq!(next_event(&mut x_events).await.event, "from_w");
+    x.close().await;
 }
