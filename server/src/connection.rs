@@ -7,9 +7,9 @@ use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use icom_protocol::{CloseCode, Control, EventBody, FrameBuffer};
+use icom_protocol::{encode_frame, CloseCode, Control, EventBody, FrameBuffer};
 use quinn::{ReadError, RecvStream, SendStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 /// How much one read of the control stream asks for.
 const CONTROL_READ: usize = 64 * 1024;
@@ -74,6 +74,30 @@ impl ControlReader {
     /// How many messages of unknown names were skipped so far.
     pub(crate) fn skipped(&self) -> u64 {
         self.frames.skipped()
+    }
+}
+
+/// A control frame that holds `place` until it is gone: written and
+/// acknowledged by the peer's QUIC stack (quinn keeps a written chunk until
+/// then), or copied into a larger write, or dropped with the connection.
+/// What counts places with it bounds how much of its kind waits for one
+/// client, in the control queue and in QUIC's send buffer together.
+pub(crate) fn counted_frame(msg: &Control, place: OwnedSemaphorePermit) -> Bytes {
+    Bytes::from_owner(Counted {
+        frame: encode_frame(msg),
+        _place: place,
+    })
+}
+
+/// The owner of a [`counted_frame`]'s bytes.
+struct Counted {
+    frame: Vec<u8>,
+    _place: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Counted {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame
     }
 }
 
@@ -233,4 +257,34 @@ pub(crate) async fn send_event(conn: &quinn::Connection, wire: Bytes) -> bool {
 /// Closes the connection with `code`, its name as the reason.
 pub(crate) fn close(conn: &quinn::Connection, code: CloseCode) {
     conn.close(code.code().into(), code.as_str().as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use icom_protocol::Pong;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    #[test]
+    fn a_counted_frame_holds_its_place_until_its_last_handle_is_gone() {
+        let places = Arc::new(Semaphore::new(1));
+        let msg = Control::Pong(Pong { nonce: 7 });
+        let frame = counted_frame(&msg, places.clone().try_acquire_owned().unwrap());
+        assert_eq!(&frame[..], &encode_frame(&msg)[..], "the frame's bytes");
+        assert!(
+            places.clone().try_acquire_owned().is_err(),
+            "the place is taken"
+        );
+        // A handle kept elsewhere (quinn's send buffer) holds it too.
+        let kept = frame.slice(1..);
+        drop(frame);
+        assert!(places.clone().try_acquire_owned().is_err());
+        drop(kept);
+        assert!(places.try_acquire_owned().is_ok(), "the place is back");
+    }
 }

@@ -16,12 +16,13 @@ use icom_protocol::{
     FEATURE_REPLACE, FEATURE_WHO, PROTOCOL_VERSION,
 };
 use quinn::{RecvStream, SendStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::clock::now_ms;
 use crate::connection::{
-    close, send_event, write_control, write_event, ControlEnd, ControlReader, Written,
+    close, counted_frame, send_event, write_control, write_event, ControlEnd, ControlReader,
+    Written,
 };
 use crate::event::{Burst, Unanswered};
 use crate::handshakes::Place;
@@ -304,6 +305,7 @@ fn accept_now(conn: &quinn::Connection) -> Option<RecvStream> {
 /// Reads and answers control frames until the stream ends or breaks the
 /// protocol.
 async fn read_control(shared: Arc<Shared>, peer: Arc<Peer>, mut ctrl: ControlReader) -> Ended {
+    let rosters = Arc::new(Semaphore::new(ROSTERS_WAITING));
     loop {
         let skipped = ctrl.skipped();
         let msg = ctrl.next().await;
@@ -312,7 +314,7 @@ async fn read_control(shared: Arc<Shared>, peer: Arc<Peer>, mut ctrl: ControlRea
         }
         match msg {
             Ok(msg) => {
-                if let Err(e) = on_control(&shared, &peer, msg).await {
+                if let Err(e) = on_control(&shared, &peer, &rosters, msg).await {
                     return Ended::Protocol(e);
                 }
             }
@@ -325,7 +327,20 @@ async fn read_control(shared: Arc<Shared>, peer: Arc<Peer>, mut ctrl: ControlRea
     }
 }
 
-async fn on_control(shared: &Shared, peer: &Peer, msg: Control) -> Result<(), String> {
+/// The most `roster` pages waiting for one client at once, queued or
+/// written and not yet acknowledged by its QUIC stack. A `who` is a few
+/// bytes and its page up to 1000 entries: past this, the router reads no
+/// more of the client's control frames until a page is gone, so a client
+/// that asks and does not read cannot make the router hold pages by the
+/// thousand.
+const ROSTERS_WAITING: usize = 4;
+
+async fn on_control(
+    shared: &Shared,
+    peer: &Peer,
+    rosters: &Arc<Semaphore>,
+    msg: Control,
+) -> Result<(), String> {
     match msg {
         Control::Ping(p) => {
             let _ = peer
@@ -338,6 +353,9 @@ async fn on_control(shared: &Shared, peer: &Peer, msg: Control) -> Result<(), St
             let _ = peer.control.send(frame(&Control::Ack(ack))).await;
         }
         Control::Who(w) => {
+            let Ok(place) = rosters.clone().acquire_owned().await else {
+                return Ok(());
+            };
             let here = shared.config().cluster.as_ref().map(|c| c.name.clone());
             let (servers, more) =
                 shared
@@ -348,7 +366,7 @@ async fn on_control(shared: &Shared, peer: &Peer, msg: Control) -> Result<(), St
                 servers,
                 more,
             });
-            let _ = peer.control.send(frame(&roster)).await;
+            let _ = peer.control.send(counted_frame(&roster, place)).await;
         }
         other => return Err(format!("a client may not send '{}'", other.name())),
     }
