@@ -216,17 +216,23 @@ async fn a_client_moves_back_to_the_first_router_when_it_answers_again_and_no_se
     let mut cfg = config(&a, "server_1").with_routers(routers.clone());
     cfg.reconnect.return_ms = 200;
     let (x, mut x_events) = connect_with(cfg.clone()).await;
-    // Another client that does not move back (`return_ms = 0`).
+    // Two clients that do not move back: one with `return_ms = 0`, one
+    // that must not replace its identity.
     let mut stay = config(&a, "server_2").with_routers(routers.clone());
     stay.reconnect.return_ms = 0;
     let (y, _y_events) = connect_with(stay).await;
+    let mut keep = config(&a, "server_3").with_routers(routers.clone());
+    keep.reconnect.return_ms = 200;
+    keep.replace = false;
+    let (z, _z_events) = connect_with(keep).await;
     assert_eq!(x.router(), Some(routers[0].clone()));
-    let (mut states, mut y_states) = (x.states(), y.states());
+    let (mut states, mut y_states, mut z_states) = (x.states(), y.states(), z.states());
 
     a.stop().await;
     state_within(&mut states, WAIT, connected_to(&routers[1])).await;
     wait_state(&mut y_states, connected_to(&routers[1])).await;
-    assert_eq!(b.stats().connections, 2, "{:?}", b.stats());
+    wait_state(&mut z_states, connected_to(&routers[1])).await;
+    assert_eq!(b.stats().connections, 3, "{:?}", b.stats());
 
     // Events flow through the move, one at a time: every one is acked as
     // delivered, and arrives once.
@@ -258,16 +264,18 @@ async fn a_client_moves_back_to_the_first_router_when_it_answers_again_and_no_se
     );
 
     // The old connection is closed (these routers share no table: the
-    // client closes it) and the other client stayed where it was.
+    // client closes it) and the other clients stayed where they were.
     let deadline = Instant::now() + WAIT;
-    while b.stats().connections != 1 {
+    while b.stats().connections != 2 {
         assert!(Instant::now() < deadline, "{:?}", b.stats());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(a.stats().connections, 1, "{:?}", a.stats());
     assert_eq!(y.router(), Some(routers[1].clone()));
+    assert_eq!(z.router(), Some(routers[1].clone()));
     x.close().await;
     y.close().await;
+    z.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
