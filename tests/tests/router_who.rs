@@ -1,13 +1,16 @@
 //! Who is connected, and an identity that must not be taken over
 //! (docs/PROTOCOL.md §1.4, §3.1, §3.2): `welcome.features`, `who` answered with
 //! the table as it is now, and `hello.replace: false` refused with
-//! `IN_USE` while the connection it would have replaced goes on.
+//! `IN_USE` while the connection it would have replaced goes on; a client
+//! that asks `who` and does not read holds at most four pages (§9).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use icom_protocol::{CloseCode, Control, Hello, Roster, Target, Who, NIL};
-use icom_tests::{send, RawClient, TestCluster};
+use icom_tests::{client_crypto, send, RawClient, TestCluster};
 
 /// Sends `who` and returns the `roster` that answers it.
 async fn who(c: &mut RawClient, id: u64, after: Option<&str>) -> Roster {
@@ -123,4 +126,58 @@ async fn a_client_that_asks_not_to_replace_is_refused_in_use_and_the_other_stays
     .await
     .unwrap();
     careful.expect_closed(CloseCode::Replaced).await;
+}
+
+#[tokio::test]
+async fn a_client_asking_who_without_reading_is_held_back_four_pages_ahead() {
+    let cluster = TestCluster::start().await;
+    let mut others = Vec::new();
+    for i in 0..20 {
+        others.push(cluster.raw(&format!("server_{i:02}")).await);
+    }
+    // A small receive window: the router's pages stop at the client's QUIC
+    // stack, unacknowledged, once a few are unread.
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .stream_receive_window(2048u32.into())
+        .receive_window((64u32 * 1024).into());
+    let pki = cluster.pki();
+    let crypto = client_crypto(pki, Some(&pki.client("asker")));
+    let mut c = RawClient::connect_transport(cluster.addr(), crypto, transport)
+        .await
+        .unwrap();
+    c.hello().await.unwrap();
+    // 200 `who`, then the end of the control stream (goodbye), unread.
+    for id in 1..=200 {
+        c.send_control(&Control::Who(Who { id, after: None }))
+            .await
+            .unwrap();
+    }
+    c.finish_control();
+    // The router stopped reading once four pages waited: it has not come
+    // to the goodbye (which it answers by closing the connection).
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), c.closed())
+            .await
+            .is_err(),
+        "the router read the whole control stream with pages unread"
+    );
+    // Reading: the pages come in order, each whole, and the router goes on
+    // to the goodbye. That close cuts what was still on its way: the four
+    // pages held and what the client's 2 KB window had taken in unread
+    // (about six pages of 20 servers).
+    let mut got = 0;
+    while let Ok(page) = c
+        .control_until(|m| match m {
+            Control::Roster(r) => Some((r.id, r.servers.len(), r.more)),
+            _ => None,
+        })
+        .await
+    {
+        got += 1;
+        assert_eq!(page, (got, 20, false));
+    }
+    assert!(got >= 180, "{got} pages before the close");
+    c.expect_closed(CloseCode::Normal).await;
+    drop(others);
 }
