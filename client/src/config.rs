@@ -151,8 +151,9 @@ pub struct ReconnectConfig {
     /// try the routers before it about this often (each wait is this plus
     /// up to half of it again, at random, so that the servers that failed
     /// over together do not come back at one instant), and move to the
-    /// first that welcomes the client. The move waits for the answers of
-    /// what is in flight, so nothing sent fails for it. 0: never move back.
+    /// first that welcomes the client. The move first lets what is in
+    /// flight be answered (2 s at most), so a send answered in time does not
+    /// fail for it. 0: never move back.
     /// Needs `replace` (a client that must not replace stays where it is).
     pub return_ms: u64,
 }
