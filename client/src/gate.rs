@@ -166,13 +166,16 @@ mod tests {
         }))
     }
 
+    /// An operation waiting at the gate, in a task of its own.
+    fn spawn_waiter(g: &Arc<Gate<u32>>) -> tokio::task::JoinHandle<Result<u32, Unavailable>> {
+        let g = g.clone();
+        tokio::spawn(async move { g.get().await })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn waiters_go_on_when_the_connection_comes_up() {
         let g = gate(QueueMode::Wait, 4, 10_000);
-        let waiter = tokio::spawn({
-            let g = g.clone();
-            async move { g.get().await }
-        });
+        let waiter = spawn_waiter(&g);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(g.waiting(), 1);
         g.up(7);
@@ -184,12 +187,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_queue_is_bounded() {
         let g = gate(QueueMode::Wait, 2, 10_000);
-        let waiters: Vec<_> = (0..2)
-            .map(|_| {
-                let g = g.clone();
-                tokio::spawn(async move { g.get().await })
-            })
-            .collect();
+        let waiters: Vec<_> = (0..2).map(|_| spawn_waiter(&g)).collect();
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(g.waiting(), 2);
         match g.get().await {
@@ -243,10 +241,7 @@ mod tests {
         assert!(!g.hold_if(|c| *c == 2), "only the live connection is held");
         assert!(g.hold_if(|c| *c == 1));
         assert_eq!(g.current(), Some(1), "still the live connection");
-        let waiter = tokio::spawn({
-            let g = g.clone();
-            async move { g.get().await }
-        });
+        let waiter = spawn_waiter(&g);
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(g.waiting(), 1);
         // The move: the new connection comes up, and the waiter takes it.
@@ -254,10 +249,7 @@ mod tests {
         assert_eq!(waiter.await.unwrap().unwrap(), 2);
         // A move that did not happen: the held connection is released.
         assert!(g.hold_if(|c| *c == 2));
-        let waiter = tokio::spawn({
-            let g = g.clone();
-            async move { g.get().await }
-        });
+        let waiter = spawn_waiter(&g);
         tokio::time::sleep(Duration::from_millis(10)).await;
         g.release_if(|c| *c == 2);
         assert_eq!(waiter.await.unwrap().unwrap(), 2);
@@ -280,10 +272,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn closing_ends_every_wait() {
         let g = gate(QueueMode::Wait, 4, 60_000);
-        let waiter = tokio::spawn({
-            let g = g.clone();
-            async move { g.get().await }
-        });
+        let waiter = spawn_waiter(&g);
         tokio::time::sleep(Duration::from_millis(10)).await;
         g.close();
         assert!(matches!(waiter.await.unwrap(), Err(Unavailable::Closed)));

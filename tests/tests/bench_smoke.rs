@@ -94,16 +94,19 @@ fn tput_and_fanout_with_plain_quinn_peers_count_the_same() {
     assert_eq!(n(&v, "delivered"), 100);
 }
 
-#[test]
-fn the_naive_router_routes_tput_and_fanout_for_both_kinds_of_client() {
+/// `router` (`--naive` or `--floor`) routes tput under a plain client and
+/// fanout 1 → 3 (with `fanout_client`: `--plain`, or nothing for
+/// `icom-client`), every event acked and delivered.
+fn routes_tput_and_fanout(router: &str, fanout_client: &[&str]) {
     let v = bench(&[
-        "--naive", "tput", "--events", "200", "--window", "16", "--plain",
+        router, "tput", "--events", "200", "--window", "16", "--plain",
     ]);
     assert_eq!((n(&v, "acked"), n(&v, "delivered")), (200, 200));
-    assert!(v["method"].as_str().unwrap().contains("naive"), "{v}");
+    let name = router.trim_start_matches('-');
+    assert!(v["method"].as_str().unwrap().contains(name), "{v}");
     assert!(v["router_cpu_s_per_million_events"].is_number(), "{v}");
-    let v = bench(&[
-        "--naive",
+    let mut fanout = vec![
+        router,
         "fanout",
         "--events",
         "40",
@@ -111,34 +114,24 @@ fn the_naive_router_routes_tput_and_fanout_for_both_kinds_of_client() {
         "3",
         "--window",
         "8",
-    ]);
+    ];
+    fanout.extend_from_slice(fanout_client);
+    let v = bench(&fanout);
     assert_eq!((n(&v, "acked_deliveries"), n(&v, "delivered")), (120, 120));
 }
 
 #[test]
+fn the_naive_router_routes_tput_and_fanout_for_both_kinds_of_client() {
+    routes_tput_and_fanout("--naive", &[]);
+}
+
+#[test]
 fn the_floor_router_routes_tput_and_fanout_for_both_kinds_of_client() {
-    let v = bench(&[
-        "--floor", "tput", "--events", "200", "--window", "16", "--plain",
-    ]);
-    assert_eq!((n(&v, "acked"), n(&v, "delivered")), (200, 200));
-    assert!(v["method"].as_str().unwrap().contains("floor"), "{v}");
-    assert!(v["router_cpu_s_per_million_events"].is_number(), "{v}");
+    routes_tput_and_fanout("--floor", &["--plain"]);
     // icom-client, an event larger than a packet: the floor reads a
     // stream of several chunks and writes a delivery of several packets.
     let v = bench(&["--floor", "tput", "--events", "100", "--size", "5000"]);
     assert_eq!((n(&v, "acked"), n(&v, "delivered")), (100, 100));
-    let v = bench(&[
-        "--floor",
-        "fanout",
-        "--events",
-        "40",
-        "--receivers",
-        "3",
-        "--window",
-        "8",
-        "--plain",
-    ]);
-    assert_eq!((n(&v, "acked_deliveries"), n(&v, "delivered")), (120, 120));
 }
 
 #[test]

@@ -42,6 +42,21 @@ async fn state_within(
     .unwrap_or_else(|_| panic!("no such state within {bound:?}"))
 }
 
+/// Sends `event` from `from` to `to` until it is delivered, within the
+/// bound: `from`'s router may not have heard of `to` yet (`not_found`).
+async fn send_once_it_knows(from: &Client, to: &str, event: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match from.send(to, event, 1).await {
+            Ok(ack) if ack.delivered == 1 => return,
+            other => {
+                assert!(Instant::now() < deadline, "cannot reach {to}: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 fn connected_to(router: &str) -> impl Fn(&State) -> bool + '_ {
     move |s| matches!(s, State::Connected { router: r, .. } if r == router)
 }
@@ -141,17 +156,7 @@ async fn a_client_whose_router_is_killed_is_on_the_next_one_well_before_the_idle
     assert_eq!(x.router(), Some(b.clone()));
 
     // Both ways on router B.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        // y may not have seen x's arrival yet: retry a not_found.
-        match x.send("y", "from_x", 1).await {
-            Ok(ack) if ack.delivered == 1 => break,
-            other => {
-                assert!(Instant::now() < deadline, "x cannot reach y: {other:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    send_once_it_knows(&x, "y", "from_x").await;
     assert_eq!(next_event(&mut y_events).await.event, "from_x");
     y.send("x", "from_y", 2).await.unwrap();
     let got = next_event(&mut x_events).await;
@@ -322,16 +327,7 @@ async fn in_a_cluster_a_client_moves_back_without_a_presence_change_for_the_othe
     );
 
     // Both ways across the routers, from where x is now.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match x.send("w", "from_x", 1).await {
-            Ok(ack) if ack.delivered == 1 => break,
-            other => {
-                assert!(Instant::now() < deadline, "x cannot reach w: {other:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    send_once_it_knows(&x, "w", "from_x").await;
     assert_eq!(w.deliver().await.unwrap().event, "from_x");
     let ack = w
         .send(&send(
