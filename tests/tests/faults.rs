@@ -573,7 +573,9 @@ async fn unfinished_streams_get_no_ack_and_leak_nothing() {
 
     // Finishing some: each is acked (a cut-off send is malformed), and
     // once enough have ended (quinn announces credit in steps of an eighth
-    // of the limit) the waiting stream opens.
+    // of the limit) the waiting stream opens. The presence batch of a and
+    // b may come to x among the acks: x may have been welcomed before it
+    // went out (docs/PROTOCOL.md §3.2).
     let finished = MAX_STREAMS as usize / 4;
     for s in open.drain(..finished) {
         let mut s = s;
@@ -586,6 +588,7 @@ async fn unfinished_streams_get_no_ack_and_leak_nothing() {
                 assert_eq!(ack.error.unwrap().code, AckCode::Malformed);
                 malformed += 1;
             }
+            Control::Presence(p) if p.online && ["a", "b"].contains(&p.server_id.as_str()) => {}
             other => panic!("expected an ack, got {other:?}"),
         }
     }
