@@ -197,7 +197,7 @@ impl Client {
             let live = core.gate.get().await?;
             let id = core.next_id();
             let Some(waiter) = core.register::<Ack>(id, &live, None) else {
-                core.gone(&live);
+                core.stale(&live);
                 continue;
             };
             let forget = Control::Forget(Forget {
@@ -232,7 +232,7 @@ impl Client {
             let live = core.gate.get().await?;
             let nonce = core.next_id();
             let Some(waiter) = core.register::<()>(nonce, &live, None) else {
-                core.gone(&live);
+                core.stale(&live);
                 continue;
             };
             let started = Instant::now();
@@ -311,7 +311,7 @@ impl Client {
                 return Err(RosterError::Unsupported);
             }
             match roster_on(core, &live).await {
-                Err(RosterError::ConnectionLost) => core.gone(&live),
+                Err(RosterError::ConnectionLost) => core.stale(&live),
                 done => return done,
             }
         }

@@ -196,13 +196,30 @@ impl Core {
     }
 
     /// Holds `live`, the connection in use, for a move: new operations
-    /// wait. False if it is no longer the one in use.
+    /// wait at the gate, and one that took `live` from the gate before
+    /// but has not registered its answer yet tries again (and so waits),
+    /// so that [`Core::unanswered_on`] counts all that will come on it.
+    /// False if it is no longer the one in use.
     pub(crate) fn hold(&self, live: &Live) -> bool {
-        self.gate.hold_if(|l| l.generation == live.generation)
+        let mut session = lock(&self.session);
+        if !session.hold(live.generation) {
+            return false;
+        }
+        let held = self.gate.hold_if(|l| l.generation == live.generation);
+        if !held {
+            session.release(live.generation);
+        }
+        held
+    }
+
+    /// Whether `live` is held for a move (see [`Core::hold`]).
+    pub(crate) fn is_held(&self, live: &Live) -> bool {
+        lock(&self.session).is_held(live.generation)
     }
 
     /// Lets operations use `live` again: the move did not happen.
     pub(crate) fn release(&self, live: &Live) {
+        lock(&self.session).release(live.generation);
         self.gate.release_if(|l| l.generation == live.generation);
     }
 
@@ -217,6 +234,15 @@ impl Core {
         let (_, failed) = lock(&self.session).disconnected(live.generation);
         self.gate.down_if(|l| l.generation == live.generation);
         drop(failed);
+    }
+
+    /// An operation could not start on `live`: it went, the client moved
+    /// off it, or it is held for a move. Operations stop taking it from
+    /// the gate unless it is held (they wait then). What waits on it is
+    /// left alone: its end fails that, and after a move the answers still
+    /// come on it until it is retired.
+    pub(crate) fn stale(&self, live: &Live) {
+        self.gate.down_if_up(|l| l.generation == live.generation);
     }
 
     /// The client is closing: nothing waits any more, and no connection
@@ -275,10 +301,10 @@ impl Core {
         route: Route<T>,
     ) -> Result<(), Route<T>> {
         let mut session = lock(&self.session);
-        if session.link() != Link::Up(live.generation) {
+        if !session.accepts(live.generation) {
             return Err(route);
         }
-        // The link was just checked under the same lock: this records it.
+        // Just checked under the same lock: this records it.
         let _ = session.expect(
             T::KIND,
             id,

@@ -113,6 +113,18 @@ impl<T: Clone> Gate<T> {
         });
     }
 
+    /// As [`Gate::down_if`], but a held connection stays held: the move
+    /// decides what follows.
+    pub(crate) fn down_if_up(&self, is_it: impl Fn(&T) -> bool) {
+        self.slot.send_if_modified(|s| match s {
+            Slot::Up(t) if is_it(t) => {
+                *s = Slot::Down;
+                true
+            }
+            _ => false,
+        });
+    }
+
     /// Holds the live connection that `is_it` recognises: operations wait
     /// from now on, until [`Gate::release_if`] or another connection comes
     /// up. False if that connection is not the live one.
@@ -231,6 +243,14 @@ mod tests {
         g.down_if(|c| *c == 2);
         assert_eq!(g.current(), Some(1));
         g.down_if(|c| *c == 1);
+        assert_eq!(g.current(), None);
+        // A held connection is taken down only by `down_if`.
+        g.up(1);
+        assert!(g.hold_if(|c| *c == 1));
+        g.down_if_up(|c| *c == 1);
+        assert_eq!(g.current(), Some(1), "still held");
+        g.release_if(|c| *c == 1);
+        g.down_if_up(|c| *c == 1);
         assert_eq!(g.current(), None);
     }
 

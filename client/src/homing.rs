@@ -20,7 +20,14 @@
 //!    change for the other servers; otherwise the client closes it
 //!    (`NORMAL`) after at most [`RETIRE`], having read what came on it
 //!    meanwhile.
+//!
+//! The old connection may close while the move is under way: in a
+//! cluster, its router closes it as soon as the new router takes the
+//! identity, which is before `welcome` comes. The move then finishes
+//! first ([`finish`]), and the close is not taken for a takeover.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,8 +98,12 @@ async fn try_move(core: &Arc<Core>, index: usize, old: &Arc<Live>) -> Option<Mov
         conn.close(0u32.into(), b"");
         return None;
     };
+    // What waits on a connection that closed meanwhile gets no answer.
     let deadline = Instant::now() + DRAIN;
-    while core.unanswered_on(old) > 0 && Instant::now() < deadline {
+    while core.unanswered_on(old) > 0
+        && Instant::now() < deadline
+        && old.conn.close_reason().is_none()
+    {
         tokio::time::sleep(DRAIN_POLL).await;
     }
     let greeted = tokio::time::timeout(GREET, core.greet(index, conn))
@@ -111,6 +122,25 @@ async fn try_move(core: &Arc<Core>, index: usize, old: &Arc<Live>) -> Option<Mov
             None
         }
     }
+}
+
+/// The connection `old` closed while [`back`] may be moving off it: if a
+/// move is under way (the connection is held), waits for it, as long as a
+/// move can take at most, and returns the connection moved to. `None` if
+/// no move was under way, or it failed.
+pub(crate) async fn finish(
+    core: &Core,
+    old: &Live,
+    mut back: Pin<&mut impl Future<Output = Moved>>,
+) -> Option<Moved> {
+    let deadline = Instant::now() + DRAIN + GREET;
+    while core.is_held(old) && Instant::now() < deadline {
+        tokio::select! {
+            moved = back.as_mut() => return Some(moved),
+            () = tokio::time::sleep(DRAIN_POLL) => {}
+        }
+    }
+    None
 }
 
 /// Ends the old connection after a move: its router closes it, or the

@@ -92,7 +92,7 @@ pub(crate) async fn transmit(
         fits(&bytes, &live)?;
         let reply = if want_reply {
             let Some(waiter) = core.register::<Reply>(id, &live, peer.as_deref()) else {
-                core.gone(&live);
+                core.stale(&live);
                 continue;
             };
             Some(waiter)
@@ -100,7 +100,7 @@ pub(crate) async fn transmit(
             None
         };
         let Some(ack) = core.register::<Ack>(id, &live, None) else {
-            core.gone(&live);
+            core.stale(&live);
             continue;
         };
         match tokio::time::timeout(timeout, live.write_event(bytes.clone())).await {

@@ -84,7 +84,7 @@ impl Publisher {
             };
             if let Err(to) = core.expect::<Ack>(id, &live, None, to) {
                 permit = take_permit(to)?;
-                core.gone(&live);
+                core.stale(&live);
                 continue;
             }
             match tokio::time::timeout(timeout, live.write_event(bytes.clone())).await {

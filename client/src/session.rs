@@ -89,6 +89,8 @@ struct Entry<W> {
 pub(crate) struct Session<W> {
     generation: u64,
     link: Link,
+    /// The connection held for a move (see [`Session::hold`]).
+    held: Option<u64>,
     waiting: HashMap<(Kind, u64), Entry<W>>,
     dedup: Dedup,
     peers: BTreeSet<String>,
@@ -100,6 +102,7 @@ impl<W> Session<W> {
         Session {
             generation: 0,
             link: Link::Down,
+            held: None,
             waiting: HashMap::new(),
             dedup: Dedup::new(dedup_window),
             peers: BTreeSet::new(),
@@ -117,6 +120,37 @@ impl<W> Session<W> {
         self.link
     }
 
+    /// Whether an operation may start on connection `generation` now:
+    /// it is the one in use, and not held for a move.
+    pub(crate) fn accepts(&self, generation: u64) -> bool {
+        self.link == Link::Up(generation) && self.held != Some(generation)
+    }
+
+    /// Whether connection `generation` is held for a move.
+    pub(crate) fn is_held(&self, generation: u64) -> bool {
+        self.held == Some(generation)
+    }
+
+    /// Holds connection `generation`, the one in use, for a move: no
+    /// operation starts on it any more, so that once what waits on it now
+    /// is answered, nothing more will come on it. False if it is not the
+    /// one in use.
+    pub(crate) fn hold(&mut self, generation: u64) -> bool {
+        let ok = self.link == Link::Up(generation);
+        if ok {
+            self.held = Some(generation);
+        }
+        ok
+    }
+
+    /// Operations may start on connection `generation` again: the move
+    /// did not happen.
+    pub(crate) fn release(&mut self, generation: u64) {
+        if self.held == Some(generation) {
+            self.held = None;
+        }
+    }
+
     /// Connection `generation` was welcomed, with these other servers
     /// connected: they become the peer set, and the difference from the
     /// set before (the last connection's, kept while disconnected) is
@@ -127,6 +161,7 @@ impl<W> Session<W> {
             return Vec::new();
         }
         self.link = Link::Up(generation);
+        self.held = None;
         let mut now = BTreeSet::new();
         for id in peers {
             if now.len() == MAX_PEERS {
@@ -154,6 +189,7 @@ impl<W> Session<W> {
         if down {
             self.link = Link::Down;
         }
+        self.release(generation);
         let ids: Vec<(Kind, u64)> = self
             .waiting
             .iter()
@@ -210,7 +246,7 @@ impl<W> Session<W> {
         peer: Option<&str>,
         waiter: W,
     ) -> Result<(), Gone<W>> {
-        if self.link != Link::Up(generation) {
+        if !self.accepts(generation) {
             return Err(Gone(waiter));
         }
         let entry = Entry {
@@ -404,6 +440,31 @@ mod tests {
         assert!(!down);
         assert_eq!(failed, vec!["old ack"]);
         assert_eq!(s.answered(Kind::Reply, 1), Some("reply"));
+    }
+
+    #[test]
+    fn a_held_connection_takes_no_new_waiter_until_released_or_moved_from() {
+        let mut s = Session::new(8);
+        let old = up(&mut s);
+        s.expect(Kind::Ack, 1, old, None, "before").unwrap();
+        assert!(!s.hold(old + 1), "only the connection in use is held");
+        assert!(s.hold(old));
+        assert!(!s.accepts(old));
+        assert_eq!(
+            s.expect(Kind::Ack, 2, old, None, "during"),
+            Err(Gone("during"))
+        );
+        assert_eq!(s.unanswered_on(old), 1, "what came before still waits");
+        assert_eq!(s.link(), Link::Up(old), "held is still in use");
+        s.release(old);
+        s.expect(Kind::Ack, 2, old, None, "after").unwrap();
+        // Held again, then moved from: the new connection takes waiters.
+        assert!(s.hold(old));
+        let new = up(&mut s);
+        s.moved(old, new);
+        assert!(s.accepts(new));
+        s.expect(Kind::Ack, 3, new, None, "new").unwrap();
+        assert_eq!(s.expect(Kind::Ack, 4, old, None, "old"), Err(Gone("old")));
     }
 
     #[test]

@@ -180,13 +180,18 @@ async fn serve(
     tokio::spawn(control.instrument(span.clone()));
     let inbound = inbound::run(core.clone(), live.clone(), events.clone(), replayed_rx);
     tokio::spawn(inbound.instrument(span));
+    let back = homing::back(core, index, &live);
+    tokio::pin!(back);
     let served = tokio::select! {
         () = core.shutdown.cancelled() => {
             live.close(CloseCode::Normal);
             Served::Closed
         }
-        e = live.conn.closed() => Served::Lost(Loss::of(&e)),
-        moved = homing::back(core, index, &live) => return Served::Moved(moved),
+        e = live.conn.closed() => match homing::finish(core, &live, back.as_mut()).await {
+            Some(moved) => return Served::Moved(moved),
+            None => Served::Lost(Loss::of(&e)),
+        },
+        moved = &mut back => return Served::Moved(moved),
     };
     core.gone(&live);
     served
