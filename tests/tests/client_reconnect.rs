@@ -149,13 +149,12 @@ async fn fail_fast_mode_does_not_wait() {
     let mut states = a.states();
     cluster.stop().await;
     wait_state(&mut states, |s| !connected(s)).await;
-    let started = Instant::now();
+    // `Disconnected`, not `QueueTimeout`: it did not wait at the gate.
     let err = a.send("server_1", "x", 1).await.unwrap_err();
     assert!(
         matches!(err, SendError::Unavailable(Unavailable::Disconnected)),
         "{err:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(1));
     cluster.restart().await;
     wait_state(&mut states, connected).await;
     a.send("server_1", "x", 1).await.unwrap();

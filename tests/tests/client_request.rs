@@ -110,7 +110,6 @@ async fn a_request_fails_when_the_peer_goes_away() {
     let cluster = TestCluster::start().await;
     let (a, _ea) = connect(&cluster, "server_1").await;
     let (b, mut eb) = connect(&cluster, "server_2").await;
-    let started = Instant::now();
     let request = tokio::spawn({
         let a = a.clone();
         async move { a.request("server_2", "will_not_answer", 1, WAIT * 3).await }
@@ -123,11 +122,11 @@ async fn a_request_fails_when_the_peer_goes_away() {
         .expect("the request ends long before its timeout")
         .unwrap()
         .unwrap_err();
+    // `PeerLeft`, not a timeout: it ended when b left.
     assert!(
         matches!(&err, RequestError::PeerLeft(s) if s == "server_2"),
         "{err:?}"
     );
-    assert!(started.elapsed() < WAIT);
 }
 
 #[tokio::test]
