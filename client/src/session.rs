@@ -1,6 +1,7 @@
 //! The client's bookkeeping as a state machine without I/O, as quinn-proto
 //! sits under quinn: event ids ([`Ids`]), the link (which connection, if
-//! any, operations may use), what waits for an `ack`, a `pong` or a reply,
+//! any, operations may use, and whether it is held for a move back to a
+//! preferred router), what waits for an `ack`, a `pong` or a reply,
 //! de-duplication by `(from, id)`, and who else is connected
 //! ([`Session`]). Tokio tasks feed it what happened and carry out what it
 //! answers; it never waits, reads a clock or touches a socket, so every
