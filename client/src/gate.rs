@@ -104,24 +104,27 @@ impl<T: Clone> Gate<T> {
     /// The connection that `is_it` recognises is gone (nothing changes if
     /// another one is live by now).
     pub(crate) fn down_if(&self, is_it: impl Fn(&T) -> bool) {
-        self.slot.send_if_modified(|s| match s {
-            Slot::Up(t) | Slot::Held(t) if is_it(t) => {
-                *s = Slot::Down;
-                true
-            }
-            _ => false,
-        });
+        self.take_down(true, is_it);
     }
 
     /// As [`Gate::down_if`], but a held connection stays held: the move
     /// decides what follows.
     pub(crate) fn down_if_up(&self, is_it: impl Fn(&T) -> bool) {
-        self.slot.send_if_modified(|s| match s {
-            Slot::Up(t) if is_it(t) => {
-                *s = Slot::Down;
-                true
+        self.take_down(false, is_it);
+    }
+
+    fn take_down(&self, held_too: bool, is_it: impl Fn(&T) -> bool) {
+        self.slot.send_if_modified(|s| {
+            let live = match s {
+                Slot::Up(t) => t,
+                Slot::Held(t) if held_too => t,
+                _ => return false,
+            };
+            if !is_it(live) {
+                return false;
             }
-            _ => false,
+            *s = Slot::Down;
+            true
         });
     }
 
