@@ -16,8 +16,9 @@
 //!    it. If the router refuses, or is slower, the old connection is
 //!    released and serves on;
 //! 4. the old connection ends: in a cluster, its router closes it
-//!    (`REPLACED`) once the new router has the identity, with no presence
-//!    change for the other servers; otherwise the client closes it
+//!    (`REPLACED`) once the new router has the identity and what was
+//!    queued on the old one is written, with no presence change for the
+//!    other servers; otherwise the client closes it
 //!    (`NORMAL`) after at most [`RETIRE`], having read what came on it
 //!    meanwhile.
 //!

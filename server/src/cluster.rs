@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use bytes::Bytes;
-use icom_protocol::{lock, CloseCode};
+use icom_protocol::lock;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -52,6 +52,7 @@ use self::view::View;
 use self::wire::{Notice, Outcome, Takeover};
 use crate::clock::now_ms;
 use crate::config::{Cluster, Config};
+use crate::connection::retire;
 use crate::metrics::{ClusterMetrics, Reason};
 use crate::outbound::PushError;
 use crate::router::{Owner, Peer, Table};
@@ -64,6 +65,13 @@ const CHANGES_QUEUE: usize = 65_536;
 /// The least time between two moves of one identity from router to
 /// router.
 const TAKEOVER_HOLD: Duration = Duration::from_secs(1);
+
+/// How long a connection whose identity another router took stays open at
+/// most, for what was queued for it to be written and acknowledged. Only a
+/// client that does not read or acknowledge meets it: a live one is done
+/// within a few round trips, and a client that moved closes the old
+/// connection itself 2 s after the move.
+const RETIRE: Duration = Duration::from_secs(5);
 
 /// The routing space of a cluster on NATS.
 #[derive(Debug)]
@@ -180,14 +188,18 @@ impl Nats {
             .set(self.table.remote_count() as i64);
     }
 
-    /// Closes `peer` because `to` holds its identity now.
+    /// Retires `peer` because `to` holds its identity now: nothing more is
+    /// routed to it, what waits in its queue is still written, and it is
+    /// closed with `REPLACED` once the client has acknowledged that, or
+    /// after [`RETIRE`]. A client moving back to `to` reads the old
+    /// connection until it closes, so nothing queued for it here is lost.
     fn give_up(&self, peer: &Arc<Peer>, to: Owner) {
         info!(server_id = %peer.server_id, router = %to.router, "identity taken over by another router");
         self.metrics.taken_over.inc();
-        // Out of the table first: its cleanup then announces nothing.
+        // Out of the table first: its cleanup then announces nothing, and
+        // events for it go to `to` from now on.
         self.table.unregister(&peer.server_id, peer.session);
-        peer.outbound.close();
-        peer.close(CloseCode::Replaced);
+        retire(peer, RETIRE);
         let _ = self.changes.try_send(Local::Offline {
             id: peer.server_id.clone(),
             moved_to: Some(to),

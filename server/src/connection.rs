@@ -1,15 +1,22 @@
 //! Frames and event streams over one QUIC connection, the router's side:
 //! control frames read through [`FrameBuffer`] and written in batches,
 //! event streams read whole (bounded) through [`EventBody`] and written one
-//! stream per event. What the frames mean is the handler's business.
+//! stream per event; and the end of a connection: closed, or retired
+//! (what waits for it written first). What the frames mean is the
+//! handler's business.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use icom_protocol::{encode_frame, CloseCode, Control, EventBody, FrameBuffer};
 use quinn::{ReadError, RecvStream, SendStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tracing::{debug, Instrument};
+
+use crate::router::Peer;
 
 /// How much one read of the control stream asks for.
 const CONTROL_READ: usize = 64 * 1024;
@@ -252,6 +259,29 @@ pub(crate) async fn send_event(conn: &quinn::Connection, wire: Bytes) -> bool {
     // A peer that stopped the stream did not want it; nothing to do.
     let _ = stream.write_chunk(wire).await;
     true
+}
+
+/// Retires `peer`, a connection out of the table: its queue takes no more,
+/// what waits in it is still written, and the connection is closed with
+/// `REPLACED` once the writer says the client has it all
+/// ([`Outbound::retired`](crate::outbound::Outbound::retired)), or after
+/// `within`.
+pub(crate) fn retire(peer: &Arc<Peer>, within: Duration) {
+    peer.outbound.finish();
+    let peer = peer.clone();
+    tokio::spawn(
+        async move {
+            tokio::select! {
+                () = peer.outbound.retired() => {}
+                _ = peer.conn.closed() => {}
+                () = tokio::time::sleep(within) => {
+                    debug!(server_id = %peer.server_id, "retiring: not all written and acknowledged in time");
+                }
+            }
+            peer.close(CloseCode::Replaced);
+        }
+        .in_current_span(),
+    );
 }
 
 /// Closes the connection with `code`, its name as the reason.

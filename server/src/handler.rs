@@ -33,6 +33,9 @@ use crate::tls::{is_revoked, peer_identity};
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
+/// How long a QUIC peer may delay an acknowledgement unless told otherwise.
+const DEFAULT_ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// Drives one accepted connection until it ends; `place` is its place
 /// among the handshakes under way, given up once the handshake is done or
 /// has held it long enough ([`Place::hold`]).
@@ -143,7 +146,10 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
             .send(frame(&Control::Replayed(Replayed { count })))
             .await;
     }
-    let deliveries = tokio::spawn(write_deliveries(peer.clone()).in_current_span());
+    // Beside two round trips, what a retiring connection gives the
+    // acknowledgements of what it wrote before its queue was finished.
+    let ack_grace = 2 * config.transport.max_ack_delay.unwrap_or(DEFAULT_ACK_DELAY);
+    let deliveries = tokio::spawn(write_deliveries(peer.clone(), ack_grace).in_current_span());
 
     let why = serve(&shared, &peer, ctrl_recv).await;
     match &why {
@@ -415,16 +421,36 @@ pub(crate) fn delete_when_acked(shared: Arc<Shared>, stream: SendStream, seq: u6
     );
 }
 
-/// Opens one stream per queued delivery.
-async fn write_deliveries(peer: Arc<Peer>) {
+/// Opens one stream per queued delivery. Once the queue is finished
+/// (another router took the identity), each stream is also finished and
+/// watched until the client has acknowledged it; then the queue is told
+/// that all is written, for the connection to be closed.
+async fn write_deliveries(peer: Arc<Peer>, ack_grace: std::time::Duration) {
     let mut batch: Vec<Bytes> = Vec::new();
+    let mut last: Vec<SendStream> = Vec::new();
     while peer.outbound.pop_all(&mut batch).await {
         for wire in batch.drain(..) {
             let len = wire.len();
-            if !send_event(&peer.conn, wire).await {
+            if peer.outbound.is_finishing() {
+                match write_event(&peer.conn, wire).await {
+                    Some(Written::Whole(stream)) => last.push(stream),
+                    Some(Written::Cut) => {}
+                    None => return,
+                }
+            } else if !send_event(&peer.conn, wire).await {
                 return;
             }
             peer.outbound.written(len);
         }
+    }
+    if peer.outbound.is_finishing() {
+        for stream in &last {
+            let _ = stream.stopped().await;
+        }
+        // What went before the queue was finished is not watched: its
+        // acknowledgements come within a round trip and the client's ack
+        // delay, unless a packet was lost.
+        tokio::time::sleep(peer.conn.rtt() * 2 + ack_grace).await;
+        peer.outbound.all_written();
     }
 }

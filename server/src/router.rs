@@ -112,7 +112,8 @@ impl Table {
     /// the new peer then gets exactly the batches that follow, and nothing
     /// (a presence from a peer registering at the same moment) reaches it
     /// before its welcome. An older connection with the same identity is
-    /// replaced (closed with `REPLACED`, no presence change); otherwise the
+    /// replaced (closed with `REPLACED`, no presence change; the deliveries
+    /// waiting in its queue move to the new one's); otherwise the
     /// identity is recorded as come online, for the next batch.
     ///
     /// With `replace` false, an identity that is online (here, or on
@@ -164,7 +165,11 @@ impl Table {
         };
         if let Some(old) = old {
             debug!(server_id = %peer.server_id, "replacing the older connection");
-            old.outbound.close();
+            // What waits for the identity is the new connection's now.
+            let dropped = old.outbound.hand_over(&peer.outbound);
+            if dropped > 0 {
+                warn!(server_id = %peer.server_id, dropped, "replacing the older connection: deliveries over the queue's bounds dropped");
+            }
             old.close(CloseCode::Replaced);
         }
         Ok(())

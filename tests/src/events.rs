@@ -57,3 +57,41 @@ pub async fn routes(from: &mut RawClient, to: &RawClient, id: u64) {
     assert!(ack.ok, "{ack:?}");
     assert_eq!(to.deliver().await.expect("a delivery").id, id);
 }
+
+/// Leaves deliveries waiting in the router's queue for `to`, a client that
+/// lets the router open one stream at a time ([`RawClient::connect_opts`]
+/// with 1) and has not read yet: event 1 goes on its one stream, event 2
+/// into the hand of the router's writer, which waits for room for another
+/// stream, and events 3 to `last` wait in the queue. `queued` says how
+/// many deliveries wait in the router's queues (its stats), to know each
+/// step has happened.
+///
+/// # Panics
+/// If a send is not acked ok with one delivery, or a step does not happen
+/// within [`crate::WAIT`].
+pub async fn stuck_deliveries(
+    from: &mut RawClient,
+    to: &str,
+    last: u64,
+    queued: impl Fn() -> usize,
+) {
+    for id in 1..=last {
+        let ack = from
+            .send(&send(
+                id,
+                Target::Server(to.into()),
+                "e",
+                Bytes::from_static(NIL),
+            ))
+            .await
+            .expect("an ack");
+        assert!(ack.ok && ack.delivered == 1, "event {id}: {ack:?}");
+        // The writer takes the first two; the rest wait behind them.
+        let want = id.saturating_sub(2) as usize;
+        assert!(
+            crate::eventually(|| queued() == want).await,
+            "after event {id}: {} waiting, expected {want}",
+            queued()
+        );
+    }
+}

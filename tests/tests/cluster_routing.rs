@@ -2,7 +2,7 @@
 //! (docs/PROTOCOL.md §12): a sender on one router and recipients on the
 //! other get the same acks and deliveries as on one router, for every
 //! target kind; requests and replies, presence, the policy and takeovers
-//! cross routers; `who` (and `icom peers`) names the router of each server,
+//! cross routers (what waited for a server that moved still reaches it); `who` (and `icom peers`) names the router of each server,
 //! and a client that must not replace an identity is refused by another
 //! router too (persistent and ttl sends: tests/cluster_store.rs).
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use icom_protocol::{AckCode, CloseCode, Send, Target};
 use icom_server::policy::{Mode, RuleFile};
-use icom_tests::{send, RawClient, Routers};
+use icom_tests::{client_crypto, eventually, send, stuck_deliveries, RawClient, Routers};
 
 fn data(s: &str) -> Bytes {
     Bytes::from(rmp_serde::to_vec(&s).unwrap())
@@ -230,6 +230,50 @@ async fn an_identity_connecting_to_another_router_replaces_the_old_connection() 
     let heard = watcher.presence_within(Duration::from_secs(1)).await;
     assert!(heard.iter().all(|(id, _)| id != "x"), "{heard:?}");
     assert_eq!(rs.router(0).stats().connections, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_waits_for_an_identity_that_moves_is_still_written_to_the_old_connection() {
+    let rs = Routers::start(3, 2).await;
+    let mut sender = rs.router(0).raw("sender").await;
+    let issued = rs.router(0).pki().client("x");
+    let mut old = RawClient::connect_opts(
+        rs.router(0).addr(),
+        client_crypto(rs.router(0).pki(), Some(&issued)),
+        1,
+    )
+    .await
+    .unwrap();
+    old.hello().await.unwrap();
+    // 1 on the old connection's stream, 2 in router 0's writer's hand,
+    // 3..=10 waiting in its queue.
+    stuck_deliveries(&mut sender, "x", 10, || rs.router(0).stats().queued_events).await;
+
+    // x moves to router 1, as a client moving back does: the old
+    // connection is read until router 0 closes it. (Router 1 welcomes x
+    // before router 0 has let go, so wait for that first: router 0 then
+    // counts only the sender.)
+    let new = rs.router(1).raw("x").await;
+    assert!(eventually(|| rs.router(0).stats().connections == 1).await);
+    let mut got = Vec::new();
+    let end = loop {
+        match old.deliver().await {
+            Ok(d) => got.push(d.id),
+            Err(e) => break e,
+        }
+    };
+    got.sort_unstable();
+    assert_eq!(got, (1..=10).collect::<Vec<u64>>(), "then {end}");
+    old.expect_closed(CloseCode::Replaced).await;
+    // None of them went to the new connection; what is sent now does.
+    assert!(new.no_delivery_within(Duration::from_millis(300)).await);
+    rs.remote_servers(0, 1).await;
+    let ack = sender
+        .send(&send(11, Target::Server("x".into()), "e", data("x")))
+        .await
+        .unwrap();
+    assert!(ack.ok && ack.delivered == 1, "{ack:?}");
+    assert_eq!(new.deliver().await.unwrap().id, 11);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
