@@ -30,7 +30,7 @@ mod view;
 mod wire;
 
 pub use error::ClusterError;
-pub use import::{import_store, Imported};
+pub use import::{import_store, Imported, IMPORTED_FILE};
 pub(crate) use vault::Vault;
 
 use std::collections::HashMap;

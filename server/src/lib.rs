@@ -29,7 +29,7 @@ mod space;
 pub mod store;
 pub mod tls;
 
-pub use cluster::{import_store, ClusterError, Imported};
+pub use cluster::{import_store, ClusterError, Imported, IMPORTED_FILE};
 pub use config::{Config, ConfigError, ConfigFile, LogFormat};
 pub use server::{
     ReloadHandle, ReloadReport, Server, ServerError, Stats, StatsHandle, SHUTDOWN_GRACE,

@@ -59,6 +59,11 @@ struct Flags {
     /// that router first.
     #[arg(long, value_name = "DIR")]
     import_store: Option<PathBuf>,
+    /// With --import-store: import a directory that was imported before
+    /// (its note, icom.redb.imported, says when). The queued copies
+    /// delivered since come back.
+    #[arg(long, requires = "import_store")]
+    import_again: bool,
 }
 
 fn main() -> ExitCode {
@@ -155,7 +160,7 @@ async fn run(flags: Flags, config: Config) -> anyhow::Result<()> {
         "runtime started"
     );
     if let Some(dir) = &flags.import_store {
-        let done = icom_server::import_store(&config, dir)
+        let done = icom_server::import_store(&config, dir, flags.import_again)
             .await
             .with_context(|| format!("importing {}", dir.display()))?;
         println!(
@@ -164,6 +169,16 @@ async fn run(flags: Flags, config: Config) -> anyhow::Result<()> {
             done.queued,
             dir.join(icom_server::store::STORE_FILE).display()
         );
+        match done.note_error {
+            None => println!(
+                "noted in {}: a second import of this directory needs --import-again",
+                dir.join(icom_server::IMPORTED_FILE).display()
+            ),
+            Some(e) => eprintln!(
+                "warning: {e}; do not import this directory again (the queued copies \
+                 delivered since would come back)"
+            ),
+        }
         return Ok(());
     }
     // Binding waits for NATS in cluster mode (cluster.connect_timeout_ms):

@@ -264,10 +264,42 @@ async fn a_single_routers_store_imported_is_replayed_through_the_cluster() {
         "delivered copies are deleted: {:?}",
         rs.router(1).stats()
     );
-    // Importing again changes nothing that is still stored (the copies
-    // delivered meanwhile come back: the import is meant to run once).
-    assert!(import().status.success());
+    // The import left a note; a second one is refused, since the copies
+    // delivered meanwhile would come back, and nothing is copied.
+    let note = std::fs::read_to_string(data_dir.join(icom_server::IMPORTED_FILE)).unwrap();
+    assert!(
+        note.contains("2 persistent events, 2 queued copies"),
+        "{note}"
+    );
+    let again = import();
+    let said = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert!(!again.status.success(), "{said}");
+    assert!(said.contains("was imported before"), "{said}");
+    assert!(said.contains("--import-again"), "{said}");
+    assert_eq!(rs.router(1).stats().stored_queued, 0);
+    // Asked for again, it imports what is still in the file: the
+    // persistent events replace themselves, the delivered copies return.
+    let forced = files
+        .command(&bin)
+        .arg("--import-store")
+        .arg(&data_dir)
+        .arg("--import-again")
+        .output()
+        .unwrap();
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
     assert!(eventually(|| rs.router(0).stats().stored_persistent == 2).await);
+    let mut got = vec![off.deliver().await.unwrap().id];
+    while let Ok(d) = tokio::time::timeout(Duration::from_millis(500), off.deliver()).await {
+        got.push(d.unwrap().id);
+    }
+    assert!(
+        got.contains(&3),
+        "the copy delivered before came back: {got:?}"
+    );
 
     // A missing store is an error that says so.
     let out = files

@@ -3,9 +3,13 @@
 //! DIR/icom.redb) into the cluster's shared store, in stored order, so
 //! that a community keeps its JIP queue.
 //!
-//! Running it twice is harmless: a persistent event replaces itself, and
-//! a queued copy is written on a subject made of its place in the file
-//! and its bytes, so it replaces itself too.
+//! A copy of what is still stored replaces itself: a persistent event by
+//! its id, and a queued copy by a subject made of its place in the file
+//! and its bytes. But a copy delivered (and deleted) since the first
+//! import would come back with a second. So a successful import leaves a
+//! note beside the file ([`IMPORTED_FILE`]: when, into which stream, how
+//! many), and a second import of that directory is refused unless asked
+//! for again (`--import-again`). The store file itself is left as it was.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -23,24 +27,35 @@ use crate::metrics::Metrics;
 use crate::router::Table;
 use crate::store::{encode, Kind, Store, STORE_FILE};
 
+/// The note an import leaves in the directory it imported.
+pub const IMPORTED_FILE: &str = "icom.redb.imported";
+
 /// What an import copied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Imported {
     /// Persistent events.
     pub persistent: usize,
     /// Copies queued for offline servers.
     pub queued: usize,
+    /// Why the note ([`IMPORTED_FILE`]) could not be written, if it could
+    /// not (the import itself succeeded).
+    pub note_error: Option<String>,
 }
 
 /// Copies the store in `data_dir` into the shared store of `config`'s
-/// cluster. The router that owns `data_dir` must be stopped (the file is
-/// locked while it runs).
+/// cluster, and leaves a note saying so ([`IMPORTED_FILE`]). The router
+/// that owns `data_dir` must be stopped (the file is locked while it
+/// runs). A directory that was imported before is refused unless `again`.
 ///
 /// # Errors
-/// [`ClusterError`]: no `[cluster]`, no store file, NATS unreachable, or
-/// a write refused (the message says which event, and how many were
-/// copied before it).
-pub async fn import_store(config: &Config, data_dir: &Path) -> Result<Imported, ClusterError> {
+/// [`ClusterError`]: no `[cluster]`, no store file, imported before (and
+/// not `again`), NATS unreachable, or a write refused (the message says
+/// which event, and how many were copied before it).
+pub async fn import_store(
+    config: &Config,
+    data_dir: &Path,
+    again: bool,
+) -> Result<Imported, ClusterError> {
     let cfg = config
         .cluster
         .clone()
@@ -51,6 +66,18 @@ pub async fn import_store(config: &Config, data_dir: &Path) -> Result<Imported, 
             "no store to import: {} does not exist",
             file.display()
         )));
+    }
+    let note = data_dir.join(IMPORTED_FILE);
+    if !again {
+        if let Ok(before) = std::fs::read_to_string(&note) {
+            return Err(ClusterError::new(format!(
+                "{} was imported before ({}: {}); importing it again would bring back \
+                 the queued copies delivered since. To import it anyway, add --import-again",
+                file.display(),
+                note.display(),
+                before.lines().next().unwrap_or("").trim()
+            )));
+        }
     }
     let store = Store::open(data_dir, config.store)
         .map_err(|e| ClusterError::new(format!("{e} (is its router still running?)")))?;
@@ -80,6 +107,7 @@ pub async fn import_store(config: &Config, data_dir: &Path) -> Result<Imported, 
     let mut done = Imported {
         persistent: 0,
         queued: 0,
+        note_error: None,
     };
     for (seq, record) in records {
         let tail = match &record.header.kind {
@@ -107,7 +135,26 @@ pub async fn import_store(config: &Config, data_dir: &Path) -> Result<Imported, 
         }
     }
     let _ = link.client.flush().await;
+    // Not the NATS URLs: they may hold credentials.
+    let text = format!(
+        "imported at {} (Unix ms) into the cluster store of prefix '{}': \
+         {} persistent events, {} queued copies\n",
+        now_ms(),
+        cfg.prefix,
+        done.persistent,
+        done.queued
+    );
+    done.note_error = write_note(&note, &text)
+        .err()
+        .map(|e| format!("cannot write {}: {e}", note.display()));
     Ok(done)
+}
+
+/// Writes `text` to `path` whole or not at all.
+fn write_note(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("imported.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// FNV-1a, 64 bits: a stable name for a record's bytes.
