@@ -250,15 +250,15 @@ pub(crate) async fn write_event(conn: &quinn::Connection, wire: Bytes) -> Option
 }
 
 /// Opens a stream and writes `wire` on it, for a delivery nobody waits on:
-/// dropping the stream finishes it (one step less than `finish`). False
-/// when no stream can be opened: the connection is gone.
-pub(crate) async fn send_event(conn: &quinn::Connection, wire: Bytes) -> bool {
+/// dropping the stream finishes it (one step less than `finish`). Gives
+/// `wire` back when no stream can be opened: the connection is gone.
+pub(crate) async fn send_event(conn: &quinn::Connection, wire: Bytes) -> Result<(), Bytes> {
     let Ok(mut stream) = conn.open_uni().await else {
-        return false;
+        return Err(wire);
     };
     // A peer that stopped the stream did not want it; nothing to do.
     let _ = stream.write_chunk(wire).await;
-    true
+    Ok(())
 }
 
 /// Retires `peer`, a connection out of the table: its queue takes no more,

@@ -149,7 +149,8 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
     // Beside two round trips, what a retiring connection gives the
     // acknowledgements of what it wrote before its queue was finished.
     let ack_grace = 2 * config.transport.max_ack_delay.unwrap_or(DEFAULT_ACK_DELAY);
-    let deliveries = tokio::spawn(write_deliveries(peer.clone(), ack_grace).in_current_span());
+    let deliveries =
+        tokio::spawn(write_deliveries(shared.clone(), peer.clone(), ack_grace).in_current_span());
 
     let why = serve(&shared, &peer, ctrl_recv).await;
     match &why {
@@ -425,11 +426,12 @@ pub(crate) fn delete_when_acked(shared: Arc<Shared>, stream: SendStream, seq: u6
 /// (another router took the identity), each stream is also finished and
 /// watched until the client has acknowledged it; then the queue is told
 /// that all is written, for the connection to be closed.
-async fn write_deliveries(peer: Arc<Peer>, ack_grace: std::time::Duration) {
+async fn write_deliveries(shared: Arc<Shared>, peer: Arc<Peer>, ack_grace: std::time::Duration) {
     let mut batch: Vec<Bytes> = Vec::new();
     let mut last: Vec<SendStream> = Vec::new();
     while peer.outbound.pop_all(&mut batch).await {
-        for wire in batch.drain(..) {
+        let mut taken = batch.drain(..);
+        while let Some(wire) = taken.next() {
             let len = wire.len();
             if peer.outbound.is_finishing() {
                 match write_event(&peer.conn, wire).await {
@@ -437,7 +439,8 @@ async fn write_deliveries(peer: Arc<Peer>, ack_grace: std::time::Duration) {
                     Some(Written::Cut) => {}
                     None => return,
                 }
-            } else if !send_event(&peer.conn, wire).await {
+            } else if let Err(wire) = send_event(&peer.conn, wire).await {
+                pass_on(&shared, &peer, std::iter::once(wire).chain(taken));
                 return;
             }
             peer.outbound.written(len);
@@ -452,5 +455,28 @@ async fn write_deliveries(peer: Arc<Peer>, ack_grace: std::time::Duration) {
         // delay, unless a packet was lost.
         tokio::time::sleep(peer.conn.rtt() * 2 + ack_grace).await;
         peer.outbound.all_written();
+    }
+}
+
+/// Gives the deliveries the writer of `peer` took but could not open a
+/// stream for (its connection is gone) to the connection that replaced
+/// it here, if one did: the rest of what the replaced connection's queue
+/// held moved there already (§1.4 of docs/PROTOCOL.md).
+fn pass_on(shared: &Shared, peer: &Peer, rest: impl Iterator<Item = Bytes>) {
+    let Some(next) = shared.table.local(&peer.server_id) else {
+        return;
+    };
+    if next.session == peer.session {
+        return;
+    }
+    let dropped = rest
+        .map(|wire| next.outbound.push(wire))
+        .filter(Result::is_err)
+        .count();
+    if dropped > 0 {
+        warn!(
+            dropped,
+            "replaced: deliveries over the new connection's queue bounds dropped"
+        );
     }
 }
