@@ -265,7 +265,8 @@ pub(crate) async fn send_event(conn: &quinn::Connection, wire: Bytes) -> Result<
 /// what waits in it is still written, and the connection is closed with
 /// `REPLACED` once the writer says the client has it all
 /// ([`Outbound::retired`](crate::outbound::Outbound::retired)), or after
-/// `within`.
+/// `within` (what is not written then is passed on,
+/// [`crate::deliveries::pass_on`]).
 pub(crate) fn retire(peer: &Arc<Peer>, within: Duration) {
     peer.outbound.finish();
     let peer = peer.clone();

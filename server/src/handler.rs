@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use bytes::Bytes;
 use icom_protocol::{
     CloseCode, Control, Hello, Limits as WireLimits, Pong, Replayed, Roster, StreamCredit, Welcome,
     FEATURE_REPLACE, FEATURE_WHO, PROTOCOL_VERSION,
@@ -21,9 +20,9 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::clock::now_ms;
 use crate::connection::{
-    close, counted_frame, send_event, write_control, write_event, ControlEnd, ControlReader,
-    Written,
+    close, counted_frame, write_control, write_event, ControlEnd, ControlReader, Written,
 };
+use crate::deliveries;
 use crate::event::{Burst, Unanswered};
 use crate::handshakes::Place;
 use crate::outbound::Outbound;
@@ -150,7 +149,7 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
     // acknowledgements of what it wrote before its queue was finished.
     let ack_grace = 2 * config.transport.max_ack_delay.unwrap_or(DEFAULT_ACK_DELAY);
     let deliveries =
-        tokio::spawn(write_deliveries(shared.clone(), peer.clone(), ack_grace).in_current_span());
+        tokio::spawn(deliveries::write(shared.clone(), peer.clone(), ack_grace).in_current_span());
 
     let why = serve(&shared, &peer, ctrl_recv).await;
     match &why {
@@ -161,13 +160,14 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
         Ended::Finished => close(&conn, CloseCode::Normal),
         Ended::Lost(e) => debug!("connection ended: {e}"),
     }
-    peer.outbound.close();
+    let waiting = peer.outbound.take_waiting();
     if shared.table.unregister(&server_id, session) {
         shared.space.left(&server_id, session);
     }
     drop(control_tx);
     writer.abort();
     let _ = deliveries.await;
+    deliveries::pass_on(&shared, &peer, waiting.into()).await;
     info!(session, reason = %why, "disconnected");
     let stats = conn.stats();
     debug!(
@@ -420,63 +420,4 @@ pub(crate) fn delete_when_acked(shared: Arc<Shared>, stream: SendStream, seq: u6
         }
         .in_current_span(),
     );
-}
-
-/// Opens one stream per queued delivery. Once the queue is finished
-/// (another router took the identity), each stream is also finished and
-/// watched until the client has acknowledged it; then the queue is told
-/// that all is written, for the connection to be closed.
-async fn write_deliveries(shared: Arc<Shared>, peer: Arc<Peer>, ack_grace: std::time::Duration) {
-    let mut batch: Vec<Bytes> = Vec::new();
-    let mut last: Vec<SendStream> = Vec::new();
-    while peer.outbound.pop_all(&mut batch).await {
-        let mut taken = batch.drain(..);
-        while let Some(wire) = taken.next() {
-            let len = wire.len();
-            if peer.outbound.is_finishing() {
-                match write_event(&peer.conn, wire).await {
-                    Some(Written::Whole(stream)) => last.push(stream),
-                    Some(Written::Cut) => {}
-                    None => return,
-                }
-            } else if let Err(wire) = send_event(&peer.conn, wire).await {
-                pass_on(&shared, &peer, std::iter::once(wire).chain(taken));
-                return;
-            }
-            peer.outbound.written(len);
-        }
-    }
-    if peer.outbound.is_finishing() {
-        for stream in &last {
-            let _ = stream.stopped().await;
-        }
-        // What went before the queue was finished is not watched: its
-        // acknowledgements come within a round trip and the client's ack
-        // delay, unless a packet was lost.
-        tokio::time::sleep(peer.conn.rtt() * 2 + ack_grace).await;
-        peer.outbound.all_written();
-    }
-}
-
-/// Gives the deliveries the writer of `peer` took but could not open a
-/// stream for (its connection is gone) to the connection that replaced
-/// it here, if one did: the rest of what the replaced connection's queue
-/// held moved there already (§1.4 of docs/PROTOCOL.md).
-fn pass_on(shared: &Shared, peer: &Peer, rest: impl Iterator<Item = Bytes>) {
-    let Some(next) = shared.table.local(&peer.server_id) else {
-        return;
-    };
-    if next.session == peer.session {
-        return;
-    }
-    let dropped = rest
-        .map(|wire| next.outbound.push(wire))
-        .filter(Result::is_err)
-        .count();
-    if dropped > 0 {
-        warn!(
-            dropped,
-            "replaced: deliveries over the new connection's queue bounds dropped"
-        );
-    }
 }

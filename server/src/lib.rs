@@ -11,6 +11,7 @@ mod clock;
 mod cluster;
 pub mod config;
 mod connection;
+mod deliveries;
 pub mod dev;
 mod dispatch;
 mod event;

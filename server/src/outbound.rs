@@ -2,9 +2,10 @@
 //! stream, bounded in count and bytes. Past either bound a push fails and
 //! the sender's ack says `congested`; the router's memory does not grow.
 //!
-//! A queue ends in one of three ways: closed with its connection (what
-//! waits is dropped), handed over to the connection that replaced it here
-//! ([`Outbound::hand_over`]), or finished when another router of a
+//! A queue ends in one of three ways: taken when its connection ends
+//! ([`Outbound::take_waiting`], for the deliveries to be passed on to where
+//! the identity is now), handed over to the connection that replaced it
+//! here ([`Outbound::hand_over`]), or finished when another router of a
 //! cluster took the identity ([`Outbound::finish`]): what waits is still
 //! written to the old connection, which the client reads until it closes.
 
@@ -108,16 +109,6 @@ impl Outbound {
         s.bytes = s.bytes.saturating_sub(len);
     }
 
-    /// Closes the queue: pushes fail, waiting deliveries are dropped.
-    pub(crate) fn close(&self) {
-        let mut s = lock(&self.state);
-        s.closed = true;
-        s.queue.clear();
-        s.bytes = 0;
-        drop(s);
-        self.notify.notify_one();
-    }
-
     /// Closes the queue to pushes and keeps what waits, for the writer to
     /// write; the writer then says so with [`Outbound::all_written`].
     pub(crate) fn finish(&self) {
@@ -157,6 +148,16 @@ impl Outbound {
     /// allow. Returns how many did not fit and were dropped. What this
     /// queue's writer holds already is its own.
     pub(crate) fn hand_over(&self, to: &Outbound) -> usize {
+        self.take_waiting()
+            .into_iter()
+            .map(|item| to.push(item))
+            .filter(Result::is_err)
+            .count()
+    }
+
+    /// Closes the queue and returns what waits in it, for the caller to
+    /// pass on (its connection ended).
+    pub(crate) fn take_waiting(&self) -> VecDeque<Bytes> {
         let waiting = {
             let mut s = lock(&self.state);
             s.closed = true;
@@ -167,10 +168,6 @@ impl Outbound {
         };
         self.notify.notify_one();
         waiting
-            .into_iter()
-            .map(|item| to.push(item))
-            .filter(Result::is_err)
-            .count()
     }
 
     /// Deliveries waiting now, and their bytes with those being written.
@@ -205,17 +202,18 @@ mod tests {
         assert_eq!(q.depth(), (0, 0));
         assert_eq!(q.push(Bytes::from_static(b"x")), Ok(()));
         assert!(q.pop_all(&mut out).await);
-        q.close();
+        assert!(q.take_waiting().is_empty());
         assert_eq!(q.push(Bytes::from_static(b"x")), Err(PushError::Closed));
         assert!(!q.pop_all(&mut out).await);
     }
 
     #[tokio::test]
-    async fn a_closed_queue_drops_what_waits() {
+    async fn a_queue_whose_connection_ended_gives_what_waits_to_be_passed_on() {
         let q = Outbound::new(8, 100);
         q.push(Bytes::from_static(b"a")).unwrap();
-        q.close();
+        assert_eq!(q.take_waiting(), [Bytes::from_static(b"a")]);
         assert_eq!(q.depth(), (0, 0));
+        assert_eq!(q.push(Bytes::from_static(b"b")), Err(PushError::Closed));
         let mut out = Vec::new();
         assert!(!q.pop_all(&mut out).await);
         assert!(out.is_empty());

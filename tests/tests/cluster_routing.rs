@@ -277,6 +277,36 @@ async fn what_waits_for_an_identity_that_moves_is_still_written_to_the_old_conne
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_waits_for_an_identity_that_moved_off_a_dead_connection_follows_it() {
+    let rs = Routers::start(3, 2).await;
+    let mut sender = rs.router(0).raw("sender").await;
+    let issued = rs.router(0).pki().client("x");
+    let mut old = RawClient::connect_opts(
+        rs.router(0).addr(),
+        client_crypto(rs.router(0).pki(), Some(&issued)),
+        1,
+    )
+    .await
+    .unwrap();
+    old.hello().await.unwrap();
+    stuck_deliveries(&mut sender, "x", 10, || rs.router(0).stats().queued_events).await;
+
+    // x comes back on router 1 and never reads the old connection (as if
+    // its process had restarted): router 0 gives it up, cannot write what
+    // waits there, closes it after its bound and forwards the rest to
+    // router 1. Event 1 was on the old connection's stream: lost with it.
+    let new = rs.router(1).raw("x").await;
+    let mut got = Vec::new();
+    for _ in 2..=10 {
+        got.push(new.deliver().await.unwrap().id);
+    }
+    got.sort_unstable();
+    assert_eq!(got, (2..=10).collect::<Vec<u64>>());
+    old.expect_closed(CloseCode::Replaced).await;
+    assert!(new.no_delivery_within(Duration::from_millis(300)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_show_the_link_the_other_routers_and_the_events_that_crossed() {
     let rs = Routers::start_with(1, 2, |_, c| icom_tests::with_metrics(c)).await;
     let mut c = connect_all(&rs, &[("a1", 0), ("b1", 1), ("b2", 1)]).await;
