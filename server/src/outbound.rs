@@ -146,7 +146,8 @@ impl Outbound {
     /// Closes this queue and moves what waits in it to `to` (the queue of
     /// the connection that replaced this one), as far as `to`'s bounds
     /// allow. Returns how many did not fit and were dropped. What this
-    /// queue's writer holds already is its own.
+    /// queue's writer has taken already it writes, or passes on when it
+    /// cannot open a stream ([`crate::deliveries::pass_on`]).
     pub(crate) fn hand_over(&self, to: &Outbound) -> usize {
         self.take_waiting()
             .into_iter()
