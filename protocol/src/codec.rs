@@ -124,8 +124,11 @@ pub(crate) fn open_message(r: &mut Reader<'_>, name: &'static str) -> Result<u64
     if r.map_len().map_err(|_| DecodeError::NotAMessage)? != 1 {
         return Err(DecodeError::NotAMessage);
     }
-    let found = r.str().map_err(|_| DecodeError::NotAMessage)?;
-    if found != name {
+    // Compared as bytes: the name that is expected needs no UTF-8 check
+    // (one per message decoded); only another name is checked, to be shown.
+    let found = r.str_bytes().map_err(|_| DecodeError::NotAMessage)?;
+    if found != name.as_bytes() {
+        let found = std::str::from_utf8(found).map_err(|_| DecodeError::NotAMessage)?;
         return Err(DecodeError::UnexpectedMessage {
             expected: name,
             found: found.chars().take(64).collect(),
@@ -234,5 +237,31 @@ mod tests {
             rest = &rest[used..];
         }
         assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn a_message_opens_only_under_its_own_name() {
+        // {"send": {}}
+        let mut r = Reader::new(b"\x81\xa4send\x80");
+        assert_eq!(open_message(&mut r, "send").unwrap(), 0);
+        let mut r = Reader::new(b"\x81\xa3ack\x80");
+        assert_eq!(
+            open_message(&mut r, "send").unwrap_err(),
+            DecodeError::UnexpectedMessage {
+                expected: "send",
+                found: "ack".into()
+            }
+        );
+        // A name that is not UTF-8, and a map of two entries.
+        let mut r = Reader::new(b"\x81\xa2\xff\xfe\x80");
+        assert_eq!(
+            open_message(&mut r, "send").unwrap_err(),
+            DecodeError::NotAMessage
+        );
+        let mut r = Reader::new(b"\x82\xa4send\x80\xa4send\x80");
+        assert_eq!(
+            open_message(&mut r, "send").unwrap_err(),
+            DecodeError::NotAMessage
+        );
     }
 }
