@@ -4,7 +4,7 @@
 //! are bounded by config.
 //!
 //! A change is made to memory at once, under its lock, and its rows go to
-//! the file through the group-commit [`log`]: writers that come while a
+//! the file through the group-commit log (`store/log.rs`): writers that come while a
 //! commit is under way share the next transaction, and each method returns
 //! only once its rows are committed. Every method that changes something
 //! may block on that: call it from `spawn_blocking`, or within
