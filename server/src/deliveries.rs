@@ -80,10 +80,7 @@ pub(crate) async fn pass_on(shared: &Shared, peer: &Peer, rest: Vec<Bytes>) {
         .local(id)
         .filter(|next| next.session != peer.session)
     {
-        rest.into_iter()
-            .map(|wire| next.outbound.push(wire))
-            .filter(Result::is_err)
-            .count()
+        next.outbound.push_all(rest)
     } else if let Some(owner) = shared.table.remote_owner(id) {
         let sent = rest.into_iter().map(|wire| {
             let to = vec![(owner.router.clone(), vec![id.clone()])];

@@ -149,9 +149,14 @@ impl Outbound {
     /// queue's writer has taken already it writes, or passes on when it
     /// cannot open a stream ([`crate::deliveries::pass_on`]).
     pub(crate) fn hand_over(&self, to: &Outbound) -> usize {
-        self.take_waiting()
+        to.push_all(self.take_waiting())
+    }
+
+    /// Queues each of `items` that fits; returns how many did not.
+    pub(crate) fn push_all(&self, items: impl IntoIterator<Item = Bytes>) -> usize {
+        items
             .into_iter()
-            .map(|item| to.push(item))
+            .map(|item| self.push(item))
             .filter(Result::is_err)
             .count()
     }

@@ -215,6 +215,22 @@ impl TestCluster {
         RawClient::welcomed(self.addr, &self.pki, id).await
     }
 
+    /// As [`TestCluster::raw`], letting the router open at most `streams`
+    /// delivery streams at once (a small number makes a recipient that
+    /// does not read).
+    ///
+    /// # Panics
+    /// If the handshake or `hello` fails.
+    pub async fn raw_with_streams(&self, id: &str, streams: u32) -> RawClient {
+        let issued = self.pki.client(id);
+        let crypto = crate::raw::client_crypto(&self.pki, Some(&issued));
+        let mut c = RawClient::connect_opts(self.addr, crypto, streams)
+            .await
+            .expect("the handshake");
+        c.hello().await.expect("welcome");
+        c
+    }
+
     /// Writes a CRL revoking `certs` where the router reads it.
     pub fn write_crl(&self, certs: &[&Issued]) {
         let pem = self.pki.crl_revoking(certs);

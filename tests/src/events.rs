@@ -95,3 +95,17 @@ pub async fn stuck_deliveries(
         );
     }
 }
+
+/// The ids of the next `count` deliveries to `to`, sorted (events are not
+/// ordered).
+///
+/// # Panics
+/// If fewer arrive within [`crate::WAIT`] each.
+pub async fn delivered_ids(to: &RawClient, count: usize) -> Vec<u64> {
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        ids.push(to.deliver().await.expect("a delivery").id);
+    }
+    ids.sort_unstable();
+    ids
+}

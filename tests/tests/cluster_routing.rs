@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use icom_protocol::{AckCode, CloseCode, Send, Target};
 use icom_server::policy::{Mode, RuleFile};
-use icom_tests::{client_crypto, eventually, send, stuck_deliveries, RawClient, Routers};
+use icom_tests::{delivered_ids, eventually, send, stuck_deliveries, RawClient, Routers};
 
 fn data(s: &str) -> Bytes {
     Bytes::from(rmp_serde::to_vec(&s).unwrap())
@@ -232,22 +232,20 @@ async fn an_identity_connecting_to_another_router_replaces_the_old_connection() 
     assert_eq!(rs.router(0).stats().connections, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_waits_for_an_identity_that_moves_is_still_written_to_the_old_connection() {
+/// Two routers; `sender` and `x` on router 0, `x` letting it open one
+/// stream at a time and not reading: event 1 is on x's stream, 2 in
+/// router 0's writer's hand, 3..=10 waiting in its queue.
+async fn x_stuck_on_router_0() -> (Routers, RawClient, RawClient) {
     let rs = Routers::start(3, 2).await;
     let mut sender = rs.router(0).raw("sender").await;
-    let issued = rs.router(0).pki().client("x");
-    let mut old = RawClient::connect_opts(
-        rs.router(0).addr(),
-        client_crypto(rs.router(0).pki(), Some(&issued)),
-        1,
-    )
-    .await
-    .unwrap();
-    old.hello().await.unwrap();
-    // 1 on the old connection's stream, 2 in router 0's writer's hand,
-    // 3..=10 waiting in its queue.
+    let old = rs.router(0).raw_with_streams("x", 1).await;
     stuck_deliveries(&mut sender, "x", 10, || rs.router(0).stats().queued_events).await;
+    (rs, sender, old)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_waits_for_an_identity_that_moves_is_still_written_to_the_old_connection() {
+    let (rs, mut sender, old) = x_stuck_on_router_0().await;
 
     // x moves to router 1, as a client moving back does: the old
     // connection is read until router 0 closes it. (Router 1 welcomes x
@@ -278,30 +276,14 @@ async fn what_waits_for_an_identity_that_moves_is_still_written_to_the_old_conne
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_waits_for_an_identity_that_moved_off_a_dead_connection_follows_it() {
-    let rs = Routers::start(3, 2).await;
-    let mut sender = rs.router(0).raw("sender").await;
-    let issued = rs.router(0).pki().client("x");
-    let mut old = RawClient::connect_opts(
-        rs.router(0).addr(),
-        client_crypto(rs.router(0).pki(), Some(&issued)),
-        1,
-    )
-    .await
-    .unwrap();
-    old.hello().await.unwrap();
-    stuck_deliveries(&mut sender, "x", 10, || rs.router(0).stats().queued_events).await;
+    let (rs, _sender, old) = x_stuck_on_router_0().await;
 
     // x comes back on router 1 and never reads the old connection (as if
     // its process had restarted): router 0 gives it up, cannot write what
     // waits there, closes it after its bound and forwards the rest to
     // router 1. Event 1 was on the old connection's stream: lost with it.
     let new = rs.router(1).raw("x").await;
-    let mut got = Vec::new();
-    for _ in 2..=10 {
-        got.push(new.deliver().await.unwrap().id);
-    }
-    got.sort_unstable();
-    assert_eq!(got, (2..=10).collect::<Vec<u64>>());
+    assert_eq!(delivered_ids(&new, 9).await, (2..=10).collect::<Vec<u64>>());
     old.expect_closed(CloseCode::Replaced).await;
     assert!(new.no_delivery_within(Duration::from_millis(300)).await);
 }

@@ -227,15 +227,16 @@ async fn a_single_routers_store_imported_is_replayed_through_the_cluster() {
     assert_eq!(replay_ids(&mut off).await, vec![]);
     let files = RouterFiles::with_pki(rs.router(0).shared_pki(), &cluster_toml(&rs, "importer"));
     let bin = workspace_bin("icom-server", "icom-server");
-    let import = || {
+    let import = |extra: &[&str]| {
         files
             .command(&bin)
             .arg("--import-store")
             .arg(&data_dir)
+            .args(extra)
             .output()
             .unwrap()
     };
-    let out = import();
+    let out = import(&[]);
     let said =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
@@ -271,7 +272,7 @@ async fn a_single_routers_store_imported_is_replayed_through_the_cluster() {
         note.contains("2 persistent events, 2 queued copies"),
         "{note}"
     );
-    let again = import();
+    let again = import(&[]);
     let said = String::from_utf8_lossy(&again.stderr).into_owned();
     assert!(!again.status.success(), "{said}");
     assert!(said.contains("was imported before"), "{said}");
@@ -279,13 +280,7 @@ async fn a_single_routers_store_imported_is_replayed_through_the_cluster() {
     assert_eq!(rs.router(1).stats().stored_queued, 0);
     // Asked for again, it imports what is still in the file: the
     // persistent events replace themselves, the delivered copies return.
-    let forced = files
-        .command(&bin)
-        .arg("--import-store")
-        .arg(&data_dir)
-        .arg("--import-again")
-        .output()
-        .unwrap();
+    let forced = import(&["--import-again"]);
     assert!(
         forced.status.success(),
         "{}",

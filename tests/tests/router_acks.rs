@@ -239,15 +239,7 @@ async fn a_recipient_that_never_reads_congests_within_the_bound() {
     .await;
     let mut a = cluster.raw("a").await;
     // `sink` lets the router open 4 streams and never reads them.
-    let issued = cluster.pki().client("sink");
-    let mut sink = RawClient::connect_opts(
-        cluster.addr(),
-        client_crypto(cluster.pki(), Some(&issued)),
-        4,
-    )
-    .await
-    .unwrap();
-    sink.hello().await.unwrap();
+    let _sink = cluster.raw_with_streams("sink", 4).await;
 
     let payload = Bytes::from(rmp_serde::to_vec(&"z".repeat(1000)).unwrap());
     let mut congested = 0;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use icom_certs::Issued;
 use icom_protocol::{CloseCode, Control, Hello, Ping, Send, Target, NIL};
-use icom_tests::{client_crypto, eventually, stuck_deliveries, RawClient, RawError, TestCluster};
+use icom_tests::{
+    client_crypto, delivered_ids, eventually, stuck_deliveries, RawClient, RawError, TestCluster,
+};
 
 fn send(id: u64, to: &str) -> Send {
     icom_tests::send(id, Target::Server(to.into()), "e", Bytes::from_static(NIL))
@@ -219,15 +221,7 @@ async fn a_newer_connection_replaces_the_older() {
 async fn deliveries_waiting_for_a_replaced_connection_go_to_the_new_one() {
     let cluster = TestCluster::start().await;
     let mut sender = cluster.raw("sender").await;
-    let issued = cluster.pki().client("x");
-    let mut old = RawClient::connect_opts(
-        cluster.addr(),
-        client_crypto(cluster.pki(), Some(&issued)),
-        1,
-    )
-    .await
-    .unwrap();
-    old.hello().await.unwrap();
+    let old = cluster.raw_with_streams("x", 1).await;
     // 1 on the old connection's stream, 2 in the writer's hand, 3..=10
     // waiting in the queue.
     stuck_deliveries(&mut sender, "x", 10, || cluster.stats().queued_events).await;
@@ -237,12 +231,7 @@ async fn deliveries_waiting_for_a_replaced_connection_go_to_the_new_one() {
     // was on the old connection's stream: it is lost with it.
     let new = cluster.raw("x").await;
     old.expect_closed(CloseCode::Replaced).await;
-    let mut got = Vec::new();
-    for _ in 2..=10 {
-        got.push(new.deliver().await.unwrap().id);
-    }
-    got.sort_unstable();
-    assert_eq!(got, (2..=10).collect::<Vec<u64>>());
+    assert_eq!(delivered_ids(&new, 9).await, (2..=10).collect::<Vec<u64>>());
     assert!(new.no_delivery_within(Duration::from_millis(300)).await);
     let ack = sender.send(&send(11, "x")).await.unwrap();
     assert!(ack.ok && ack.delivered == 1, "{ack:?}");
