@@ -198,8 +198,7 @@ impl Nats {
         self.metrics.taken_over.inc();
         // Out of the table first: its cleanup then announces nothing, and
         // events for it go to `to` from now on.
-        self.table.unregister(&peer.server_id, peer.session);
-        retire(peer, RETIRE);
+        retire(&self.table, peer, RETIRE);
         let _ = self.changes.try_send(Local::Offline {
             id: peer.server_id.clone(),
             moved_to: Some(to),

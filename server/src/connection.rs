@@ -16,7 +16,7 @@ use quinn::{ReadError, RecvStream, SendStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, Instrument};
 
-use crate::router::Peer;
+use crate::router::{Peer, Table};
 
 /// How much one read of the control stream asks for.
 const CONTROL_READ: usize = 64 * 1024;
@@ -261,15 +261,17 @@ pub(crate) async fn send_event(conn: &quinn::Connection, wire: Bytes) -> Result<
     Ok(())
 }
 
-/// Retires `peer`, a connection out of the table: its queue takes no more,
-/// what waits in it is still written, and the connection is closed with
-/// `REPLACED` once the writer says the client has it all
+/// Retires `peer`: out of `table`'s routing (kept among its retiring
+/// connections until closed), its queue takes no more, what waits in it is
+/// still written, and the connection is closed with `REPLACED` once the
+/// writer says the client has it all
 /// ([`Outbound::retired`](crate::outbound::Outbound::retired)), or after
 /// `within` (what is not written then is passed on,
 /// [`crate::deliveries::pass_on`]).
-pub(crate) fn retire(peer: &Arc<Peer>, within: Duration) {
+pub(crate) fn retire(table: &Arc<Table>, peer: &Arc<Peer>, within: Duration) {
+    table.retire(peer);
     peer.outbound.finish();
-    let peer = peer.clone();
+    let (table, peer) = (table.clone(), peer.clone());
     tokio::spawn(
         async move {
             tokio::select! {
@@ -280,6 +282,7 @@ pub(crate) fn retire(peer: &Arc<Peer>, within: Duration) {
                 }
             }
             peer.close(CloseCode::Replaced);
+            table.retired(&peer);
         }
         .in_current_span(),
     );

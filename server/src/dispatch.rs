@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use icom_protocol::{Ack, AckCode, DeliverRef, Persist, SendRef};
+use icom_protocol::{Ack, AckCode, AckError, DeliverRef, Persist, SendRef};
 use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::keep::Persistent;
+use crate::outbound::PushError;
 use crate::policy::{Request, Verdict};
-use crate::router::{LocalPeers, Tally};
+use crate::router::{LocalPeers, Peer};
 use crate::shared::Shared;
 use crate::space::Reached;
 use crate::store::StoreError;
@@ -320,5 +321,40 @@ fn store_code(e: &StoreError) -> AckCode {
     match e {
         StoreError::Unavailable(_) => AckCode::Unreachable,
         _ => AckCode::Congested,
+    }
+}
+
+/// Counts deliveries into an ack, keeping the first failure.
+pub(crate) struct Tally {
+    pub(crate) ack: Ack,
+}
+
+impl Tally {
+    pub(crate) fn new(id: u64) -> Tally {
+        Tally {
+            ack: Ack::delivered(id, 0),
+        }
+    }
+
+    /// Hands `wire` to `peer`'s outbound queue. Returns false when the peer
+    /// is gone (it left after the send was resolved): what that means for
+    /// the ack depends on the send, so the caller decides.
+    pub(crate) fn push(&mut self, peer: &Peer, wire: &Bytes) -> bool {
+        match peer.outbound.push(wire.clone()) {
+            Ok(()) => self.ack.delivered += 1,
+            Err(PushError::Full) => self.fail(
+                AckCode::Congested,
+                format!("the outbound queue of server '{}' is full", peer.server_id),
+            ),
+            Err(PushError::Closed) => return false,
+        }
+        true
+    }
+
+    pub(crate) fn fail(&mut self, code: AckCode, message: String) {
+        self.ack.ok = false;
+        if self.ack.error.is_none() {
+            self.ack.error = Some(AckError { code, message });
+        }
     }
 }

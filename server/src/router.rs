@@ -8,15 +8,15 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use icom_protocol::{
-    encode_frame, lock, read, write, Ack, AckCode, AckError, CloseCode, Control, Groups, Presence,
-    Recipients, RosterEntry, MAX_ROSTER_PAGE,
+    encode_frame, lock, read, write, CloseCode, Control, Groups, Presence, Recipients, RosterEntry,
+    MAX_ROSTER_PAGE,
 };
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, warn};
 
-use crate::outbound::{Outbound, PushError};
+use crate::outbound::Outbound;
 
 /// One connected, welcomed identity.
 #[derive(Debug)]
@@ -103,6 +103,9 @@ pub(crate) struct Table {
     changes: Mutex<Vec<(Arc<str>, bool)>>,
     /// Wakes the presence task when `changes` gets its first entry.
     changed: Notify,
+    /// Connections out of the table whose last deliveries are still being
+    /// written ([`crate::connection::retire`]).
+    retiring: Mutex<Vec<Arc<Peer>>>,
 }
 
 impl Table {
@@ -189,6 +192,20 @@ impl Table {
             record(&mut lock(&self.changes), &self.changed, id, false);
         }
         true
+    }
+
+    /// Takes `peer` out of the table as [`Table::unregister`] does, and
+    /// keeps it among the retiring connections until [`Table::retired`]:
+    /// its queue still counts in the gauges, and shutdown or a revocation
+    /// still closes it.
+    pub(crate) fn retire(&self, peer: &Arc<Peer>) {
+        self.unregister(&peer.server_id, peer.session);
+        lock(&self.retiring).push(peer.clone());
+    }
+
+    /// Forgets `peer` as retiring: it is closed.
+    pub(crate) fn retired(&self, peer: &Peer) {
+        lock(&self.retiring).retain(|p| p.session != peer.session);
     }
 
     /// Records that another router holds `id` (`Some`), or none does,
@@ -320,6 +337,12 @@ impl Table {
         read(&self.peers).local.values().cloned().collect()
     }
 
+    /// The connections out of the table still writing their last
+    /// deliveries ([`Table::retire`]).
+    pub(crate) fn retiring(&self) -> Vec<Arc<Peer>> {
+        lock(&self.retiring).clone()
+    }
+
     /// How many servers other routers hold (and none here).
     pub(crate) fn remote_count(&self) -> usize {
         let map = read(&self.peers);
@@ -395,41 +418,6 @@ pub(crate) struct Resolved {
     pub(crate) remote: Vec<(Arc<str>, Vec<Arc<str>>)>,
     /// Named recipients that are not connected.
     pub(crate) offline: Vec<String>,
-}
-
-/// Counts deliveries into an ack, keeping the first failure.
-pub(crate) struct Tally {
-    pub(crate) ack: Ack,
-}
-
-impl Tally {
-    pub(crate) fn new(id: u64) -> Tally {
-        Tally {
-            ack: Ack::delivered(id, 0),
-        }
-    }
-
-    /// Hands `wire` to `peer`'s outbound queue. Returns false when the peer
-    /// is gone (it left after the send was resolved): what that means for
-    /// the ack depends on the send, so the caller decides.
-    pub(crate) fn push(&mut self, peer: &Peer, wire: &Bytes) -> bool {
-        match peer.outbound.push(wire.clone()) {
-            Ok(()) => self.ack.delivered += 1,
-            Err(PushError::Full) => self.fail(
-                AckCode::Congested,
-                format!("the outbound queue of server '{}' is full", peer.server_id),
-            ),
-            Err(PushError::Closed) => return false,
-        }
-        true
-    }
-
-    pub(crate) fn fail(&mut self, code: AckCode, message: String) {
-        self.ack.ok = false;
-        if self.ack.error.is_none() {
-            self.ack.error = Some(AckError { code, message });
-        }
-    }
 }
 
 /// Records that `id` came (`online`) or went, waking the presence task.

@@ -276,7 +276,8 @@ impl Server {
         self.shared.shutdown.cancel();
         self.endpoint.set_server_config(None);
         self.shared.space.stopping();
-        for peer in self.shared.table.all() {
+        let table = &self.shared.table;
+        for peer in table.all().into_iter().chain(table.retiring()) {
             peer.close(CloseCode::Shutdown);
         }
         tracker.close();
@@ -345,7 +346,8 @@ impl ReloadHandle {
         self.shared.replace(config, Arc::new(material.crls));
         let crls = self.shared.crls();
         let mut revoked = Vec::new();
-        for peer in self.shared.table.all() {
+        let table = &self.shared.table;
+        for peer in table.all().into_iter().chain(table.retiring()) {
             if tls::is_revoked(&crls, &peer.serial) {
                 warn!(server_id = %peer.server_id, code = "REVOKED", "closing: certificate revoked");
                 peer.close(CloseCode::Revoked);

@@ -70,7 +70,7 @@ impl Shared {
     pub(crate) fn gauges(&self) -> Gauges {
         let peers = self.table.all();
         let (mut events, mut bytes) = (0, 0);
-        for p in &peers {
+        for p in peers.iter().chain(&self.table.retiring()) {
             let (e, b) = p.outbound.depth();
             events += e;
             bytes += b;

@@ -222,8 +222,16 @@ impl TestCluster {
     /// # Panics
     /// If the handshake or `hello` fails.
     pub async fn raw_with_streams(&self, id: &str, streams: u32) -> RawClient {
-        let issued = self.pki.client(id);
-        let crypto = crate::raw::client_crypto(&self.pki, Some(&issued));
+        self.raw_issued(&self.pki.client(id), streams).await
+    }
+
+    /// As [`TestCluster::raw_with_streams`], with the certificate `issued`
+    /// (kept by the caller, to revoke it later).
+    ///
+    /// # Panics
+    /// If the handshake or `hello` fails.
+    pub async fn raw_issued(&self, issued: &Issued, streams: u32) -> RawClient {
+        let crypto = crate::raw::client_crypto(&self.pki, Some(issued));
         let mut c = RawClient::connect_opts(self.addr, crypto, streams)
             .await
             .expect("the handshake");

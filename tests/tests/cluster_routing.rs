@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use icom_certs::Issued;
 use icom_protocol::{AckCode, CloseCode, Send, Target};
 use icom_server::policy::{Mode, RuleFile};
 use icom_tests::{delivered_ids, eventually, send, stuck_deliveries, RawClient, Routers};
@@ -234,18 +235,20 @@ async fn an_identity_connecting_to_another_router_replaces_the_old_connection() 
 
 /// Two routers; `sender` and `x` on router 0, `x` letting it open one
 /// stream at a time and not reading: event 1 is on x's stream, 2 in
-/// router 0's writer's hand, 3..=10 waiting in its queue.
-async fn x_stuck_on_router_0() -> (Routers, RawClient, RawClient) {
+/// router 0's writer's hand, 3..=10 waiting in its queue. With x's
+/// certificate on router 0.
+async fn x_stuck_on_router_0() -> (Routers, RawClient, RawClient, Issued) {
     let rs = Routers::start(3, 2).await;
     let mut sender = rs.router(0).raw("sender").await;
-    let old = rs.router(0).raw_with_streams("x", 1).await;
+    let cert = rs.router(0).pki().client("x");
+    let old = rs.router(0).raw_issued(&cert, 1).await;
     stuck_deliveries(&mut sender, "x", 10, || rs.router(0).stats().queued_events).await;
-    (rs, sender, old)
+    (rs, sender, old, cert)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_waits_for_an_identity_that_moves_is_still_written_to_the_old_connection() {
-    let (rs, mut sender, old) = x_stuck_on_router_0().await;
+    let (rs, mut sender, old, _) = x_stuck_on_router_0().await;
 
     // x moves to router 1, as a client moving back does: the old
     // connection is read until router 0 closes it. (Router 1 welcomes x
@@ -276,16 +279,36 @@ async fn what_waits_for_an_identity_that_moves_is_still_written_to_the_old_conne
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_waits_for_an_identity_that_moved_off_a_dead_connection_follows_it() {
-    let (rs, _sender, old) = x_stuck_on_router_0().await;
+    let (rs, _sender, old, _) = x_stuck_on_router_0().await;
 
     // x comes back on router 1 and never reads the old connection (as if
     // its process had restarted): router 0 gives it up, cannot write what
     // waits there, closes it after its bound and forwards the rest to
     // router 1. Event 1 was on the old connection's stream: lost with it.
     let new = rs.router(1).raw("x").await;
+    // Given up, the old connection is no longer counted as a server of
+    // router 0, but what waits in its queue still is.
+    assert!(eventually(|| rs.router(0).stats().connections == 1).await);
+    let stats = rs.router(0).stats();
+    assert_eq!(stats.queued_events, 8, "{stats:?}");
     assert_eq!(delivered_ids(&new, 9).await, (2..=10).collect::<Vec<u64>>());
     old.expect_closed(CloseCode::Replaced).await;
     assert!(new.no_delivery_within(Duration::from_millis(300)).await);
+    assert!(eventually(|| rs.router(0).stats().queued_bytes == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_revokes_a_connection_being_given_up_closes_it() {
+    let (rs, _sender, old, cert) = x_stuck_on_router_0().await;
+
+    // x comes back on router 1; router 0 gives the old connection up and
+    // would keep it for its bound. A reload that revokes the certificate
+    // it came with closes it at once, and names it.
+    let _new = rs.router(1).raw("x").await;
+    assert!(eventually(|| rs.router(0).stats().connections == 1).await);
+    rs.router(0).write_crl(&[&cert]);
+    assert_eq!(rs.router(0).reload().revoked, vec!["x".to_owned()]);
+    old.expect_closed(CloseCode::Revoked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
