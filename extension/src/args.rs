@@ -46,19 +46,19 @@ pub(crate) fn unquote(s: String) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub(crate) enum ArgError {
     /// The server id is not a valid identity.
-    #[error("bad server id {0:?}: {1}")]
+    #[error("bad server id {:?}: {}", Shown(.0), .1)]
     Server(String, String),
     /// The event name is empty, too long or has control characters.
-    #[error("bad event name {0:?}: {1}")]
+    #[error("bad event name {:?}: {}", Shown(.0), .1)]
     Event(String, String),
     /// The target is not one of the documented shapes.
-    #[error("bad target {0:?}: {1}")]
+    #[error("bad target {:?}: {}", Shown(.0), .1)]
     Target(String, String),
     /// The options are not a JSON map of the known keys.
-    #[error("bad options {0:?}: {1}")]
+    #[error("bad options {:?}: {}", Shown(.0), .1)]
     Options(String, String),
     /// A number of seconds that is not a positive number in range.
-    #[error("bad {what} {text:?}: expected seconds, a number above 0 and at most {max}")]
+    #[error("bad {what} {:?}: expected seconds, a number above 0 and at most {max}", Shown(.text))]
     Seconds {
         /// Which argument.
         what: &'static str,
@@ -68,7 +68,7 @@ pub(crate) enum ArgError {
         max: u64,
     },
     /// An id that is not one ICOM handed out.
-    #[error("bad {what} {text:?}: {why}")]
+    #[error("bad {what} {:?}: {why}", Shown(.text))]
     Id {
         /// Which id.
         what: &'static str,
@@ -78,8 +78,26 @@ pub(crate) enum ArgError {
         why: &'static str,
     },
     /// A persist id that is empty, too long or has control characters.
-    #[error("bad persist id {0:?}: {1}")]
+    #[error("bad persist id {:?}: {}", Shown(.0), .1)]
     PersistId(String, String),
+}
+
+/// How many characters of a bad argument its error repeats: enough to
+/// recognise it, and the sentence stays far within the game's output
+/// buffer (a longer one would come back as nothing, code 4).
+const SHOWN_CHARS: usize = 64;
+
+/// A bad argument as its error shows it: quoted, and cut after
+/// [`SHOWN_CHARS`] characters, with its length.
+pub(crate) struct Shown<'a>(pub(crate) &'a str);
+
+impl std::fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(SHOWN_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}… ({} bytes)", &self.0[..cut], self.0.len()),
+        }
+    }
 }
 
 /// A server id (a certificate CN).
@@ -163,7 +181,7 @@ fn check_target(target: &Target) -> Result<(), String> {
         Target::Group(_) | Target::All | Target::Everyone => &[],
     };
     for id in ids {
-        validate_server_id(id).map_err(|e| format!("{id:?}: {e}"))?;
+        validate_server_id(id).map_err(|e| format!("{:?}: {e}", Shown(id)))?;
     }
     Ok(())
 }

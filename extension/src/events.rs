@@ -220,6 +220,44 @@ mod tests {
     }
 
     #[test]
+    fn an_overlong_argument_is_refused_with_a_sentence_that_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let ext = extension(dir.path(), None);
+        let long = "x".repeat(11_000);
+        let many: Vec<String> = (0..1_000)
+            .map(|i| format!("\"server-{i}\""))
+            .chain(["\"a b\"".to_owned()])
+            .collect();
+        let many = format!("[{}]", many.join(","));
+        for (cmd, args, needle) in [
+            (
+                "icom:forget",
+                strs(&[&format!("\"{long}\"")]),
+                "bad persist id",
+            ),
+            ("icom:send", strs(&["eu-2", &long, "{}"]), "bad event name"),
+            ("icom:send", strs(&[&long, "e", "{}"]), "bad server id"),
+            ("icom:send_to", strs(&[&many, "e", "1", ""]), "bad target"),
+            (
+                "icom:send_to",
+                strs(&["all", "e", "1", &format!("{{\"persist\":\"{long}\"}}")]),
+                "bad persist id",
+            ),
+        ] {
+            // Before, the sentence repeated the whole argument: longer than
+            // the output buffer, it came back as code 4 and no text.
+            let (out, code) = ext.call(cmd, args);
+            assert_eq!(code, 9, "{cmd}: {} bytes", out.len());
+            assert!(out.contains(needle), "{cmd}: {out}");
+            assert!(
+                out.contains("(11000 bytes)") || out.contains("\"a b\""),
+                "{cmd}: {out}"
+            );
+            assert!(out.len() < 1000, "{cmd}: {} bytes", out.len());
+        }
+    }
+
+    #[test]
     fn a_send_that_cannot_reach_the_router_gets_a_failed_ack() {
         let dir = tempfile::tempdir().unwrap();
         let config = test_config(
