@@ -16,7 +16,8 @@
 use arma_rs::{Context, Group};
 
 use crate::args::{self, Arg};
-use crate::state::{guard, icom, VERSION};
+use crate::guard::guard;
+use crate::state::{icom, VERSION};
 
 /// Adds this module's commands to the `icom` group.
 pub(crate) fn group(group: Group) -> Group {

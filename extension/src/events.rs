@@ -11,7 +11,8 @@ use icom_client::SendOptions;
 use icom_protocol::Target;
 
 use crate::args::{self, Arg, ArgError};
-use crate::state::{guard, icom, Icom};
+use crate::guard::guard;
+use crate::state::{icom, Icom};
 
 /// The longest `request` timeout, in seconds.
 const MAX_TIMEOUT_SECS: u64 = 3600;

@@ -9,7 +9,8 @@
 use arma_rs::{Context, Group};
 
 use crate::args::{self, Arg};
-use crate::state::{guard, icom};
+use crate::guard::guard;
+use crate::state::icom;
 
 /// The most credit one `ready` may return.
 const MAX_CREDIT: usize = 1_000_000;

@@ -31,6 +31,7 @@ mod connection;
 mod events;
 mod exchange;
 mod fetch;
+mod guard;
 mod link;
 mod locate;
 mod logs;
