@@ -24,8 +24,9 @@ use crate::space::Reached;
 
 /// The most events in one request.
 const BATCH_EVENTS: usize = 1024;
-/// A request stops taking events once it holds this many bytes (NATS's
-/// default `max_payload` is 1 MiB).
+/// A request takes no event that would make it larger than this, as
+/// encoded (NATS's default `max_payload` is 1 MiB; one event alone, up to
+/// `limits.max_event_bytes` with its recipients, goes by itself).
 const BATCH_BYTES: usize = 256 << 10;
 /// Requests to one router waiting for their answer at once.
 const BATCHES_IN_FLIGHT: usize = 64;
@@ -117,7 +118,10 @@ impl Forwarder {
             }
         }
         if queues.len() >= MAX_ROUTERS {
-            queues.retain(|_, (q, _)| !q.is_closed());
+            // The idle ones go (routers come and go under new names over
+            // a cluster's life): a task ends once its queue is dropped and
+            // empty, and a router asked again gets a new one.
+            queues.retain(|_, (q, t)| !q.is_closed() && t.busy.load(Ordering::Acquire) > 0);
             if queues.len() >= MAX_ROUTERS {
                 return None;
             }
@@ -155,25 +159,26 @@ impl Target {
     /// at low load).
     async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Job>) {
         let mut in_flight = FuturesUnordered::new();
+        // A job taken that did not fit the last batch: the next one's first.
+        let mut held: Option<Job> = None;
         loop {
-            tokio::select! {
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-                first = rx.recv(), if in_flight.len() < BATCHES_IN_FLIGHT => {
-                    let Some(first) = first else { break };
-                    let mut size = first.wire.len();
-                    let mut jobs = vec![first];
-                    while jobs.len() < BATCH_EVENTS && size < BATCH_BYTES {
-                        match rx.try_recv() {
-                            Ok(j) => {
-                                size += j.wire.len();
-                                jobs.push(j);
+            let first = match held.take() {
+                Some(job) if in_flight.len() < BATCHES_IN_FLIGHT => job,
+                other => {
+                    held = other;
+                    tokio::select! {
+                        Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+                        first = rx.recv(), if held.is_none() && in_flight.len() < BATCHES_IN_FLIGHT => {
+                            match first {
+                                Some(job) => job,
+                                None => break,
                             }
-                            Err(_) => break,
                         }
                     }
-                    in_flight.push(self.send(jobs));
                 }
-            }
+            };
+            let jobs = batch(first, &mut rx, &mut held);
+            in_flight.push(self.send(jobs));
         }
         while in_flight.next().await.is_some() {}
     }
@@ -236,6 +241,32 @@ impl Target {
     }
 }
 
+/// A batch: `first`, and the jobs waiting behind it while they fit in
+/// [`BATCH_EVENTS`] and [`BATCH_BYTES`] (as encoded, recipients and all);
+/// the first that does not fit is left in `held`. One job alone may be
+/// larger: it goes by itself.
+fn batch(first: Job, rx: &mut mpsc::Receiver<Job>, held: &mut Option<Job>) -> Vec<Job> {
+    let mut size = encoded_len(&first);
+    let mut jobs = vec![first];
+    while jobs.len() < BATCH_EVENTS {
+        let Ok(job) = rx.try_recv() else { break };
+        let more = encoded_len(&job);
+        if size + more > BATCH_BYTES {
+            *held = Some(job);
+            break;
+        }
+        size += more;
+        jobs.push(job);
+    }
+    jobs
+}
+
+/// What `job` adds to a batch ([`wire::encode_batch`]): its length, its
+/// count of recipients, each recipient with its length, and the event.
+fn encoded_len(job: &Job) -> usize {
+    8 + job.ids.iter().map(|id| 1 + id.len()).sum::<usize>() + job.wire.len()
+}
+
 /// Takes events out of a [`Target`]'s count when dropped.
 struct Done<'a>(&'a AtomicUsize, usize);
 
@@ -251,5 +282,89 @@ fn reached(o: Outcome) -> Result<Reached, String> {
         Outcome::Congested => Ok(Reached::Congested),
         Outcome::NotFound => Ok(Reached::NotFound),
         Outcome::Moved(to) => Err(to),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn job(recipients: usize, id_len: usize, event: usize) -> Job {
+        Job {
+            ids: (0..recipients)
+                .map(|i| Arc::from(format!("{i:0id_len$}").as_str()))
+                .collect(),
+            wire: Bytes::from(vec![7u8; event]),
+            done: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_batch_counts_its_recipients_and_stays_within_its_bytes() {
+        // 100 broadcasts, each to 500 servers of 20-character ids there:
+        // about 10 KiB of recipients to 300 bytes of event.
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        for _ in 0..100 {
+            tx.try_send(job(500, 20, 300)).unwrap();
+        }
+        let mut held = None;
+        let mut batches = Vec::new();
+        let first = rx.try_recv().unwrap();
+        let mut next = Some(first);
+        while let Some(first) = next {
+            let jobs = batch(first, &mut rx, &mut held);
+            let body = wire::encode_batch(jobs.iter().map(|j| (&j.ids[..], &j.wire)));
+            assert_eq!(body.len(), jobs.iter().map(encoded_len).sum::<usize>());
+            assert!(body.len() <= BATCH_BYTES, "{} bytes", body.len());
+            batches.push(jobs.len());
+            next = held.take().or_else(|| rx.try_recv().ok());
+        }
+        assert_eq!(batches.iter().sum::<usize>(), 100, "{batches:?}");
+        assert!(batches.len() >= 4, "{batches:?}");
+    }
+
+    #[test]
+    fn an_event_larger_than_a_batch_goes_alone() {
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        tx.try_send(job(1, 8, 100)).unwrap();
+        let mut held = None;
+        let jobs = batch(job(1, 8, BATCH_BYTES + 1), &mut rx, &mut held);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(held.take().map(|j| j.wire.len()), Some(100));
+        // And small ones fill a batch up to its count.
+        for _ in 0..BATCH_EVENTS + 5 {
+            tx.try_send(job(1, 8, 10)).unwrap();
+        }
+        let jobs = batch(job(1, 8, 10), &mut rx, &mut held);
+        assert_eq!(jobs.len(), BATCH_EVENTS);
+    }
+
+    #[tokio::test]
+    async fn the_queues_of_idle_routers_make_room_for_new_ones() {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("127.0.0.1:9")
+            .await
+            .unwrap();
+        let f = Forwarder::new(
+            client,
+            ClusterMetrics::default(),
+            "icom",
+            Duration::from_secs(1),
+        );
+        let busy = f.queue(&Arc::from("busy")).unwrap();
+        busy.1.busy.store(1, Ordering::Release);
+        for i in 1..MAX_ROUTERS {
+            assert!(f.queue(&Arc::from(format!("r{i}").as_str())).is_some());
+        }
+        assert_eq!(lock(&f.queues).len(), MAX_ROUTERS);
+        // A router never seen before, with every place taken: the idle
+        // ones go, the busy one stays.
+        assert!(f.queue(&Arc::from("new")).is_some());
+        let queues = lock(&f.queues);
+        assert_eq!(queues.len(), 2);
+        assert!(queues.contains_key("busy") && queues.contains_key("new"));
     }
 }
