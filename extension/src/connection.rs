@@ -185,6 +185,61 @@ mod tests {
         drop(silent);
     }
 
+    /// `disconnect` and `connect` in one frame, as a mission moving to
+    /// another router does: the old session's `closed` comes before the new
+    /// one's states, never after (the old client takes a while to close).
+    #[test]
+    fn a_reconnect_in_one_frame_ends_connected() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let cluster = rt.block_on(icom_tests::TestCluster::start());
+        let dir = tempfile::tempdir().unwrap();
+        let me = cluster.client_files("eu-1");
+        let config = dir.path().join("icom.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "routers = [\"{}\"]\nserver_name = \"localhost\"\n\
+                 ca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                cluster.addr(),
+                me.ca.display().to_string(),
+                me.cert.display().to_string(),
+                me.key.display().to_string()
+            ),
+        )
+        .unwrap();
+        let ext = extension(dir.path(), Some(config));
+        let connected = |ext: &arma_rs::testing::Extension| loop {
+            if callback(ext, "state", Duration::from_secs(20))["state"] == "connected" {
+                break;
+            }
+        };
+        assert_eq!(
+            ext.call("icom:connect", Some(vec!["".into(), "".into()])).1,
+            0
+        );
+        connected(&ext);
+        assert_eq!(ext.call("icom:disconnect", Some(vec![])).1, 0);
+        assert_eq!(
+            ext.call("icom:connect", Some(vec!["".into(), "".into()])).1,
+            0
+        );
+        let closed = callback(&ext, "state", Duration::from_secs(5));
+        assert_eq!(closed["state"], "closed", "{closed}");
+        assert_eq!(closed["router"], cluster.addr().to_string());
+        connected(&ext);
+        // Nothing after: the old session's close says nothing more.
+        let late = ext.callback_handler(
+            |_, func, data| match (func, data) {
+                ("state", Some(arma_rs::Value::String(s))) => Handled::Ok(s),
+                _ => Handled::<String, ()>::Continue,
+            },
+            Duration::from_secs(3),
+        );
+        assert!(!matches!(late, Handled::Ok(_)), "{late:?}");
+        let status: Value = serde_json::from_str(&ext.call("icom:status", None).0).unwrap();
+        assert_eq!(status["state"], "connected");
+    }
+
     #[test]
     fn bad_arguments_get_readable_errors() {
         let dir = tempfile::tempdir().unwrap();

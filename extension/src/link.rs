@@ -145,14 +145,16 @@ impl Link {
         }))
     }
 
-    /// Ends the session, if any; returns whether there was one.
-    pub(crate) fn close(&self) -> bool {
+    /// Ends the session, if any; returns the router it was on (`None`
+    /// inside when it was not connected), or `None` without a session.
+    pub(crate) fn close(&self) -> Option<Option<String>> {
         match std::mem::take(&mut *lock(&self.slot)) {
             Slot::Active(active) => {
                 active.cancel.cancel();
-                true
+                let client = active.client.borrow();
+                Some(client.as_ref().and_then(Client::router))
             }
-            Slot::Idle => false,
+            Slot::Idle => None,
         }
     }
 
@@ -285,10 +287,11 @@ pub(crate) async fn session(shared: Arc<Shared>, link: Arc<Link>, s: Session) {
     loop {
         tokio::select! {
             () = s.cancel.cancelled() => {
+                // `closed` went to the game with the command: a session
+                // started after it must not get it late.
                 let router = client.router();
                 client.close().await;
                 tracing::info!(target: "icom::connection", router = ?router, "disconnected by the mission");
-                shared.push_state(json!({"state": "closed", "router": router}));
                 break;
             }
             event = events.next() => match event {

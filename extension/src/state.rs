@@ -230,9 +230,13 @@ impl Icom {
         Ok(ticket.to_string())
     }
 
-    /// `disconnect`: closes the session, if any.
+    /// `disconnect`: closes the session, if any, and says `closed` at once
+    /// (before any state of a session the mission starts next).
     pub(crate) fn disconnect(&self) -> String {
-        self.link.close();
+        if let Some(router) = self.link.close() {
+            self.shared
+                .push_state(json!({"state": "closed", "router": router}));
+        }
         self.ticket().to_string()
     }
 
