@@ -150,9 +150,10 @@ impl Link {
     pub(crate) fn close(&self) -> Option<Option<String>> {
         match std::mem::take(&mut *lock(&self.slot)) {
             Slot::Active(active) => {
+                // Before the cancel: the session then closes its client.
+                let router = active.client.borrow().as_ref().and_then(Client::router);
                 active.cancel.cancel();
-                let client = active.client.borrow();
-                Some(client.as_ref().and_then(Client::router))
+                Some(router)
             }
             Slot::Idle => None,
         }
