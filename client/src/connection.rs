@@ -28,6 +28,9 @@ pub(crate) struct Live {
     pub(crate) welcome: Welcome,
     /// Shared with the write tasks, which outlive a cancelled caller.
     control: Arc<tokio::sync::Mutex<SendStream>>,
+    /// When a move off this connection last said `hello` to another
+    /// router ([`Live::said_hello_elsewhere`]).
+    hello_elsewhere: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Why an event stream could not be written.
@@ -39,6 +42,19 @@ pub(crate) enum StreamError {
 }
 
 impl Live {
+    /// A move off this connection says `hello` to another router now: in
+    /// a cluster, that router takes the identity, and this connection's
+    /// router closes it with `REPLACED`, whether the move finishes or not.
+    pub(crate) fn said_hello_elsewhere(&self) {
+        *icom_protocol::lock(&self.hello_elsewhere) = Some(tokio::time::Instant::now());
+    }
+
+    /// Whether a move off this connection said `hello` elsewhere within
+    /// the last `within`.
+    pub(crate) fn said_hello_elsewhere_within(&self, within: Duration) -> bool {
+        icom_protocol::lock(&self.hello_elsewhere).is_some_and(|at| at.elapsed() < within)
+    }
+
     /// Writes one event stream: open, the whole send, FIN.
     pub(crate) async fn write_event(&self, bytes: Bytes) -> Result<(), StreamError> {
         let mut stream = self
@@ -206,6 +222,7 @@ pub(crate) async fn greet(
         conn,
         welcome,
         control: Arc::new(tokio::sync::Mutex::new(send)),
+        hello_elsewhere: std::sync::Mutex::new(None),
     });
     Ok((live, reader))
 }

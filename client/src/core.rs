@@ -56,6 +56,9 @@ pub(crate) struct Core {
     pub(crate) shutdown: CancellationToken,
     /// The reconnecting supervisor, joined on close.
     pub(crate) supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// Moves back to a preferred router that failed in a row: the next is
+    /// tried that much later ([`crate::homing`]).
+    pub(crate) failed_moves: std::sync::atomic::AtomicU32,
 }
 
 impl Core {
@@ -90,6 +93,7 @@ impl Core {
             }),
             shutdown: CancellationToken::new(),
             supervisor: Mutex::new(None),
+            failed_moves: std::sync::atomic::AtomicU32::new(0),
             cfg,
         }))
     }

@@ -14,7 +14,11 @@
 //! 3. `hello` and `welcome` on the new connection, within [`GREET`];
 //!    operations go on there, and the requests waiting for a reply wait on
 //!    it. If the router refuses, or is slower, the old connection is
-//!    released and serves on;
+//!    released and serves on, and the next move waits twice as long. (If
+//!    the old connection was closed with `REPLACED` before the `hello`,
+//!    another instance took the identity: the move is given up. A
+//!    `REPLACED` soon after the `hello` is the move's own doing, even when
+//!    `welcome` came too late: [`loss_of`].)
 //! 4. the old connection ends: in a cluster, its router closes it
 //!    (`REPLACED`) once the new router has the identity and what was
 //!    queued on the old one is written, with no presence change for the
@@ -29,6 +33,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +46,7 @@ use crate::connection::FrameReader;
 use crate::connection::Live;
 use crate::core::Core;
 use crate::error::ConnectError;
+use crate::loss::Loss;
 
 /// How long a move waits for the answers of what is in flight on the old
 /// connection before it goes on (what is still unanswered then fails as
@@ -75,6 +81,8 @@ pub(crate) async fn back(core: &Arc<Core>, index: usize, live: &Arc<Live>) -> Mo
         return std::future::pending().await;
     }
     loop {
+        // After moves that failed, less often: up to 64 times.
+        let every = every.saturating_mul(1 << core.failed_moves.load(Ordering::Relaxed).min(6));
         let wait = every.saturating_add(rand::rng().random_range(0..=every / 2));
         tokio::time::sleep(ms(wait)).await;
         for better in 0..index {
@@ -107,6 +115,16 @@ async fn try_move(core: &Arc<Core>, index: usize, old: &Arc<Live>) -> Option<Mov
     {
         tokio::time::sleep(DRAIN_POLL).await;
     }
+    // Another instance took the identity meanwhile: not to be taken back.
+    if old
+        .conn
+        .close_reason()
+        .is_some_and(|e| Loss::of(&e) == Loss::Replaced)
+    {
+        conn.close(0u32.into(), b"");
+        return None;
+    }
+    old.said_hello_elsewhere();
     let greeted = tokio::time::timeout(GREET, core.greet(index, conn))
         .await
         .unwrap_or(Err(ConnectError::Timeout(GREET)));
@@ -114,14 +132,36 @@ async fn try_move(core: &Arc<Core>, index: usize, old: &Arc<Live>) -> Option<Mov
         Ok((new, reader)) => {
             held.moved();
             core.moved(old, &new);
+            core.failed_moves.store(0, Ordering::Relaxed);
             tracing::info!(from = %old.router, to = %new.router, "moved back to a router earlier in the list");
             tokio::spawn(retire(core.clone(), old.clone()));
             Some((index, new, reader))
         }
         Err(e) => {
+            core.failed_moves.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(router, error = %e, "could not move back to a router earlier in the list; staying");
             None
         }
+    }
+}
+
+/// How long after its own move said `hello` elsewhere a `REPLACED` close
+/// of the old connection is taken as that move's doing: the move's bound
+/// on `welcome`, the router's bound on closing a connection it gives up
+/// (5 s, docs/PROTOCOL.md §12.3), and a margin.
+const OWN_REPLACE: Duration = Duration::from_secs(10);
+
+/// Why `live` ended, as its close says; except that a `REPLACED` soon
+/// after a move off it said `hello` elsewhere is that move's doing, not a
+/// takeover by another instance: the move did not finish (`welcome` came
+/// late), the identity is on the router moved to or nowhere, and the
+/// client reconnects at once instead of waiting as after a takeover.
+pub(crate) fn loss_of(live: &Live, e: &quinn::ConnectionError) -> Loss {
+    match Loss::of(e) {
+        Loss::Replaced if live.said_hello_elsewhere_within(OWN_REPLACE) => Loss::Other(
+            "replaced after a move to a router earlier in the list that did not finish".into(),
+        ),
+        loss => loss,
     }
 }
 

@@ -189,7 +189,7 @@ async fn serve(
         }
         e = live.conn.closed() => match homing::finish(core, &live, back.as_mut()).await {
             Some(moved) => return Served::Moved(moved),
-            None => Served::Lost(Loss::of(&e)),
+            None => Served::Lost(homing::loss_of(&live, &e)),
         },
         moved = &mut back => return Served::Moved(moved),
     };

@@ -15,7 +15,8 @@ use client_support::{config, config_for, connect_with, next_event, wait_state};
 use icom_client::{Client, ClientConfig, State, States};
 use icom_protocol::Target;
 use icom_tests::{
-    send, silent_udp_socket, workspace_bin, RouterFiles, RouterProcess, Routers, TestCluster, WAIT,
+    send, silent_udp_socket, workspace_bin, Impairment, ImpairmentProxy, RouterFiles,
+    RouterProcess, Routers, TestCluster, WAIT,
 };
 
 /// How long a client may take to notice a router that went silent and be
@@ -361,5 +362,48 @@ async fn in_a_cluster_a_client_moves_back_without_a_presence_change_for_the_othe
         .unwrap();
     assert!(ack.ok && ack.delivered == 1, "{ack:?}");
     assert_eq!(next_event(&mut x_events).await.event, "from_w");
+    x.close().await;
+}
+
+/// A move back whose `welcome` comes too late: the first router's answers
+/// take 3.5 s to arrive, so the QUIC handshake is done within the connect
+/// timeout but `welcome` misses the move's 3 s bound. That router took
+/// the identity on `hello`, and the cluster closed the old connection
+/// with `REPLACED`: the move's own doing, not another instance's takeover.
+/// The client reconnects at once instead of waiting `replaced_delay_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_back_whose_welcome_comes_late_is_no_takeover() {
+    let rs = Routers::start(3, 2).await;
+    let late = Impairment {
+        delay: Duration::from_millis(3500),
+        ..Impairment::none()
+    };
+    let slow = ImpairmentProxy::start(rs.router(0).addr(), Impairment::none(), late)
+        .await
+        .unwrap();
+    let routers = [slow.addr().to_string(), rs.router(1).addr().to_string()];
+    let mut cfg = config_for(rs.router(0).client_files("x")).with_routers(routers.clone());
+    cfg.reconnect.return_ms = 200;
+    // Connecting through the slow link takes 7 s: past the timeout, the
+    // client is on the second router.
+    let (x, _events) = connect_with(cfg).await;
+    assert!(connected_to(&routers[1])(&x.state()), "{:?}", x.state());
+    let mut states = x.states();
+
+    let next = state_within(&mut states, Duration::from_secs(20), |s| {
+        !matches!(s, State::Connected { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            next,
+            State::Disconnected { .. } | State::Reconnecting { .. }
+        ),
+        "{next:?}"
+    );
+    state_within(&mut states, Duration::from_secs(30), |s| {
+        matches!(s, State::Connected { .. })
+    })
+    .await;
     x.close().await;
 }
