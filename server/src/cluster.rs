@@ -368,6 +368,7 @@ impl Space for Nats {
                     }
                 }
             }
+            peer.announced.store(true, Ordering::Release);
             let _ = self.changes.try_send(Local::Online {
                 id: peer.server_id.clone(),
                 since: peer.since,

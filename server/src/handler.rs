@@ -101,6 +101,7 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
         control: control_tx.clone(),
         serial,
         since,
+        announced: false.into(),
     });
     // The welcome is the first frame: the table queues it as it registers
     // the peer, before any presence can be.

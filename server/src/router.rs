@@ -36,6 +36,9 @@ pub(crate) struct Peer {
     /// than any claim of the identity this router knew of): the newest
     /// claim holds the identity.
     pub(crate) since: u64,
+    /// Set once the cluster was told of this claim (after a takeover's
+    /// hold): until then, the claim is not in this router's beats either.
+    pub(crate) announced: std::sync::atomic::AtomicBool,
 }
 
 impl Peer {
@@ -240,11 +243,13 @@ impl Table {
         read(&self.peers).local.get(id).cloned()
     }
 
-    /// Every identity connected here, with its claim's time.
+    /// Every identity connected here whose claim the cluster was told of
+    /// ([`Peer::announced`]), with its claim's time.
     pub(crate) fn claims(&self) -> Vec<(String, u64)> {
         read(&self.peers)
             .local
             .values()
+            .filter(|p| p.announced.load(std::sync::atomic::Ordering::Acquire))
             .map(|p| (p.server_id.to_string(), p.since))
             .collect()
     }
