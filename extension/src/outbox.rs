@@ -11,7 +11,9 @@
 //!   comes for `credit_timeout` while some is owed, the window reopens (and
 //!   the reset is counted), so a lost `ready` cannot stall delivery.
 //! - **Pacing.** Until the first `ready` (a mission without the addon, like
-//!   one ported from Forge), the window reopens every `pace`.
+//!   one ported from Forge), the window reopens every `pace`: a rate, not a
+//!   bound, since nothing says what the engine took; what it has not taken
+//!   waits in arma-rs's unbounded channel (addons/README.md says so).
 //! - **Shedding.** A callback that arrives when the backlog is full is
 //!   dropped, counted by kind, logged, and reported to the game with one
 //!   `error` callback (code `shed`) once there is room. `status` reports the
