@@ -27,14 +27,19 @@ pub(crate) enum Route<T> {
     /// Onto a channel that many operations share (a
     /// [`Publisher`](crate::Publisher)'s), with the id; a route dropped
     /// unanswered (the connection went away) sends `None` instead. The
-    /// permit is the operation's place in the in-flight window, held until
-    /// it is answered.
+    /// permit is the operation's place in the in-flight window: it goes
+    /// along with the answer, held until the answer is read, so answers
+    /// nobody reads cannot pile up past the window.
     Stream {
         id: u64,
-        tx: mpsc::UnboundedSender<(u64, Option<T>)>,
+        tx: mpsc::UnboundedSender<Answered<T>>,
         permit: OwnedSemaphorePermit,
     },
 }
+
+/// An answer on a shared channel: the operation's id, the answer (`None`:
+/// lost with its connection), and its place in the in-flight window.
+pub(crate) type Answered<T> = (u64, Option<T>, OwnedSemaphorePermit);
 
 /// A route as the session keeps it: a stream route dropped unanswered
 /// tells its channel.
@@ -54,13 +59,10 @@ impl<T> Slot<T> {
     pub(crate) fn send(mut self, value: T) -> Result<(), T> {
         match self.0.take() {
             Some(Route::Once(tx)) => tx.send(value),
-            Some(Route::Stream { id, tx, permit }) => {
-                drop(permit);
-                match tx.send((id, Some(value))) {
-                    Ok(()) => Ok(()),
-                    Err(e) => e.0 .1.map_or(Ok(()), Err),
-                }
-            }
+            Some(Route::Stream { id, tx, permit }) => match tx.send((id, Some(value), permit)) {
+                Ok(()) => Ok(()),
+                Err(e) => e.0 .1.map_or(Ok(()), Err),
+            },
             None => Err(value),
         }
     }
@@ -69,8 +71,7 @@ impl<T> Slot<T> {
 impl<T> Drop for Slot<T> {
     fn drop(&mut self) {
         if let Some(Route::Stream { id, tx, permit }) = self.0.take() {
-            drop(permit);
-            let _ = tx.send((id, None));
+            let _ = tx.send((id, None, permit));
         }
     }
 }

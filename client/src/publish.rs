@@ -7,14 +7,17 @@
 //!
 //! No task, channel or timer is made per event: every ack of a publisher
 //! goes onto one channel. Events in flight share the client's window
-//! (`max_in_flight`) with every other send: `publish` waits for room.
+//! (`max_in_flight`) with every other send: `publish` waits for room. An
+//! event keeps its place in the window until its outcome is read, so read
+//! the outcomes as you publish: unread, they stop the publisher (and every
+//! other send) at the window, rather than piling up without bound.
 
 use std::sync::Arc;
 
 use icom_protocol::{Ack, Target};
 use tokio::sync::mpsc;
 
-use crate::answer::Route;
+use crate::answer::{Answered, Route};
 use crate::core::{Core, ATTEMPTS};
 use crate::data::ToData;
 use crate::error::{refusal, SendError};
@@ -25,13 +28,13 @@ use crate::outbound::{check, encode, fits, SendOptions};
 #[derive(Debug, Clone)]
 pub struct Publisher {
     core: Arc<Core>,
-    tx: mpsc::UnboundedSender<(u64, Option<Ack>)>,
+    tx: mpsc::UnboundedSender<Answered<Ack>>,
 }
 
 /// The acks of a [`Publisher`]'s events, in the order they arrive.
 #[derive(Debug)]
 pub struct Outcomes {
-    rx: mpsc::UnboundedReceiver<(u64, Option<Ack>)>,
+    rx: mpsc::UnboundedReceiver<Answered<Ack>>,
 }
 
 /// What became of one published event.
@@ -136,7 +139,8 @@ impl Outcomes {
     }
 }
 
-fn outcome((id, ack): (u64, Option<Ack>)) -> Published {
+/// Reads an answer; its place in the window is given back here.
+fn outcome((id, ack, _place): Answered<Ack>) -> Published {
     let result = match ack {
         Some(ack) if ack.ok => Ok(ack),
         Some(ack) => {

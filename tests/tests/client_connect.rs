@@ -309,3 +309,54 @@ async fn a_certificate_revoked_while_connected_is_reported_as_refused() {
     );
     assert!(!a.is_connected());
 }
+
+/// A publisher's events are acked through its outcomes, each with its id;
+/// an outcome keeps its event's place in the window until it is read, so
+/// a publisher whose outcomes nobody reads stops at `max_in_flight`
+/// instead of piling acks up.
+#[tokio::test]
+async fn a_publisher_stops_at_its_window_while_its_outcomes_are_unread() {
+    let cluster = TestCluster::start().await;
+    let (_other, mut received) = connect(&cluster, "server_2").await;
+    let mut cfg = config(&cluster, "server_1");
+    cfg.max_in_flight = 2;
+    cfg.ack_timeout_ms = 1000;
+    let (client, _events) = connect_with(cfg).await;
+    let (publisher, mut outcomes) = client.publisher();
+    let to = Target::Server("server_2".into());
+    let options = SendOptions::default();
+    let first = publisher.publish(&to, "e", 1, &options).await.unwrap();
+    let second = publisher.publish(&to, "e", 2, &options).await.unwrap();
+    // Both are delivered (and so acked), but nobody read the acks: the
+    // window is full.
+    for _ in 0..2 {
+        next_event(&mut received).await;
+    }
+    let third = tokio::time::timeout(
+        Duration::from_millis(1500),
+        publisher.publish(&to, "e", 3, &options),
+    )
+    .await;
+    assert!(
+        matches!(third, Err(_) | Ok(Err(SendError::AckTimeout(_)))),
+        "{third:?}"
+    );
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let done = tokio::time::timeout(WAIT, outcomes.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(done.result.is_ok(), "{done:?}");
+        ids.push(done.id);
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, [first, second]);
+    // Read, they gave their places back.
+    let fourth = publisher.publish(&to, "e", 4, &options).await.unwrap();
+    let done = tokio::time::timeout(WAIT, outcomes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((done.id, done.result.is_ok()), (fourth, true));
+}
