@@ -649,10 +649,12 @@ fn node_config(
         store = quoted(&node.store),
     );
     // One node runs JetStream on its own: a cluster block with no peer
-    // would only log route errors.
+    // would only log route errors. The nodes do not tell clients of each
+    // other (`no_advertise`): a client uses the URLs it was given, so a
+    // test can cut a router off NATS by stopping the nodes it knows.
     if count > 1 {
         config.push_str(&format!(
-            "cluster {{\n  name: \"{NATS_CLUSTER_NAME}\"\n  listen: \"127.0.0.1:{port}\"\n  routes: [{routes}]\n  {tls}\n}}\n",
+            "cluster {{\n  name: \"{NATS_CLUSTER_NAME}\"\n  listen: \"127.0.0.1:{port}\"\n  no_advertise: true\n  routes: [{routes}]\n  {tls}\n}}\n",
             port = node.cluster_port,
             routes = routes.join(", "),
         ));

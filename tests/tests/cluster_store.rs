@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use icom_protocol::{AckCode, Control, Deliver, Forget, Send, Target};
 use icom_tests::{
-    eventually, persistent, workspace_bin, RawClient, RouterFiles, Routers, TestCluster,
+    eventually, persistent, workspace_bin, RawClient, RawError, RouterFiles, Routers, TestCluster,
 };
 
 fn send(id: u64, to: Target, event: &str) -> Send {
@@ -113,6 +113,60 @@ async fn a_late_joiner_on_another_router_gets_the_persistent_events_in_stored_or
             rs.router(i).stats()
         );
     }
+}
+
+/// A server that joins a router cut off from NATS is replayed what that
+/// router last saw of the store. A persistent event stored elsewhere
+/// meanwhile reaches it once the router is back and has read the stream
+/// again, however long after the join that is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_taken_while_the_router_is_cut_off_gets_what_it_missed_later() {
+    // Router 1 knows only NATS node 2, and gives a replay up to 1 s.
+    let mut rs = Routers::start_with(3, 2, |i, c| {
+        if let Some(cl) = c.cluster.as_mut().filter(|_| i == 1) {
+            cl.urls = vec![cl.urls[2].clone()];
+            cl.store_timeout_ms = 1000;
+        }
+    })
+    .await;
+    let mut hq = rs.router(0).raw("hq").await;
+    assert_eq!(replay_ids(&mut hq).await, vec![]);
+    rs.nats.kill(2);
+    assert!(eventually(|| !rs.router(1).stats().cluster_reachable).await);
+    // Stored through router 0: the stream keeps a majority of its nodes
+    // (a send may find it electing a leader; then it goes again).
+    let mut id = 0;
+    loop {
+        id += 1;
+        let ack = hq
+            .send(&persistent(id, Target::All, "alert"))
+            .await
+            .unwrap();
+        if ack.ok {
+            break;
+        }
+        assert!(id < 100, "not stored: {ack:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // x joins router 1, whose view of the store cannot have it.
+    let mut x = rs.router(1).raw("x").await;
+    assert_eq!(replay_ids(&mut x).await, vec![]);
+    // Longer than a join is followed otherwise (10 s).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    rs.nats.restart(2).await;
+    let got = tokio::time::timeout(Duration::from_secs(40), async {
+        loop {
+            match x.deliver().await {
+                Ok(d) => return d,
+                Err(RawError::Timeout(_)) => {}
+                Err(e) => panic!("x's connection: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the event stored meanwhile, once router 1 is back");
+    assert_eq!(got.from, "hq");
+    assert_eq!(got.persist_id.as_deref(), Some("alert"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

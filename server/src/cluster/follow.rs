@@ -8,7 +8,9 @@
 //! is one that a router which did not know the server was here yet could
 //! not deliver: a queued copy goes to it at once (and is deleted once
 //! acknowledged), a persistent event goes to a server that connected in
-//! the last [`RECENT`]. The client drops what it already had.
+//! the last [`RECENT`](super::vault::RECENT), or whose replay was taken
+//! while this router's view could not catch up, until the view is whole
+//! again. The client drops what it already had.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::mirror::{Applied, Mirror};
-use super::vault::{Vault, RECENT};
+use super::vault::Vault;
 use super::Every;
 use crate::connection::{write_event, Written};
 use crate::store::{Kind, Stored};
@@ -217,6 +219,12 @@ fn put_in_place(vault: &Arc<Vault>, fresh: Mirror, read_ids: &[String]) {
     for (seq, record) in news {
         deliver(vault, seq, &record);
     }
+    // The view is whole again: a stale replay has had what it missed, and
+    // is followed as one that just joined.
+    for j in lock(&vault.state).joiners.values_mut().filter(|j| j.stale) {
+        j.stale = false;
+        j.at = Instant::now();
+    }
 }
 
 fn vault_counts(vault: &Vault) -> (usize, usize, usize) {
@@ -285,9 +293,7 @@ fn deliver(vault: &Arc<Vault>, seq: u64, record: &Stored) {
                 st.joiners
                     .iter()
                     .filter(|(id, j)| {
-                        j.replay_seq < seq
-                            && j.at.elapsed() < RECENT
-                            && record.is_for(id, &j.config.groups)
+                        j.replay_seq < seq && j.follows() && record.is_for(id, &j.config.groups)
                     })
                     .map(|(id, j)| (id.clone(), j.session))
                     .collect()

@@ -61,7 +61,27 @@ pub(super) struct Joiner {
     pub(super) replay_seq: u64,
     pub(super) at: Instant,
     pub(super) config: Arc<Config>,
+    /// Its replay was taken from a view of the store that could not catch
+    /// up (NATS lost, or the stream being read again): it is given the
+    /// persistent events that come after it until the view is whole again
+    /// ([`Joiner::follows`]), however long that takes (up to [`STALE`]).
+    pub(super) stale: bool,
 }
+
+impl Joiner {
+    /// Whether a persistent event that arrives now, after its replay, goes
+    /// to it: one that joined in the last [`RECENT`], or whose replay was
+    /// stale.
+    pub(super) fn follows(&self) -> bool {
+        let age = self.at.elapsed();
+        age < RECENT || (self.stale && age < STALE)
+    }
+}
+
+/// The longest a server whose replay was stale is followed: what the
+/// store took meanwhile reaches it when this router's view is whole again
+/// (NATS back, the stream read).
+pub(super) const STALE: Duration = Duration::from_secs(600);
 
 /// What the follower and the writers share.
 #[derive(Debug, Default)]
@@ -404,8 +424,7 @@ impl Keep for Vault {
             {
                 let mut st = lock(&self.state);
                 st.joiners.retain(|_, j| {
-                    let age = j.at.elapsed();
-                    age < RECENT || (j.replay_seq == u64::MAX && age < TOMBSTONE_TTL)
+                    j.follows() || (j.replay_seq == u64::MAX && j.at.elapsed() < TOMBSTONE_TTL)
                 });
                 st.joiners.insert(
                     id.clone(),
@@ -414,12 +433,14 @@ impl Keep for Vault {
                         replay_seq: u64::MAX,
                         at: Instant::now(),
                         config: config.clone(),
+                        stale: false,
                     },
                 );
             }
-            if let Err(e) = self.catch_up().await {
-                warn!(server_id = %id, "replaying from this router's view of the store, which may miss the newest events: {e}");
-            }
+            let stale = self.catch_up().await.is_err_and(|e| {
+                warn!(server_id = %id, "replaying from this router's view of the store, which may miss the newest events (they follow once it has caught up): {e}");
+                true
+            });
             let mut st = lock(&self.state);
             let due = st.mirror.due_for(&id, &config.groups, now_ms());
             let applied = st.mirror.applied();
@@ -427,6 +448,7 @@ impl Keep for Vault {
                 if j.session == peer.session {
                     j.replay_seq = applied;
                     j.at = Instant::now();
+                    j.stale = stale;
                 }
             }
             Ok(due)
