@@ -30,7 +30,9 @@ use tracing::{error, info};
 pub use self::durable::Durable;
 use self::log::{Change, Log, Opener, EVENTS};
 use self::mem::Mem;
-pub(crate) use self::record::{decode, decode_shared, due, encode, expired, Header, Kind, Stored};
+pub(crate) use self::record::{
+    decode, decode_shared, due, encode, expired, record_bytes, Header, Kind, Stored,
+};
 /// The database file's name inside the data dir.
 pub const STORE_FILE: &str = "icom.redb";
 
@@ -218,14 +220,14 @@ impl Store {
         let replaced = mem.by_persist_id.get(persist_id).copied();
         let freed = replaced
             .and_then(|s| mem.persistent.get(&s))
-            .map_or(0, |s| s.wire.len());
+            .map_or(0, |s| s.bytes());
         if replaced.is_none() && mem.persistent.len() >= self.limits.max_persistent {
             return Err(StoreError::Full(format!(
                 "the router stores at most {} persistent events",
                 self.limits.max_persistent
             )));
         }
-        if mem.total_bytes - freed + stored.wire.len() > self.limits.max_bytes {
+        if mem.total_bytes - freed + stored.bytes() > self.limits.max_bytes {
             return Err(StoreError::Full("the router's store is full".into()));
         }
         let seq = mem.next_seq;
@@ -472,6 +474,22 @@ pub(crate) mod tests {
 
     pub(crate) fn wire(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn a_persistent_events_target_counts_against_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), limits()).unwrap();
+        // A tiny event whose target lists 10,000 names: about 20 KB kept,
+        // past the 10,000-byte bound, though its event is 1 byte.
+        let many = Target::Except(vec!["x".into(); 10_000]);
+        assert!(matches!(
+            s.persist("p", &many, "a", None, wire("A")),
+            Err(StoreError::Full(_))
+        ));
+        let few = Target::Except(vec!["x".into(); 1_000]);
+        s.persist("p", &few, "a", None, wire("A")).unwrap();
+        assert_eq!(s.counts(), (1, 0, 1 + 1 + 2_000));
     }
 
     #[test]

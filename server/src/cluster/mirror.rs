@@ -133,7 +133,7 @@ impl Mirror {
     }
 
     fn insert(&mut self, seq: u64, s: Stored, tail: &str) {
-        self.total_bytes += s.wire.len();
+        self.total_bytes += s.bytes();
         match &s.header.kind {
             Kind::Persistent { persist_id, .. } => {
                 self.by_id.insert(persist_id.clone(), seq);
@@ -141,7 +141,7 @@ impl Mirror {
             }
             Kind::Queued { recipient } => {
                 let r = recipient.clone();
-                *self.queue_bytes.entry(r.clone()).or_default() += s.wire.len();
+                *self.queue_bytes.entry(r.clone()).or_default() += s.bytes();
                 self.by_tail.insert(tail.to_owned(), (r.clone(), seq));
                 self.tail_of.insert(seq, tail.to_owned());
                 self.queued.entry(r).or_default().insert(seq, s);
@@ -151,7 +151,7 @@ impl Mirror {
 
     fn remove(&mut self, seq: u64) {
         if let Some(s) = self.persistent.remove(&seq) {
-            self.total_bytes -= s.wire.len();
+            self.total_bytes -= s.bytes();
             if let Kind::Persistent { persist_id, .. } = &s.header.kind {
                 if self.by_id.get(persist_id) == Some(&seq) {
                     self.by_id.remove(persist_id);
@@ -169,9 +169,9 @@ impl Mirror {
             return;
         };
         if let Some(s) = q.remove(&seq) {
-            self.total_bytes -= s.wire.len();
+            self.total_bytes -= s.bytes();
             if let Some(b) = self.queue_bytes.get_mut(&recipient) {
-                *b -= s.wire.len();
+                *b -= s.bytes();
             }
         }
         if q.is_empty() {
@@ -293,7 +293,7 @@ impl Booked {
         bytes: usize,
     ) -> Result<Booking, StoreError> {
         let replaced = m.by_id.get(persist_id).and_then(|s| m.persistent.get(s));
-        let freed = replaced.map_or(0, |s| s.wire.len());
+        let freed = replaced.map_or(0, |s| s.bytes());
         if replaced.is_none() && m.persistent.len() + self.persistent >= limits.max_persistent {
             return Err(StoreError::Full(format!(
                 "the cluster stores at most {} persistent events",

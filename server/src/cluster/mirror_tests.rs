@@ -89,7 +89,8 @@ fn replace_forget_and_stored_order() {
         Applied::Nothing
     );
     assert_eq!(wires(&m.due_for("y", &g, 0)), vec![&b"B"[..]]);
-    assert_eq!(m.counts(), (1, 0, 1));
+    // Its bytes: the event, the persist id, and the target's name.
+    assert_eq!(m.counts(), (1, 0, 1 + 1 + 2));
     assert_eq!(m.applied(), 5);
 }
 

@@ -27,14 +27,14 @@ impl Mem {
     }
 
     pub(super) fn insert(&mut self, seq: u64, s: Stored) {
-        self.total_bytes += s.wire.len();
+        self.total_bytes += s.bytes();
         match &s.header.kind {
             Kind::Persistent { persist_id, .. } => {
                 self.by_persist_id.insert(persist_id.clone(), seq);
                 self.persistent.insert(seq, s);
             }
             Kind::Queued { recipient } => {
-                *self.queue_bytes.entry(recipient.clone()).or_default() += s.wire.len();
+                *self.queue_bytes.entry(recipient.clone()).or_default() += s.bytes();
                 self.queued
                     .entry(recipient.clone())
                     .or_default()
@@ -49,7 +49,7 @@ impl Mem {
 
     pub(super) fn remove(&mut self, seq: u64) {
         if let Some(s) = self.persistent.remove(&seq) {
-            self.total_bytes -= s.wire.len();
+            self.total_bytes -= s.bytes();
             if let Kind::Persistent { persist_id, .. } = &s.header.kind {
                 if self.by_persist_id.get(persist_id) == Some(&seq) {
                     self.by_persist_id.remove(persist_id);
@@ -60,9 +60,9 @@ impl Mem {
         let mut emptied = None;
         for (recipient, q) in &mut self.queued {
             if let Some(s) = q.remove(&seq) {
-                self.total_bytes -= s.wire.len();
+                self.total_bytes -= s.bytes();
                 if let Some(b) = self.queue_bytes.get_mut(recipient) {
-                    *b -= s.wire.len();
+                    *b -= s.bytes();
                 }
                 if q.is_empty() {
                     emptied = Some(recipient.clone());

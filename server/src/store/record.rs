@@ -35,6 +35,16 @@ pub(crate) struct Stored {
 }
 
 impl Stored {
+    /// What it takes against the store's byte bounds ([`record_bytes`]).
+    pub(crate) fn bytes(&self) -> usize {
+        match &self.header.kind {
+            Kind::Persistent { persist_id, target } => {
+                record_bytes(self.wire.len(), Some((persist_id, target)))
+            }
+            Kind::Queued { .. } => self.wire.len(),
+        }
+    }
+
     /// Whether it has not expired by `now_ms`.
     pub(crate) fn alive(&self, now_ms: u64) -> bool {
         self.header.expires_ms.is_none_or(|e| e > now_ms)
@@ -48,6 +58,22 @@ impl Stored {
             Kind::Queued { recipient } => recipient == server,
         }
     }
+}
+
+/// What a record takes against the store's byte bounds: its event (`wire`
+/// bytes), and for a persistent event its persist id and the names of its
+/// target, which the record keeps too (a target may list as many names as
+/// its send had room for).
+pub(crate) fn record_bytes(wire: usize, persistent: Option<(&str, &Target)>) -> usize {
+    let Some((persist_id, target)) = persistent else {
+        return wire;
+    };
+    let names = match target {
+        Target::Servers(ids) | Target::Except(ids) => ids.iter().map(|id| id.len() + 1).sum(),
+        Target::Server(name) | Target::Group(name) => name.len() + 1,
+        Target::All | Target::Everyone => 0,
+    };
+    wire + persist_id.len() + names
 }
 
 /// What is due to `server` at `now_ms`, in stored order: the persistent
