@@ -159,6 +159,13 @@ async fn run(flags: Flags, config: Config) -> anyhow::Result<()> {
         flavor = ?tokio::runtime::Handle::current().runtime_flavor(),
         "runtime started"
     );
+    // A SIGHUP (a reload) before the router listens must not end it, as
+    // the signal's default action would: its handler is in place from
+    // here on (tokio never takes one back). A reload asked for meanwhile
+    // is not done: the router is loading its configuration then.
+    #[cfg(unix)]
+    let _hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     if let Some(dir) = &flags.import_store {
         let done = icom_server::import_store(&config, dir, flags.import_again)
             .await

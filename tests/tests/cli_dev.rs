@@ -176,3 +176,26 @@ fn dev_mode_takes_a_config_file_with_groups_and_a_policy() {
     let out = send("server_2", &to_self);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+/// A reload asked for while the router is still starting (here it waits
+/// for a NATS node that never answers) does not end it, as SIGHUP's
+/// default action would; a stop then ends it cleanly.
+#[cfg(unix)]
+#[test]
+fn a_sighup_while_the_router_starts_does_not_end_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent_nats = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nats = format!("nats://{}", silent_nats.local_addr().unwrap());
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let mut cmd = Command::new(workspace_bin("icom-server", "icom-server"));
+    cmd.current_dir(dir.path())
+        .args(["--dev", "--listen", &addr, "--nats", &nats]);
+    let mut router = RouterProcess::spawn(&mut cmd);
+    router.wait_log("runtime started");
+    router.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(router.running(), "a SIGHUP while starting ended the router");
+    router.signal("TERM");
+    let status = router.wait_exit(WAIT);
+    assert!(status.success(), "{status}");
+}
