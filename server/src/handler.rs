@@ -394,11 +394,13 @@ async fn replay(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Option<u32> {
     };
     let count = due.len() as u32;
     for item in due {
-        let Written::Whole(stream) = write_event(&peer.conn, item.wire).await? else {
-            return None;
-        };
-        if item.queued {
-            delete_when_acked(shared.clone(), stream, item.seq);
+        match write_event(&peer.conn, item.wire).await? {
+            Written::Whole(stream) if item.queued => {
+                delete_when_acked(shared.clone(), stream, item.seq);
+            }
+            // One the client stopped (more than it takes now, say): kept,
+            // and the rest of the replay goes on.
+            Written::Whole(_) | Written::Cut => {}
         }
     }
     if count > 0 {

@@ -23,6 +23,50 @@ async fn replay_of(c: &mut RawClient) -> (u32, Vec<icom_protocol::Deliver>) {
     (count, got)
 }
 
+/// A client that stops one stream of its replay (an event larger than it
+/// takes now, say) still gets the rest, and `replayed`.
+#[tokio::test]
+async fn a_replay_goes_on_past_a_stream_the_client_stopped() {
+    let cluster = TestCluster::start().await;
+    let mut hq = cluster.raw("hq").await;
+    let big = Send {
+        data: Bytes::from(rmp_serde::to_vec(&"x".repeat(200_000)).unwrap()),
+        ..persistent(1, Target::All, "big")
+    };
+    assert!(hq.send(&big).await.unwrap().ok);
+    assert!(
+        hq.send(&persistent(2, Target::All, "small"))
+            .await
+            .unwrap()
+            .ok
+    );
+    // x takes 16 KiB a stream before it reads: the router's write of the
+    // big event waits, and x stops that stream.
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(16_384u32.into());
+    let crypto = icom_tests::client_crypto(cluster.pki(), Some(&cluster.pki().client("x")));
+    let mut x = RawClient::connect_transport(cluster.addr(), crypto, transport)
+        .await
+        .unwrap();
+    x.hello().await.unwrap();
+    let mut first = tokio::time::timeout(icom_tests::WAIT, x.conn.accept_uni())
+        .await
+        .unwrap()
+        .unwrap();
+    first.stop(0u32.into()).unwrap();
+    drop(first);
+    let next = x.deliver().await.unwrap();
+    assert_eq!(next.persist_id.as_deref(), Some("small"));
+    let count = x
+        .control_until(|m| match m {
+            Control::Replayed(r) => Some(r.count),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(count, 2, "both were due");
+}
+
 #[tokio::test]
 async fn a_late_joiner_gets_exactly_the_persistent_events_that_include_it() {
     let cluster = TestCluster::start_with(|c| {
