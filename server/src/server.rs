@@ -301,12 +301,35 @@ impl Server {
     }
 }
 
+/// Puts back what a reload cannot change in a running router, warning for
+/// each that changed: where it keeps its data and serves metrics, the
+/// store's bounds (the store is open), the bounds on connections and
+/// handshakes (the listener took them), and `max_event_bytes` (every
+/// live connection's `welcome` announced it).
+fn keep_running(config: &mut Config, old: &Config) {
+    macro_rules! keep {
+        ($($field:ident).+, $name:literal) => {
+            if config.$($field).+ != old.$($field).+ {
+                warn!(concat!($name, " changed: that takes a restart; keeping the running value"));
+                config.$($field).+ = old.$($field).+.clone();
+            }
+        };
+    }
+    keep!(data_dir, "data_dir");
+    keep!(metrics, "[metrics]");
+    keep!(store, "[store]");
+    keep!(limits.max_connections, "limits.max_connections");
+    keep!(limits.max_handshakes, "limits.max_handshakes");
+    keep!(limits.max_event_bytes, "limits.max_event_bytes");
+}
+
 impl ReloadHandle {
     /// Re-reads the configuration file (if the router was started from one)
     /// and the TLS files: new connections use the new CA, CRL and
     /// certificate; groups and limits apply to the next event; live
     /// connections whose certificate is now revoked are closed with
-    /// `REVOKED`. On error nothing changes.
+    /// `REVOKED`. What takes a restart keeps its running value, with a
+    /// warning (`keep_running`). On error nothing changes.
     ///
     /// # Errors
     /// [`ServerError`] naming what could not be loaded.
@@ -340,6 +363,7 @@ impl ReloadHandle {
             warn!("[cluster] changed: that takes a restart; keeping the running cluster settings");
             config.cluster = old.cluster.clone();
         }
+        keep_running(&mut config, &old);
         let material = tls::load(&config)?;
         self.endpoint
             .set_server_config(Some(material.server_config));

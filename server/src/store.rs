@@ -41,7 +41,7 @@ pub const STORE_FILE: &str = "icom.redb";
 const REOPEN_RETRY: Duration = Duration::from_secs(1);
 
 /// Bounds of the store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreLimits {
     /// Bytes of stored events in all (persistent and queued).
     pub max_bytes: usize,

@@ -288,3 +288,33 @@ async fn the_store_survives_a_restart() {
     assert_eq!(count, 2);
     assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), vec![1, 2]);
 }
+
+/// A reload keeps what a running router cannot change: the store's bounds
+/// (the store is open) and `max_event_bytes` (every live connection's
+/// `welcome` announced it); it takes a restart.
+#[tokio::test]
+async fn a_reload_keeps_the_store_bounds_and_the_event_size_limit() {
+    let mut cluster = TestCluster::start().await;
+    let mut hq = cluster.raw("hq").await;
+    let announced = hq.welcome.as_ref().unwrap().limits.max_event_bytes;
+    cluster.rewrite_config(|c| {
+        c.store.max_persistent = 1;
+        c.limits.max_event_bytes = 1024;
+    });
+    cluster.reload();
+    // 2 KiB of data: within what the welcome announced.
+    let big = Send {
+        data: Bytes::from(rmp_serde::to_vec(&"x".repeat(2048)).unwrap()),
+        ..persistent(1, Target::All, "one")
+    };
+    let ack = hq.send(&big).await.unwrap();
+    assert!(ack.ok, "{ack:?} (announced {announced})");
+    // A second persistent event: the running bound is still the old one.
+    let ack = hq.send(&persistent(2, Target::All, "two")).await.unwrap();
+    assert!(ack.ok, "{ack:?}");
+    let late = cluster.raw("late").await;
+    assert_eq!(
+        late.welcome.as_ref().unwrap().limits.max_event_bytes,
+        announced
+    );
+}
