@@ -69,7 +69,7 @@ mod tests {
     use arma_rs::testing::Result as Handled;
     use serde_json::Value;
 
-    use crate::testing::{callback, extension, test_config};
+    use crate::testing::{callback, extension, files_config, test_config};
 
     #[test]
     fn version_and_status_answer_without_a_connection() {
@@ -151,18 +151,12 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let me = cluster.client_files("eu-1");
-        let config = dir.path().join("icom.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "routers = [\"{dead}\", \"{live}\"]\nserver_name = \"localhost\"\n\
-                 ca = {:?}\ncert = {:?}\nkey = {:?}\nconnect_timeout_ms = 1000\n",
-                me.ca.display().to_string(),
-                me.cert.display().to_string(),
-                me.key.display().to_string()
-            ),
-        )
-        .unwrap();
+        let config = files_config(
+            dir.path(),
+            &format!("routers = [\"{dead}\", \"{live}\"]"),
+            &me,
+            "connect_timeout_ms = 1000\n",
+        );
         let ext = extension(dir.path(), Some(config));
         let (_, code) = ext.call("icom:connect", Some(vec!["".into(), "".into()]));
         assert_eq!(code, 0);
@@ -194,19 +188,12 @@ mod tests {
         let cluster = rt.block_on(icom_tests::TestCluster::start());
         let dir = tempfile::tempdir().unwrap();
         let me = cluster.client_files("eu-1");
-        let config = dir.path().join("icom.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "routers = [\"{}\"]\nserver_name = \"localhost\"\n\
-                 ca = {:?}\ncert = {:?}\nkey = {:?}\n",
-                cluster.addr(),
-                me.ca.display().to_string(),
-                me.cert.display().to_string(),
-                me.key.display().to_string()
-            ),
-        )
-        .unwrap();
+        let config = files_config(
+            dir.path(),
+            &format!("routers = [\"{}\"]", cluster.addr()),
+            &me,
+            "",
+        );
         let ext = extension(dir.path(), Some(config));
         let connected = |ext: &arma_rs::testing::Extension| loop {
             if callback(ext, "state", Duration::from_secs(20))["state"] == "connected" {

@@ -66,7 +66,7 @@ mod tests {
     use icom_tests::TestCluster;
     use serde_json::Value;
 
-    use crate::testing::{callback, extension};
+    use crate::testing::{callback, extension, files_config};
 
     #[test]
     fn fetch_of_nothing_says_so() {
@@ -107,19 +107,12 @@ mod tests {
         let cluster = rt.block_on(TestCluster::start());
         let dir = tempfile::tempdir().unwrap();
         let me = cluster.client_files("slow-game");
-        let config = dir.path().join("icom.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "router = \"{}\"\nserver_name = \"localhost\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
-                 [limits]\ncallbacks = 50\nwindow = 10\ncredit_timeout_ms = 600000\n",
-                me.addr,
-                me.ca.display().to_string(),
-                me.cert.display().to_string(),
-                me.key.display().to_string()
-            ),
-        )
-        .unwrap();
+        let config = files_config(
+            dir.path(),
+            &format!("router = \"{}\"", me.addr),
+            &me,
+            "[limits]\ncallbacks = 50\nwindow = 10\ncredit_timeout_ms = 600000\n",
+        );
         let ext = extension(dir.path(), Some(config));
         assert_eq!(ext.call("icom:ready", Some(vec!["0".into()])).1, 0);
         assert_eq!(

@@ -123,6 +123,26 @@ mod testing {
         }
     }
 
+    /// Writes an `icom.toml` into `dir` with the first line `routers`
+    /// (`router = ...` or `routers = [...]`), the TLS files of `me`, and
+    /// `extra` TOML; returns its path.
+    pub(crate) fn files_config(
+        dir: &Path,
+        routers: &str,
+        me: &icom_tests::ClientFiles,
+        extra: &str,
+    ) -> PathBuf {
+        let path = dir.join("icom.toml");
+        let text = format!(
+            "{routers}\nserver_name = \"localhost\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n{extra}",
+            me.ca.display().to_string(),
+            me.cert.display().to_string(),
+            me.key.display().to_string()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
     /// Writes certificates for `id` and an `icom.toml` for `router` into
     /// `dir`, with `extra` TOML appended; returns the config's path.
     pub(crate) fn test_config(dir: &Path, router: &str, id: &str, extra: &str) -> PathBuf {
