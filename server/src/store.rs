@@ -31,7 +31,7 @@ pub use self::durable::Durable;
 use self::log::{Change, Log, Opener, EVENTS};
 use self::mem::Mem;
 pub(crate) use self::record::{
-    decode, decode_shared, due, encode, expired, record_bytes, Header, Kind, Stored,
+    decode, decode_shared, due, encode, expired, persistent_bytes, Header, Kind, Stored,
 };
 /// The database file's name inside the data dir.
 pub const STORE_FILE: &str = "icom.redb";

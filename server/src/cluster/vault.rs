@@ -37,7 +37,7 @@ use crate::config::{Cluster, Config};
 use crate::keep::{Keep, Persistent, Verdicts};
 use crate::router::{Peer, Table};
 use crate::space::Pending;
-use crate::store::{encode, record_bytes, Due, Header, Kind, StoreError, StoreLimits, Stored};
+use crate::store::{encode, persistent_bytes, Due, Header, Kind, StoreError, StoreLimits, Stored};
 
 /// How long a deletion stays in the stream: long enough for every
 /// router following the stream to read it. (A router that lost NATS
@@ -350,7 +350,7 @@ impl Keep for Vault {
             let booking = {
                 let mut st = lock(&self.state);
                 let State { mirror, booked, .. } = &mut *st;
-                let bytes = record_bytes(e.wire.len(), Some((&e.persist_id, &e.target)));
+                let bytes = persistent_bytes(e.wire.len(), &e.persist_id, &e.target);
                 booked.persist(mirror, &self.limits, &e.persist_id, bytes)?
             };
             let tail = persistent_tail(&e.persist_id);

@@ -35,11 +35,11 @@ pub(crate) struct Stored {
 }
 
 impl Stored {
-    /// What it takes against the store's byte bounds ([`record_bytes`]).
+    /// What it takes against the store's byte bounds ([`persistent_bytes`]).
     pub(crate) fn bytes(&self) -> usize {
         match &self.header.kind {
             Kind::Persistent { persist_id, target } => {
-                record_bytes(self.wire.len(), Some((persist_id, target)))
+                persistent_bytes(self.wire.len(), persist_id, target)
             }
             Kind::Queued { .. } => self.wire.len(),
         }
@@ -60,14 +60,11 @@ impl Stored {
     }
 }
 
-/// What a record takes against the store's byte bounds: its event (`wire`
-/// bytes), and for a persistent event its persist id and the names of its
-/// target, which the record keeps too (a target may list as many names as
-/// its send had room for).
-pub(crate) fn record_bytes(wire: usize, persistent: Option<(&str, &Target)>) -> usize {
-    let Some((persist_id, target)) = persistent else {
-        return wire;
-    };
+/// What a persistent event takes against the store's byte bounds: its
+/// event (`wire` bytes), its persist id and the names of its target, which
+/// the record keeps too (a target may list as many names as its send had
+/// room for). A queued copy takes its event's bytes.
+pub(crate) fn persistent_bytes(wire: usize, persist_id: &str, target: &Target) -> usize {
     let names = match target {
         Target::Servers(ids) | Target::Except(ids) => ids.iter().map(|id| id.len() + 1).sum(),
         Target::Server(name) | Target::Group(name) => name.len() + 1,
