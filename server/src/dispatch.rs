@@ -9,7 +9,7 @@ use icom_protocol::{Ack, AckCode, AckError, DeliverRef, Persist, SendRef};
 use tracing::{debug, warn};
 
 use crate::config::Config;
-use crate::keep::Persistent;
+use crate::keep::{Persistent, StoreTicket};
 use crate::outbound::PushError;
 use crate::policy::{Request, Verdict};
 use crate::router::{LocalPeers, Peer};
@@ -47,6 +47,8 @@ pub(crate) struct Rest {
     remote: Vec<(Arc<str>, Vec<Arc<str>>)>,
     /// Named recipients that did not get it live.
     absent: Vec<String>,
+    /// Held until the send is stored or given up (dropped with it).
+    ticket: Option<StoreTicket>,
 }
 
 /// Routes one decoded send from `from`, accepted at `sent_ms` (Unix ms),
@@ -61,6 +63,10 @@ pub(crate) fn route(
     if let Err(e) = send.validate(&config.groups) {
         return Routed::Done(Ack::failed(send.id, AckCode::Invalid, e.to_string()));
     }
+    // A send that may store begins before it is resolved: a server that
+    // registers after the resolution waits for the store before its replay.
+    let ticket = (send.persist.is_some() || (send.ttl_ms.is_some() && send.to.is_named()))
+        .then(|| shared.storing.begin());
     let resolved = match shared.table.resolve(from, &send.to, &config.groups) {
         Ok(r) => r,
         Err(e) => return Routed::Done(Ack::failed(send.id, AckCode::Invalid, e.to_string())),
@@ -125,8 +131,9 @@ pub(crate) fn route(
         named,
         persistent: persist_id.is_some(),
         expires_ms,
-        // Stored before any live delivery: a server that connects
-        // meanwhile finds it in its replay.
+        // Stored before any live delivery: a server that registered
+        // after the resolution finds it in its replay (which waits for it:
+        // `Storing`).
         store: persist_id.map(|pid| Persistent {
             persist_id: pid,
             target: send.to.to_target(),
@@ -138,6 +145,7 @@ pub(crate) fn route(
         peers: resolved.peers,
         remote: resolved.remote,
         absent: resolved.offline,
+        ticket,
     };
     if rest.store.is_some() {
         return Routed::Wait(Box::new(rest));
@@ -166,6 +174,7 @@ impl Rest {
                 return Ack::failed(self.tally.ack.id, code, e.to_string());
             }
             self.tally.ack.persist_id = Some(pid);
+            self.ticket = None;
             self.hand_over();
         }
         if !self.remote.is_empty() {

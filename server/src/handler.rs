@@ -385,6 +385,8 @@ async fn on_control(
 /// order. A queued copy is deleted once the peer's QUIC stack has
 /// acknowledged its whole stream. Returns how many were opened.
 async fn replay(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Option<u32> {
+    // The sends resolved before this peer registered are stored first.
+    shared.storing.settled().await;
     let due = match shared.keep.due_for(peer, shared.config()).await {
         Ok(due) => due,
         Err(e) => {

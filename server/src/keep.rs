@@ -5,11 +5,12 @@
 //! durable before the ack that promises it goes out, and dispatch and
 //! replay are one code path above this seam.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use icom_protocol::Target;
-use tokio::sync::Semaphore;
+use icom_protocol::{lock, Target};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -77,6 +78,67 @@ pub(crate) trait Keep: Send + Sync + std::fmt::Debug {
     /// shared store).
     fn run(self: Arc<Self>, _shutdown: CancellationToken) -> Pending<'static, ()> {
         Box::pin(std::future::ready(()))
+    }
+}
+
+/// Sends on their way into the store. A server's replay reads the store
+/// just after the server registers: a send resolved before that (without
+/// the server among its live recipients) but stored after the read would
+/// reach the server neither way, so the replay first waits for such sends
+/// ([`Storing::settled`]).
+#[derive(Debug, Default)]
+pub(crate) struct Storing {
+    state: Mutex<Open>,
+    done: Notify,
+}
+
+/// The sends under way, by the order they began in.
+#[derive(Debug, Default)]
+struct Open {
+    next: u64,
+    open: BTreeSet<u64>,
+}
+
+/// One send that may store, from before its target is resolved until it
+/// is stored or given up: dropped, it counts as settled.
+#[derive(Debug)]
+pub(crate) struct StoreTicket {
+    storing: Arc<Storing>,
+    id: u64,
+}
+
+impl Storing {
+    /// A send that may store begins (before its target is resolved).
+    pub(crate) fn begin(self: &Arc<Self>) -> StoreTicket {
+        let mut s = lock(&self.state);
+        let id = s.next;
+        s.next += 1;
+        s.open.insert(id);
+        StoreTicket {
+            storing: self.clone(),
+            id,
+        }
+    }
+
+    /// Waits until every send that began before this call settled.
+    pub(crate) async fn settled(&self) {
+        let mark = lock(&self.state).next;
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if lock(&self.state).open.first().is_none_or(|&id| id >= mark) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for StoreTicket {
+    fn drop(&mut self) {
+        lock(&self.storing.state).open.remove(&self.id);
+        self.storing.done.notify_waiters();
     }
 }
 
@@ -216,6 +278,30 @@ mod tests {
             expires_ms: None,
             wire: wire(id),
         }
+    }
+
+    /// A replay waits for the sends that began before it, and only those.
+    #[tokio::test]
+    async fn settled_waits_for_the_earlier_tickets_only() {
+        let storing = Arc::new(Storing::default());
+        let (first, second) = (storing.begin(), storing.begin());
+        let waiting = tokio::spawn({
+            let storing = storing.clone();
+            async move { storing.settled().await }
+        });
+        // The replay's wait begins before the later send does.
+        tokio::task::yield_now().await;
+        let later = storing.begin();
+        drop(second);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the first is still open");
+        drop(first);
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("settled once the earlier two are")
+            .unwrap();
+        drop(later);
+        storing.settled().await;
     }
 
     /// After a failed commit, the write that reopens the store's file does

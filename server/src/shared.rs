@@ -8,7 +8,7 @@ use icom_protocol::{read, write};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::keep::Keep;
+use crate::keep::{Keep, Storing};
 use crate::metrics::{Gauges, Metrics};
 use crate::router::Table;
 use crate::space::Space;
@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Persistent events and queued copies (the router's file, alone).
     pub(crate) keep: Arc<dyn Keep>,
+    /// The sends on their way into `keep`, which a replay waits for.
+    pub(crate) storing: Arc<Storing>,
     config: RwLock<Arc<Config>>,
     crls: RwLock<Crls>,
     pub(crate) shutdown: CancellationToken,
@@ -43,6 +45,7 @@ impl Shared {
             space,
             metrics,
             keep,
+            storing: Arc::default(),
             config: RwLock::new(Arc::new(config)),
             crls: RwLock::new(crls),
             shutdown: CancellationToken::new(),
