@@ -165,6 +165,9 @@ impl fmt::Display for CloseCode {
 pub enum StreamCode {
     /// The event exceeded `max_event_bytes`.
     TooLarge = 6,
+    /// The router holds as many bytes of the client's unfinished event
+    /// streams as it takes (`limits.partial_bytes`).
+    Congested = 8,
 }
 
 impl StreamCode {
@@ -196,5 +199,6 @@ mod tests {
         assert_eq!(CloseCode::from_code(6), None, "6 is a stream code");
         assert_eq!(CloseCode::from_code(7), Some(CloseCode::InUse));
         assert_eq!(StreamCode::TooLarge.code(), 6);
+        assert_eq!(StreamCode::Congested.code(), 8);
     }
 }

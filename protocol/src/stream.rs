@@ -173,6 +173,16 @@ impl EventBody {
         Ok(())
     }
 
+    /// How many bytes came so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no byte came yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The whole stream, after its end was read.
     pub fn finish(self) -> Bytes {
         match self.first {

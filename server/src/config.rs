@@ -171,6 +171,8 @@ pub struct Limits {
     pub max_streams: u32,
     /// Concurrent uni streams each client may open at first.
     pub initial_streams: u32,
+    /// Bytes of one client's unfinished event streams held at most.
+    pub partial_bytes: usize,
     /// Events waiting for one recipient.
     pub outbound_queue_events: usize,
     /// Bytes waiting for one recipient.
@@ -251,6 +253,12 @@ impl Config {
                     "{name} = {v} must be at most {MAX_PRESENCE_BATCH_MS}"
                 ));
             }
+        }
+        if l.partial_bytes < u64::from(l.max_event_bytes) {
+            return bad(format!(
+                "limits.partial_bytes = {} must be at least max_event_bytes = {}",
+                l.partial_bytes, l.max_event_bytes
+            ));
         }
         if l.initial_streams == 0 || l.initial_streams > l.max_streams {
             return bad(format!(
@@ -339,6 +347,7 @@ impl Config {
                 max_handshakes: l.max_handshakes as usize,
                 max_streams: l.max_streams,
                 initial_streams: l.initial_streams,
+                partial_bytes: usize::try_from(l.partial_bytes).unwrap_or(usize::MAX),
                 outbound_queue_events: l.outbound_queue_events as usize,
                 outbound_queue_bytes: usize::try_from(l.outbound_queue_bytes).unwrap_or(usize::MAX),
                 control_queue: l.control_queue as usize,
@@ -445,6 +454,11 @@ mod tests {
         f.limits.max_streams = 100;
         let e = Config::try_from(f).unwrap_err().to_string();
         assert!(e.contains("limits.max_streams"), "{e}");
+
+        let mut f = ConfigFile::default();
+        f.limits.partial_bytes = u64::from(f.limits.max_event_bytes) - 1;
+        let e = Config::try_from(f).unwrap_err().to_string();
+        assert!(e.contains("limits.partial_bytes"), "{e}");
 
         let mut f = ConfigFile::default();
         f.groups.insert("bad group".into(), vec!["x".into()]);

@@ -169,6 +169,9 @@ pub(crate) enum EventRead {
     TooLarge(Vec<u8>),
     /// The stream broke off; the bytes read before.
     Failed(Vec<u8>, ReadError),
+    /// A read would have passed the bytes the router holds of the client's
+    /// unfinished streams; the bytes read before.
+    Refused(Vec<u8>),
 }
 
 /// Reads what `recv` holds of an event stream now, without waiting: the
@@ -195,11 +198,23 @@ pub(crate) fn read_event_now(recv: &mut RecvStream, body: &mut EventBody) -> Pol
     }
 }
 
-/// Reads the rest of an event stream begun by [`read_event_now`].
-pub(crate) async fn read_event(recv: &mut RecvStream, mut body: EventBody) -> EventRead {
+/// Reads the rest of an event stream begun by [`read_event_now`]; each
+/// read's size is first put to `admit`, which may refuse it.
+pub(crate) async fn read_event(
+    recv: &mut RecvStream,
+    mut body: EventBody,
+    mut admit: impl FnMut(usize) -> bool,
+) -> EventRead {
     let mut chunks: [Bytes; EventBody::READ_CHUNKS] = Default::default();
     loop {
         let read = recv.read_chunks(&mut chunks).await;
+        if let Ok(Some(n)) = read {
+            if !admit(chunks[..n].iter().map(Bytes::len).sum()) {
+                // This read too, for the id at the start of the stream.
+                let _ = body.push_read(&mut chunks, n);
+                return EventRead::Refused(body.into_prefix());
+            }
+        }
         if let Some(done) = take_chunks(&mut body, read, &mut chunks) {
             return done;
         }

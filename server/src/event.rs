@@ -3,7 +3,7 @@
 //! streams a connection has ready at once are taken as one burst, their
 //! acks written together.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -27,21 +27,30 @@ use crate::shared::Shared;
 /// its end; one whose ack waits (a client that does not read its control
 /// stream, a store that is slow) is counted here, and at the bound the
 /// router takes no more streams from the peer until some are answered,
-/// so the waiting work stays bounded.
+/// so the waiting work stays bounded. Beside them it counts the bytes of
+/// the streams still being read (begun, not ended), which the router
+/// holds in memory; the stream whose read would pass their bound is
+/// refused ([`EventRead::Refused`]), so that a client cannot make the
+/// router hold `max_streams` events of `max_event_bytes` at once.
 #[derive(Debug)]
 pub(crate) struct Unanswered {
     count: AtomicU32,
     max: u32,
     room: Notify,
+    partial: AtomicUsize,
+    max_partial: usize,
 }
 
 impl Unanswered {
-    /// At most `max` streams unanswered at once.
-    pub(crate) fn new(max: u32) -> Arc<Unanswered> {
+    /// At most `max` streams unanswered at once, and `max_partial` bytes of
+    /// those being read.
+    pub(crate) fn new(max: u32, max_partial: usize) -> Arc<Unanswered> {
         Arc::new(Unanswered {
             count: AtomicU32::new(0),
             max: max.max(1),
             room: Notify::new(),
+            partial: AtomicUsize::new(0),
+            max_partial,
         })
     }
 
@@ -73,6 +82,39 @@ impl Unanswered {
             of: self.clone(),
             n: 1,
         }
+    }
+}
+
+/// Bytes of one stream being read, counted in [`Unanswered`] while this
+/// lives.
+struct Partial {
+    of: Arc<Unanswered>,
+    n: usize,
+}
+
+impl Partial {
+    fn new(of: &Arc<Unanswered>) -> Partial {
+        Partial {
+            of: of.clone(),
+            n: 0,
+        }
+    }
+
+    /// Counts `n` more bytes, unless they would pass the bound.
+    fn admit(&mut self, n: usize) -> bool {
+        let before = self.of.partial.fetch_add(n, Ordering::Relaxed);
+        if before.saturating_add(n) > self.of.max_partial {
+            self.of.partial.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        self.n += n;
+        true
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        self.of.partial.fetch_sub(self.n, Ordering::Relaxed);
     }
 }
 
@@ -170,9 +212,15 @@ impl<'a> Burst<'a> {
             return;
         }
         let (shared, peer, config) = (shared.clone(), peer.clone(), config.clone());
+        let mut partial = Partial::new(&held.of);
         tokio::spawn(
             async move {
-                let read = read_event(&mut recv, body).await;
+                let read = if partial.admit(body.len()) {
+                    read_event(&mut recv, body, |n| partial.admit(n)).await
+                } else {
+                    EventRead::Refused(body.into_prefix())
+                };
+                drop(partial);
                 let ack = match on_event(&shared, &peer, &config, &mut recv, read, now_ms()) {
                     Step::Answer(ack) => ack,
                     Step::Wait(rest) => rest.finish(&shared).await,
@@ -273,6 +321,19 @@ fn on_event(
                 id.unwrap_or(0),
                 AckCode::TooLarge,
                 format!("the event exceeds max_event_bytes ({max})"),
+            ))
+        }
+        EventRead::Refused(prefix) => {
+            let _ = recv.stop(StreamCode::Congested.code().into());
+            let id = Send::peek_id(&prefix);
+            let bound = config.limits.partial_bytes;
+            warn!(code = "congested", id = ?id, "unfinished event streams over {bound} bytes");
+            Step::Answer(Ack::failed(
+                id.unwrap_or(0),
+                AckCode::Congested,
+                format!(
+                    "the router holds {bound} bytes of this client's unfinished event streams at most (limits.partial_bytes)"
+                ),
             ))
         }
         EventRead::Failed(prefix, e) => {

@@ -258,7 +258,7 @@ async fn serve(shared: &Arc<Shared>, peer: &Arc<Peer>, ctrl: ControlReader) -> E
     tokio::pin!(closed, cancelled);
     let limits = shared.config().limits;
     let mut credit = StreamCredit::new(limits.initial_streams, limits.max_streams);
-    let unanswered = Unanswered::new(limits.max_streams);
+    let unanswered = Unanswered::new(limits.max_streams, limits.partial_bytes);
     let ended = loop {
         tokio::select! {
             biased;

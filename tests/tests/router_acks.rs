@@ -227,6 +227,78 @@ async fn oversized_events_are_stopped_and_acked_too_large() {
     );
 }
 
+/// The router holds at most `limits.partial_bytes` of one client's
+/// unfinished event streams: the stream that would pass the bound is
+/// stopped with CONGESTED (8) and acked `congested`, the others go on, and
+/// the bytes they held are free again once they end.
+#[tokio::test]
+async fn unfinished_streams_past_the_partial_bound_are_stopped_and_acked_congested() {
+    let cluster = TestCluster::start_with(|c| {
+        c.limits.max_event_bytes = 16_384;
+        c.limits.partial_bytes = 65_536;
+    })
+    .await;
+    let mut a = cluster.raw("a").await;
+    let b = cluster.raw("b").await;
+    let data = Bytes::from(rmp_serde::to_vec(&"x".repeat(15_000)).unwrap());
+    // `n` events of 15 KB, each written but for its last byte.
+    let conn = a.conn.clone();
+    let begin = |first: u64, n: u64| {
+        let (conn, data) = (conn.clone(), data.clone());
+        async move {
+            let mut begun = Vec::new();
+            for id in first..first + n {
+                let bytes = Send {
+                    data: data.clone(),
+                    ..send(id, Target::Server("b".into()))
+                }
+                .encode();
+                let mut s = conn.open_uni().await.unwrap();
+                s.write_all(&bytes[..bytes.len() - 1]).await.unwrap();
+                begun.push((id, s, bytes[bytes.len() - 1]));
+            }
+            begun
+        }
+    };
+    // 75 KB unfinished: one stream is refused; the other four (60 KB) fit.
+    let begun = begin(1, 5).await;
+    let refused = loop {
+        if let icom_protocol::Control::Ack(ack) = a.next_control().await.unwrap() {
+            break ack;
+        }
+    };
+    assert_eq!(code(&refused), AckCode::Congested, "{refused:?}");
+    assert!(
+        (1..=5).contains(&refused.id),
+        "the id read from the stream: {refused:?}"
+    );
+    let mut finished = Vec::new();
+    for (id, mut s, last) in begun {
+        if id == refused.id {
+            assert_eq!(s.stopped().await.unwrap(), Some(8u32.into()));
+            continue;
+        }
+        s.write_all(&[last]).await.unwrap();
+        s.finish().unwrap();
+        finished.push(id);
+    }
+    for id in &finished {
+        let ack = a.ack(*id).await.unwrap();
+        assert!(ack.ok && ack.delivered == 1, "{ack:?}");
+    }
+    assert_eq!(finished.len(), 4);
+    for _ in 0..4 {
+        assert_eq!(b.deliver().await.unwrap().data, data);
+    }
+    // What they held is free: four more unfinished at once all fit.
+    for (id, mut s, last) in begin(11, 4).await {
+        s.write_all(&[last]).await.unwrap();
+        s.finish().unwrap();
+        let ack = a.ack(id).await.unwrap();
+        assert!(ack.ok && ack.delivered == 1, "{ack:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_recipient_that_never_reads_congests_within_the_bound() {
     const QUEUE_EVENTS: u32 = 32;

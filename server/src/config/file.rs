@@ -120,6 +120,10 @@ pub struct LimitsFile {
     /// Concurrent uni streams each client may open (at least 1024): the
     /// most its stream credit grows to.
     pub max_streams: u32,
+    /// Bytes of one client's unfinished event streams (begun, not yet
+    /// ended) the router holds at most; the stream that would pass it is
+    /// stopped and acked `congested`. At least `max_event_bytes`.
+    pub partial_bytes: u64,
     /// Concurrent uni streams a client may open at first; the credit
     /// doubles, up to `max_streams`, whenever the client uses half of it.
     pub initial_streams: u32,
@@ -237,6 +241,7 @@ impl Default for LimitsFile {
             max_handshakes: 64,
             max_streams: 16_384,
             initial_streams: 32,
+            partial_bytes: 64 << 20,
             outbound_queue_events: 8192,
             outbound_queue_bytes: 16 << 20,
             control_queue: 16384,
