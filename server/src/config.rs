@@ -66,15 +66,22 @@ impl ConfigFile {
     /// # Errors
     /// [`ConfigError::Load`] naming the key and where it came from.
     pub fn load(path: Option<&Path>) -> Result<ConfigFile, ConfigError> {
-        ConfigFile::figment(path)
-            .extract::<ConfigFile>()
-            .map(|mut c| {
-                if let Some(dir) = path.and_then(Path::parent) {
-                    c.rebase(dir);
-                }
-                c
-            })
-            .map_err(|e| ConfigError::Load(Box::new(e)))
+        ConfigFile::extract(&ConfigFile::figment(path))
+    }
+
+    /// Extracts the configuration from `figment`. A relative path that a
+    /// file set is taken relative to that file's directory; one from the
+    /// environment or a command-line flag stays as it is, relative to the
+    /// working directory.
+    ///
+    /// # Errors
+    /// [`ConfigError::Load`] naming the key and where it came from.
+    pub fn extract(figment: &Figment) -> Result<ConfigFile, ConfigError> {
+        let mut file: ConfigFile = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        file.rebase(figment);
+        Ok(file)
     }
 
     /// The figment behind [`ConfigFile::load`], for callers that merge
@@ -99,23 +106,37 @@ impl ConfigFile {
         }))
     }
 
-    /// Makes relative paths relative to `dir`.
-    pub fn rebase(&mut self, dir: &Path) {
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() && !dir.as_os_str().is_empty() {
-                *p = dir.join(&*p);
+    /// Makes each relative path that a file set relative to that file's
+    /// directory (`figment`'s metadata says where each value came from).
+    fn rebase(&mut self, figment: &Figment) {
+        let fix = |key: &str, p: &mut PathBuf| {
+            let from_file = figment
+                .find_metadata(key)
+                .and_then(|m| m.source.as_ref())
+                .and_then(figment::Source::file_path)
+                .and_then(Path::parent);
+            if let Some(dir) = from_file {
+                if p.is_relative() && !dir.as_os_str().is_empty() {
+                    *p = dir.join(&*p);
+                }
             }
         };
-        fix(&mut self.data_dir);
-        fix(&mut self.tls.ca);
-        fix(&mut self.tls.cert);
-        fix(&mut self.tls.key);
+        fix("data_dir", &mut self.data_dir);
+        fix("tls.ca", &mut self.tls.ca);
+        fix("tls.cert", &mut self.tls.cert);
+        fix("tls.key", &mut self.tls.key);
         if let Some(c) = &mut self.tls.crl {
-            fix(c);
+            fix("tls.crl", c);
         }
         if let Some(c) = &mut self.cluster {
-            for p in [&mut c.ca, &mut c.cert, &mut c.key].into_iter().flatten() {
-                fix(p);
+            for (key, p) in [
+                ("cluster.ca", &mut c.ca),
+                ("cluster.cert", &mut c.cert),
+                ("cluster.key", &mut c.key),
+            ] {
+                if let Some(p) = p {
+                    fix(key, p);
+                }
             }
         }
     }
@@ -151,6 +172,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// The file the configuration came from, re-read on reload.
     pub source: Option<PathBuf>,
+    /// The command line's settings, layered over the file again on reload.
+    pub flags: Option<Arc<Figment>>,
     /// Other routers sharing the routing space over NATS, if any.
     pub cluster: Option<Cluster>,
     /// With `--dev`: the dev layout (certificates, listen address, data
@@ -373,28 +396,41 @@ impl Config {
             groups,
             log_format: f.log.format,
             source: None,
+            flags: None,
             cluster,
             dev: None,
         })
     }
 
-    /// The configuration from a file type that was loaded from `path` (if
-    /// any) over `dev` (if given, the `--dev` layout) or the defaults:
-    /// relative paths are taken relative to the file's directory; with
-    /// `dev`, a `[cluster]` without a name is named after the listen port
-    /// (`dev-9090`), and plain NATS on loopback is allowed. A reload loads
-    /// the file the same way.
+    /// Loads and validates the configuration from `path` and the environment.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming the key.
-    pub fn from_layers(
-        mut file: ConfigFile,
-        path: Option<&Path>,
+    /// [`ConfigError`] for unreadable files, bad values or bad ranges.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_layers(None, path, None)
+    }
+
+    /// Loads and validates the configuration from its layers, each over
+    /// the one before: `dev` (the `--dev` layout) or the defaults, the file
+    /// at `path` (if any), the environment, and `flags` (the command
+    /// line's settings). Relative paths are taken as
+    /// [`ConfigFile::extract`] says. With `dev`, a `[cluster]` without a
+    /// name is named after the listen port (`dev-9090`), and plain NATS on
+    /// loopback is allowed. A reload loads the same layers again.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn load_layers(
         dev: Option<Arc<ConfigFile>>,
+        path: Option<&Path>,
+        flags: Option<Arc<Figment>>,
     ) -> Result<Config, ConfigError> {
-        if let Some(dir) = path.and_then(Path::parent) {
-            file.rebase(dir);
+        let base = dev.as_deref().cloned().unwrap_or_default();
+        let mut figment = ConfigFile::figment_over(&base, path);
+        if let Some(flags) = &flags {
+            figment = figment.merge(Figment::clone(flags));
         }
+        let mut file = ConfigFile::extract(&figment)?;
         if dev.is_some() {
             if let Some(c) = &mut file.cluster {
                 if c.name.is_empty() {
@@ -404,34 +440,9 @@ impl Config {
         }
         let mut config = Config::from_file(file, dev.is_some())?;
         config.source = path.map(Path::to_path_buf);
+        config.flags = flags;
         config.dev = dev;
         Ok(config)
-    }
-}
-
-impl Config {
-    /// Loads and validates the configuration from `path` and the environment.
-    ///
-    /// # Errors
-    /// [`ConfigError`] for unreadable files, bad values or bad ranges.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        Config::load_over(None, path)
-    }
-
-    /// Loads and validates the configuration from `path` and the
-    /// environment over `dev` (the `--dev` layout), or over the defaults.
-    ///
-    /// # Errors
-    /// As [`Config::load`].
-    pub fn load_over(
-        dev: Option<Arc<ConfigFile>>,
-        path: Option<&Path>,
-    ) -> Result<Config, ConfigError> {
-        let base = dev.as_deref().cloned().unwrap_or_default();
-        let file = ConfigFile::figment_over(&base, path)
-            .extract::<ConfigFile>()
-            .map_err(|e| ConfigError::Load(Box::new(e)))?;
-        Config::from_layers(file, path, dev)
     }
 }
 
@@ -516,6 +527,42 @@ mod tests {
                 .merge(Serialized::default("limits.max_event_bytes", 2048))
                 .extract()?;
             assert_eq!(flagged.limits.max_event_bytes, 2048, "flags beat env");
+            Ok(())
+        });
+    }
+
+    /// A relative path from the file is the file's; one from the
+    /// environment or a flag is the working directory's, and a reload
+    /// (the same layers again) keeps the flags.
+    #[test]
+    fn relative_paths_follow_where_they_were_set() {
+        figment::Jail::expect_with(|jail| {
+            std::fs::create_dir(jail.directory().join("etc")).map_err(|e| e.to_string())?;
+            jail.create_file(
+                "etc/r.toml",
+                "data_dir = \"data\"\n[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/r.pem\"\n",
+            )?;
+            jail.set_env("ICOM_TLS__CERT", "env/r.pem");
+            let path = jail.directory().join("etc/r.toml");
+            let flags = Arc::new(
+                Figment::new()
+                    .merge(Serialized::default("data_dir", "flag-data"))
+                    .merge(Serialized::default("listen", "127.0.0.1:7001")),
+            );
+            let c =
+                Config::load_layers(None, Some(&path), Some(flags)).map_err(|e| e.to_string())?;
+            assert_eq!(c.tls.ca, jail.directory().join("etc/pki/ca.pem"));
+            assert_eq!(
+                c.tls.cert,
+                PathBuf::from("env/r.pem"),
+                "from the environment"
+            );
+            assert_eq!(c.data_dir, PathBuf::from("flag-data"), "from a flag");
+            let again = Config::load_layers(c.dev.clone(), c.source.as_deref(), c.flags.clone())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(again.listen, c.listen, "the flag's listen, again");
+            assert_eq!(again.data_dir, c.data_dir);
+            assert_eq!(again.tls.ca, c.tls.ca);
             Ok(())
         });
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use figment::providers::Serialized;
-use icom_server::{dev, Config, ConfigFile, LogFormat, Server};
+use icom_server::{dev, Config, LogFormat, Server};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -144,13 +144,12 @@ fn configure(flags: &Flags) -> anyhow::Result<Option<Config>> {
     let here = std::env::current_dir().context("finding the working directory")?;
     let base = dev::prepare(&here.join(dev::DEV_DIR)).context("preparing ./icom-dev")?;
     let path = flags.config.as_deref();
-    let file = merge_flags(ConfigFile::figment_over(&base, path), flags)
-        .extract::<ConfigFile>()
+    let config = Config::load_layers(Some(Arc::new(base)), path, Some(flag_layer(flags)))
         .with_context(|| match path {
             Some(p) => format!("loading {} over the dev layout", p.display()),
             None => "reading the environment and flags".to_owned(),
         })?;
-    Ok(Some(Config::from_layers(file, path, Some(Arc::new(base)))?))
+    Ok(Some(config))
 }
 
 async fn run(flags: Flags, config: Config) -> anyhow::Result<()> {
@@ -209,16 +208,16 @@ async fn run(flags: Flags, config: Config) -> anyhow::Result<()> {
 }
 
 fn load(path: Option<&std::path::Path>, flags: &Flags) -> anyhow::Result<Config> {
-    let file: ConfigFile = merge_flags(ConfigFile::figment(path), flags)
-        .extract()
-        .with_context(|| match path {
-            Some(p) => format!("loading {}", p.display()),
-            None => "loading the configuration".to_owned(),
-        })?;
-    Ok(Config::from_layers(file, path, None)?)
+    Config::load_layers(None, path, Some(flag_layer(flags))).with_context(|| match path {
+        Some(p) => format!("loading {}", p.display()),
+        None => "loading the configuration".to_owned(),
+    })
 }
 
-fn merge_flags(mut f: figment::Figment, flags: &Flags) -> figment::Figment {
+/// The settings given on the command line, the configuration's last layer
+/// (a reload layers them again).
+fn flag_layer(flags: &Flags) -> Arc<figment::Figment> {
+    let mut f = figment::Figment::new();
     if let Some(l) = &flags.listen {
         f = f.merge(Serialized::default("listen", l));
     }
@@ -237,7 +236,7 @@ fn merge_flags(mut f: figment::Figment, flags: &Flags) -> figment::Figment {
     if let Some(w) = flags.workers {
         f = f.merge(Serialized::default("workers", w));
     }
-    f
+    Arc::new(f)
 }
 
 fn install_tracing(format: LogFormat) {

@@ -342,7 +342,7 @@ impl ReloadHandle {
     fn try_reload(&self) -> Result<ReloadReport, ServerError> {
         let old = self.shared.config();
         let mut config = match &old.source {
-            Some(path) => Config::load_over(old.dev.clone(), Some(path))?,
+            Some(path) => Config::load_layers(old.dev.clone(), Some(path), old.flags.clone())?,
             None => (*old).clone(),
         };
         if config.listen != old.listen {

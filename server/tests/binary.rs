@@ -47,6 +47,43 @@ async fn sighup_reloads_the_crl_and_closes_revoked_connections() {
     assert!(refused);
 }
 
+/// Command-line flags beat the file, a relative `--data-dir` is the
+/// working directory's (the file's own relative paths are the file's),
+/// and a SIGHUP reload layers the flags again: no setting "changed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_hold_over_the_file_and_through_a_reload() {
+    let files = RouterFiles::new("");
+    let cwd = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut router = RouterProcess::spawn(files.command(BIN).current_dir(cwd.path()).args([
+        "--listen",
+        &listen,
+        "--data-dir",
+        "flag-data",
+    ]));
+    router.wait_log("listening");
+    let addr = listen.parse().unwrap();
+    let _c = RawClient::welcomed(addr, files.pki(), "a").await;
+    let store = icom_server::store::STORE_FILE;
+    assert!(
+        cwd.path().join("flag-data").join(store).exists(),
+        "the store under the working directory"
+    );
+    assert!(
+        !files.dir().join("flag-data").exists(),
+        "not under the file's directory"
+    );
+    router.signal("HUP");
+    let lines = router.log_until("reloaded");
+    let changed: Vec<_> = lines.iter().filter(|l| l.contains("changed")).collect();
+    assert!(
+        changed.is_empty(),
+        "a reload saw the flags as changes: {changed:?}"
+    );
+    let _b = RawClient::welcomed(addr, files.pki(), "b").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_and_a_router_that_starts_with_a_crl() {
     let files = RouterFiles::new("");

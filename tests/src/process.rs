@@ -220,14 +220,24 @@ impl RouterProcess {
     /// If the process exits first or no such line comes; the panic shows
     /// the lines seen.
     pub fn wait_log(&mut self, needle: &str) -> String {
+        self.log_until(needle).pop().unwrap_or_default()
+    }
+
+    /// As [`RouterProcess::wait_log`], returning every line read until
+    /// that one, that one last.
+    ///
+    /// # Panics
+    /// As [`RouterProcess::wait_log`].
+    pub fn log_until(&mut self, needle: &str) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut seen = Vec::new();
         while Instant::now() < deadline {
             if let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
-                if line.contains(needle) {
-                    return line;
-                }
+                let found = line.contains(needle);
                 seen.push(line);
+                if found {
+                    return seen;
+                }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 seen.extend(self.stderr_lines.try_iter());
