@@ -33,7 +33,9 @@ pub enum TargetError {
     /// `servers` with an empty list.
     #[error("the servers list is empty")]
     EmptyServers,
-    /// A group the router's config does not define.
+    /// A group the router's config does not define: its name, cut to 64
+    /// characters when longer (then with its length), since the error goes
+    /// back in an ack.
     #[error("unknown group '{0}'")]
     UnknownGroup(String),
     /// A named server that is not a valid identity.
@@ -207,9 +209,7 @@ impl<'a> TargetRef<'a> {
             TargetRef::Servers(ids) => ids
                 .iter()
                 .try_for_each(|id| validate_server_id(id).map_err(TargetError::BadServerId)),
-            TargetRef::Group(g) if !groups.exists(g) => {
-                Err(TargetError::UnknownGroup((*g).to_owned()))
-            }
+            TargetRef::Group(g) if !groups.exists(g) => Err(TargetError::UnknownGroup(shown(g))),
             TargetRef::Group(_) | TargetRef::All | TargetRef::Everyone | TargetRef::Except(_) => {
                 Ok(())
             }
@@ -263,6 +263,16 @@ impl<'a> TargetRef<'a> {
             TargetRef::Everyone => true,
             TargetRef::Except(ids) => server != sender && !ids.contains(&server),
         }
+    }
+}
+
+/// A name from a peer as an error repeats it: at most 64 characters, and
+/// then how long it was.
+fn shown(name: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    match name.char_indices().nth(MAX_CHARS) {
+        None => name.to_owned(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &name[..cut], name.len()),
     }
 }
 
@@ -326,6 +336,13 @@ mod tests {
         assert_eq!(
             resolve(&Target::Group(s("nope")), "us-1"),
             Err(TargetError::UnknownGroup(s("nope")))
+        );
+        // A long name is cut in the error, at a character's edge.
+        let long = "é".repeat(100_000);
+        let e = resolve(&Target::Group(long), "us-1").unwrap_err();
+        assert_eq!(
+            e,
+            TargetError::UnknownGroup(format!("{}… (200000 bytes)", "é".repeat(64)))
         );
         assert_eq!(
             resolve(&Target::All, "eu-1"),

@@ -134,6 +134,20 @@ async fn invalid_sends() {
         assert_eq!(code(&ack), AckCode::Invalid, "{s:?}: {ack:?}");
         assert_eq!((ack.delivered, ack.queued), (0, 0));
     }
+    // An unknown group of 500,000 bytes: the ack repeats 64 characters of
+    // it, not the whole name (a frame of up to 1 MiB, for each such send).
+    let ack = a
+        .send(&Send {
+            id: 20,
+            to: Target::Group("g".repeat(500_000)),
+            ..base.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(code(&ack), AckCode::Invalid);
+    let message = &ack.error.as_ref().unwrap().message;
+    assert!(message.len() < 200, "{} bytes", message.len());
+    assert!(message.contains("(500000 bytes)"), "{message}");
     // The connection goes on.
     assert!(
         a.send(&send(19, Target::Server("b".into())))
