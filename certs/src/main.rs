@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{ArgGroup, Parser, Subcommand};
 use icom_certs::{
-    CertDir, Chains, IndexEntry, Inspection, Kind, Validity, Written, CA_CERT_FILE, CA_KEY_FILE,
-    CRL_FILE, INDEX_FILE,
+    CertDir, Chains, DirLock, IndexEntry, Inspection, Kind, Validity, Written, CA_CERT_FILE,
+    CA_KEY_FILE, CRL_FILE, INDEX_FILE,
 };
 use time::macros::format_description;
 use time::OffsetDateTime;
@@ -113,6 +113,15 @@ fn main() -> ExitCode {
 /// Carries out one command.
 fn run(cli: Cli) -> Result<()> {
     let dir = cli.dir.as_path();
+    // A command that writes waits for another one writing the same
+    // directory (a directory that does not exist is left so: opening it
+    // says there is no CA).
+    let writes = !matches!(cli.command, Command::List { .. } | Command::Inspect { .. });
+    let _lock = if writes && (dir.is_dir() || matches!(cli.command, Command::Init { .. })) {
+        Some(DirLock::acquire(dir)?)
+    } else {
+        None
+    };
     match cli.command {
         Command::Init { days, name, force } => init(dir, &name, days, force),
         Command::Router {

@@ -7,7 +7,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use icom_certs::{CertDir, DirError, CA_CERT_FILE, CRL_FILE, ROUTER_CERT_FILE, ROUTER_KEY_FILE};
+use icom_certs::{
+    CertDir, DirError, DirLock, CA_CERT_FILE, CRL_FILE, ROUTER_CERT_FILE, ROUTER_KEY_FILE,
+};
 
 use crate::config::ConfigFile;
 
@@ -29,6 +31,9 @@ pub const DEV_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOS
 /// # Errors
 /// [`DirError`] when the directory cannot be written or holds a broken PKI.
 pub fn prepare(dir: &Path) -> Result<ConfigFile, DirError> {
+    // Another router started in the same directory at the same moment
+    // prepares it first; this one then finds it ready.
+    let _lock = DirLock::acquire(dir)?;
     let mut certs = if dir.join(CA_CERT_FILE).exists() {
         CertDir::open(dir)?
     } else {
@@ -76,4 +81,42 @@ pub fn instructions(dir: &Path, addr: SocketAddr) -> String {
         c1 = c1.display(),
         k1 = k1.display(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use icom_certs::{Chains, Kind};
+
+    use super::*;
+
+    /// Routers started at the same moment in one empty directory share
+    /// one CA, and each certificate is issued once.
+    #[test]
+    fn routers_preparing_one_directory_at_once_share_one_ca() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join(DEV_DIR);
+        let preparing: Vec<_> = (0..4)
+            .map(|_| {
+                let dir = dir.clone();
+                std::thread::spawn(move || prepare(&dir).map(|_| ()))
+            })
+            .collect();
+        for p in preparing {
+            p.join().unwrap().unwrap();
+        }
+        let certs = CertDir::open(&dir).unwrap();
+        let issued = certs.list();
+        assert_eq!(
+            issued.iter().filter(|e| e.kind == Kind::Router).count(),
+            1,
+            "{issued:?}"
+        );
+        assert_eq!(issued.len(), 1 + DEV_CLIENTS.len(), "{issued:?}");
+        for file in ["router.pem", "server_1.pem", "server_2.pem", "ops.pem"] {
+            let report = icom_certs::inspect(&dir.join(file), &dir).unwrap();
+            assert_eq!(report.chains_to_ca, Chains::Yes, "{file}");
+        }
+    }
 }
