@@ -78,8 +78,9 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "PID")]
     pub(crate) router_pid: Option<u32>,
     /// Worker threads of the router (`workers`: in process, spawned, and
-    /// the `limit` sink) and of the naive router [default: one per core,
-    /// as icom-server and `#[tokio::main]` start].
+    /// the `limit` sink) and of the naive router [default: as icom-server
+    /// starts, one; the naive router one per core, as `#[tokio::main]`
+    /// starts].
     #[arg(long, value_name = "N")]
     pub(crate) router_threads: Option<usize>,
     /// Worker threads of the bench clients' runtime.

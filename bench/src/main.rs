@@ -140,7 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             },
         )
     } else if cli.naive {
-        Placement::Naive(router_threads)
+        Placement::Naive(cli.router_threads.unwrap_or_else(router::per_core))
     } else if cli.floor {
         Placement::Floor
     } else if cli.spawn {

@@ -30,12 +30,18 @@ use crate::wan::Link;
 /// The name of the in-process router's threads (at most 15 bytes).
 pub(crate) const ROUTER_THREADS: &str = "icom-router";
 /// Worker threads of an in-process router or sink by default: as many as
-/// the `icom-server` binary starts by default (`workers`: one per core).
+/// the `icom-server` binary starts by default (`workers`).
 pub(crate) fn default_workers() -> usize {
     match ConfigFile::default().workers {
-        0 => std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+        0 => per_core(),
         n => n as usize,
     }
+}
+
+/// One thread per core: what `#[tokio::main]` starts, and so the naive
+/// router's threads by default.
+pub(crate) fn per_core() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
 
 /// Where the router under test runs.

@@ -488,17 +488,14 @@ mod tests {
     }
 
     #[test]
-    fn one_worker_per_core_by_default_or_as_many_as_asked() {
-        let cores = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(
-            Config::try_from(ConfigFile::default()).unwrap().workers,
-            cores
-        );
+    fn one_worker_by_default_one_per_core_with_0_or_as_many_as_asked() {
+        assert_eq!(Config::try_from(ConfigFile::default()).unwrap().workers, 1);
         let with = |workers| ConfigFile {
             workers,
             ..ConfigFile::default()
         };
-        assert_eq!(Config::try_from(with(1)).unwrap().workers, 1);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(Config::try_from(with(0)).unwrap().workers, cores);
         assert_eq!(Config::try_from(with(3)).unwrap().workers, 3);
     }
 

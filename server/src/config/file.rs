@@ -19,7 +19,8 @@ pub struct ConfigFile {
     pub listen: SocketAddr,
     /// Directory for the router's database.
     pub data_dir: PathBuf,
-    /// Threads that run connections and routing (0: one per CPU core).
+    /// Threads that run connections and routing (1 by default: one
+    /// current-thread runtime; 0: one per CPU core).
     pub workers: u32,
     /// Certificates and keys.
     pub tls: TlsFiles,
@@ -208,7 +209,7 @@ impl Default for ConfigFile {
         ConfigFile {
             listen: SocketAddr::from(([0, 0, 0, 0], icom_protocol::DEFAULT_PORT)),
             data_dir: PathBuf::from("data"),
-            workers: 0,
+            workers: 1,
             tls: TlsFiles::default(),
             limits: LimitsFile::default(),
             transport: TransportFile::default(),
