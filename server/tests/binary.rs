@@ -376,10 +376,14 @@ async fn workers_come_from_the_file_the_environment_or_the_flag() {
     assert_eq!(workers_of(router.id()), 3);
     router.signal("TERM");
     assert!(router.wait_exit(Duration::from_secs(10)).success());
-    // The default file (no `workers`) gives one per core.
+    // The default file (no `workers`) gives one, a current-thread runtime.
     let files = RouterFiles::new("");
     let mut router = RouterProcess::spawn(&mut files.command(BIN));
+    let line = router.wait_log("runtime started");
+    assert!(
+        line.contains("workers=1") && line.contains("flavor=CurrentThread"),
+        "{line}"
+    );
     router.wait_log("listening");
-    let cores = std::thread::available_parallelism().unwrap().get();
-    assert_eq!(workers_of(router.id()), cores);
+    assert_eq!(workers_of(router.id()), 1);
 }
