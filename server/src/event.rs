@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use icom_protocol::{append_frame, Ack, AckCode, Control, EventBody, Send, SendRef, StreamCode};
 use quinn::RecvStream;
 use tokio::sync::mpsc::error::TrySendError;
@@ -151,12 +153,19 @@ const ACK_BATCH: usize = 1024;
 /// A burst's ack buffer to begin with: a dozen acks or so.
 const ACK_ROOM: usize = 256;
 
+/// The sends of one burst that wait (for the store, or other routers) at
+/// most: past it the burst ends.
+const WAITING_BATCH: usize = 256;
+
 /// The event streams one connection has ready at once, taken one after
 /// the other: each is read, routed and answered at once when it is whole
-/// and routes without waiting, as nearly all do, else in a task of its
-/// own, so that one slow stream never holds up the others. The acks of
-/// those answered at once are queued together by [`Burst::answer`], and
-/// the events share one clock reading (`sent_ms`).
+/// and routes without waiting, as nearly all do. The acks of those
+/// answered at once are queued together by [`Burst::answer`], and the
+/// events share one clock reading (`sent_ms`). The sends that wait (a
+/// persistent send for its commit, say) finish together in one task per
+/// burst, their acks queued together as they come ([`finish_waiting`]); a
+/// stream not whole when taken is read in a task of its own, so that one
+/// slow stream never holds up the others.
 pub(crate) struct Burst<'a> {
     shared: &'a Arc<Shared>,
     peer: &'a Arc<Peer>,
@@ -167,6 +176,8 @@ pub(crate) struct Burst<'a> {
     held: Option<Held>,
     ok: u64,
     delivered: u64,
+    /// The sends that wait, each with its stream.
+    waiting: Vec<(Box<Rest>, Held)>,
 }
 
 impl<'a> Burst<'a> {
@@ -181,12 +192,13 @@ impl<'a> Burst<'a> {
             held: None,
             ok: 0,
             delivered: 0,
+            waiting: Vec::new(),
         }
     }
 
     /// Whether the burst should end here and its acks go out.
     pub(crate) fn is_full(&self) -> bool {
-        self.acks.len() >= ACK_BATCH
+        self.acks.len() >= ACK_BATCH || self.waiting.len() >= WAITING_BATCH
     }
 
     /// Reads, routes and acks one event stream, `held` until answered.
@@ -196,17 +208,7 @@ impl<'a> Burst<'a> {
         if let Poll::Ready(read) = read_event_now(&mut recv, &mut body) {
             match on_event(shared, peer, config, &mut recv, read, self.sent_ms) {
                 Step::Answer(ack) => self.add(ack, held),
-                Step::Wait(rest) => {
-                    let (shared, peer) = (shared.clone(), peer.clone());
-                    tokio::spawn(
-                        async move {
-                            let ack = rest.finish(&shared).await;
-                            answer_later(&shared, &peer, ack).await;
-                            drop(held);
-                        }
-                        .in_current_span(),
-                    );
-                }
+                Step::Wait(rest) => self.waiting.push((rest, held)),
                 Step::Gone => {}
             }
             return;
@@ -249,8 +251,13 @@ impl<'a> Burst<'a> {
 
     /// Queues the burst's acks for the control stream without waiting;
     /// when the queue is full, a task waits for room, and the streams stay
-    /// unanswered meanwhile.
-    pub(crate) fn answer(self) {
+    /// unanswered meanwhile. The sends that wait finish in a task.
+    pub(crate) fn answer(mut self) {
+        if !self.waiting.is_empty() {
+            let (shared, peer) = (self.shared.clone(), self.peer.clone());
+            let waiting = std::mem::take(&mut self.waiting);
+            tokio::spawn(finish_waiting(shared, peer, waiting).in_current_span());
+        }
         let Some(held) = self.held else {
             return;
         };
@@ -350,8 +357,36 @@ fn on_event(
     }
 }
 
-/// Queues one ack for the control stream, waiting for room.
-async fn answer_later(shared: &Shared, peer: &Peer, ack: Ack) {
+/// Finishes a burst's sends that wait, all at once, and queues their acks
+/// for the control stream as they come: those that finish together in one
+/// write, of at most [`ACK_BATCH`] bytes.
+async fn finish_waiting(shared: Arc<Shared>, peer: Arc<Peer>, waiting: Vec<(Box<Rest>, Held)>) {
+    let shared = &shared;
+    let mut pending: FuturesUnordered<_> = waiting
+        .into_iter()
+        .map(|(rest, held)| async move { (rest.finish(shared).await, held) })
+        .collect();
+    while let Some(first) = pending.next().await {
+        let mut acks = Vec::with_capacity(ACK_ROOM);
+        let mut answered = Vec::new();
+        let mut next = Some(first);
+        while let Some((ack, held)) = next {
+            count(shared, &ack);
+            append_frame(&mut acks, &Control::Ack(ack));
+            answered.push(held);
+            next = if acks.len() < ACK_BATCH {
+                pending.next().now_or_never().flatten()
+            } else {
+                None
+            };
+        }
+        let _ = peer.control.send(Bytes::from(acks)).await;
+        drop(answered);
+    }
+}
+
+/// Counts an ack into the metrics.
+fn count(shared: &Shared, ack: &Ack) {
     match &ack.error {
         None => {
             shared.metrics.events.inc();
@@ -359,5 +394,10 @@ async fn answer_later(shared: &Shared, peer: &Peer, ack: Ack) {
         Some(e) => shared.metrics.event_error(e.code.as_str()),
     }
     shared.metrics.deliveries.inc_by(u64::from(ack.delivered));
+}
+
+/// Queues one ack for the control stream, waiting for room.
+async fn answer_later(shared: &Shared, peer: &Peer, ack: Ack) {
+    count(shared, &ack);
     let _ = peer.control.send(frame(&Control::Ack(ack))).await;
 }
