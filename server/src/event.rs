@@ -3,6 +3,7 @@
 //! streams a connection has ready at once are taken as one burst, their
 //! acks written together.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -104,9 +105,14 @@ impl Partial {
 
     /// Counts `n` more bytes, unless they would pass the bound.
     fn admit(&mut self, n: usize) -> bool {
-        let before = self.of.partial.fetch_add(n, Ordering::Relaxed);
-        if before.saturating_add(n) > self.of.max_partial {
-            self.of.partial.fetch_sub(n, Ordering::Relaxed);
+        let max = self.of.max_partial;
+        let counted = self
+            .of
+            .partial
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(n).filter(|&after| after <= max)
+            });
+        if counted.is_err() {
             return false;
         }
         self.n += n;
@@ -358,29 +364,48 @@ fn on_event(
 }
 
 /// Finishes a burst's sends that wait, all at once, and queues their acks
-/// for the control stream as they come: those that finish together in one
-/// write, of at most [`ACK_BATCH`] bytes.
+/// for the control stream as they come: those that finished together in
+/// one write of about [`ACK_BATCH`] bytes. The sends go on while a write
+/// waits for room in the control queue (a client that reads its acks
+/// late), so that each is stored, delivered and done with (its store
+/// ticket given back, [`crate::keep::Storing`]) whatever the sender does.
 async fn finish_waiting(shared: Arc<Shared>, peer: Arc<Peer>, waiting: Vec<(Box<Rest>, Held)>) {
     let shared = &shared;
     let mut pending: FuturesUnordered<_> = waiting
         .into_iter()
         .map(|(rest, held)| async move { (rest.finish(shared).await, held) })
         .collect();
-    while let Some(first) = pending.next().await {
+    // Finished, their acks not queued yet.
+    let mut done = VecDeque::new();
+    loop {
+        if done.is_empty() {
+            match pending.next().await {
+                Some(finished) => done.push_back(finished),
+                None => return,
+            }
+        }
+        while let Some(Some(finished)) = pending.next().now_or_never() {
+            done.push_back(finished);
+        }
         let mut acks = Vec::with_capacity(ACK_ROOM);
         let mut answered = Vec::new();
-        let mut next = Some(first);
-        while let Some((ack, held)) = next {
+        while acks.len() < ACK_BATCH {
+            let Some((ack, held)) = done.pop_front() else {
+                break;
+            };
             count(shared, &ack);
             append_frame(&mut acks, &Control::Ack(ack));
             answered.push(held);
-            next = if acks.len() < ACK_BATCH {
-                pending.next().now_or_never().flatten()
-            } else {
-                None
-            };
         }
-        let _ = peer.control.send(Bytes::from(acks)).await;
+        let send = peer.control.send(Bytes::from(acks.into_boxed_slice()));
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut send => break,
+                Some(finished) = pending.next(), if !pending.is_empty() => done.push_back(finished),
+            }
+        }
         drop(answered);
     }
 }

@@ -118,8 +118,8 @@ async fn joiners_get_every_acked_send(make: fn(u64, &str, &[String], &[String]) 
             let mut acked = Vec::new();
             let mut id = 0;
             while !stop.load(Relaxed) {
-                // Bursts: many sends routed at once, each stored by a task
-                // of its own.
+                // Bursts: many sends routed at once, stored while the
+                // joiners register.
                 for _ in 0..BURST {
                     id += 1;
                     let send = make(id, &name, &senders, &joiners);
@@ -182,6 +182,48 @@ async fn joiners_get_every_acked_send(make: fn(u64, &str, &[String], &[String]) 
         let got = r.await.unwrap();
         let missed: Vec<_> = sent.difference(&got).collect();
         assert!(missed.is_empty(), "{name} never got {missed:?}");
+    }
+}
+
+/// A sender that does not read its acks holds back only its acks: its
+/// persistent sends are still stored, and a server that connects meanwhile
+/// gets its replay of them at once.
+#[tokio::test]
+async fn a_sender_that_reads_no_acks_holds_back_no_replay() {
+    const SENDS: u64 = 300;
+    let cluster = TestCluster::start_with(|c| c.limits.control_queue = 1).await;
+    // A control stream window of 1 KiB: a dozen acks fill it.
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(1024u32.into());
+    let crypto = icom_tests::client_crypto(cluster.pki(), Some(&cluster.pki().client("hq")));
+    let mut hq = RawClient::connect_transport(cluster.addr(), crypto, transport)
+        .await
+        .unwrap();
+    hq.hello().await.unwrap();
+    for id in 1..=SENDS {
+        let send = persistent(id, Target::All, &format!("p{id}"));
+        hq.send_event_bytes(&send.encode()).await.unwrap();
+    }
+    let mut x = cluster.raw("x").await;
+    let replayed = x
+        .replayed()
+        .await
+        .expect("the replay, while hq reads nothing");
+    // What was not stored yet when x registered comes live.
+    let mut got: std::collections::BTreeSet<String> = replayed
+        .into_iter()
+        .map(|d| d.persist_id.unwrap())
+        .collect();
+    while (got.len() as u64) < SENDS {
+        got.insert(x.deliver().await.unwrap().persist_id.unwrap());
+    }
+    // hq's acks all come once it reads.
+    let mut ok = 0;
+    while ok < SENDS {
+        if let Control::Ack(ack) = hq.next_control().await.unwrap() {
+            assert!(ack.ok, "{ack:?}");
+            ok += 1;
+        }
     }
 }
 
@@ -418,6 +460,7 @@ async fn a_reload_keeps_the_store_bounds_and_the_event_size_limit() {
     cluster.rewrite_config(|c| {
         c.store.max_persistent = 1;
         c.limits.max_event_bytes = 1024;
+        c.limits.partial_bytes = 1024;
     });
     cluster.reload();
     // 2 KiB of data: within what the welcome announced.
@@ -430,9 +473,23 @@ async fn a_reload_keeps_the_store_bounds_and_the_event_size_limit() {
     // A second persistent event: the running bound is still the old one.
     let ack = hq.send(&persistent(2, Target::All, "two")).await.unwrap();
     assert!(ack.ok, "{ack:?}");
-    let late = cluster.raw("late").await;
+    let mut late = cluster.raw("late").await;
     assert_eq!(
         late.welcome.as_ref().unwrap().limits.max_event_bytes,
         announced
     );
+    // Nor does the bound on unfinished streams fall below it: 4 KiB that
+    // arrive in two pieces are taken.
+    let bytes = Send {
+        data: Bytes::from(rmp_serde::to_vec(&"y".repeat(4096)).unwrap()),
+        ..send(3, Target::Server("hq".into()), "e")
+    }
+    .encode();
+    let mut stream = late.conn.open_uni().await.unwrap();
+    stream.write_all(&bytes[..bytes.len() / 2]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(&bytes[bytes.len() / 2..]).await.unwrap();
+    stream.finish().unwrap();
+    let ack = late.ack(3).await.unwrap();
+    assert!(ack.ok, "{ack:?}");
 }
