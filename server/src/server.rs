@@ -321,6 +321,15 @@ fn keep_running(config: &mut Config, old: &Config) {
     keep!(limits.max_connections, "limits.max_connections");
     keep!(limits.max_handshakes, "limits.max_handshakes");
     keep!(limits.max_event_bytes, "limits.max_event_bytes");
+    // Never below the event size in force (the file may have lowered
+    // both, and only the one takes a restart).
+    if config.limits.partial_bytes < config.limits.max_event_bytes {
+        warn!(
+            "limits.partial_bytes = {} is below the running max_event_bytes = {}: keeping {}",
+            config.limits.partial_bytes, config.limits.max_event_bytes, old.limits.partial_bytes
+        );
+        config.limits.partial_bytes = old.limits.partial_bytes;
+    }
 }
 
 impl ReloadHandle {
