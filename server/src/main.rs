@@ -153,18 +153,19 @@ fn configure(flags: &Flags) -> anyhow::Result<Option<Config>> {
 }
 
 async fn run(flags: Flags, config: Config) -> anyhow::Result<()> {
+    // A SIGHUP (a reload) before the router listens must not end it, as
+    // the signal's default action would: its handler is in place from
+    // here on (tokio never takes one back), before the first log line says
+    // the process is running. A reload asked for meanwhile is not done:
+    // the router is loading its configuration then.
+    #[cfg(unix)]
+    let _hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     info!(
         workers = config.workers,
         flavor = ?tokio::runtime::Handle::current().runtime_flavor(),
         "runtime started"
     );
-    // A SIGHUP (a reload) before the router listens must not end it, as
-    // the signal's default action would: its handler is in place from
-    // here on (tokio never takes one back). A reload asked for meanwhile
-    // is not done: the router is loading its configuration then.
-    #[cfg(unix)]
-    let _hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
     if let Some(dir) = &flags.import_store {
         let done = icom_server::import_store(&config, dir, flags.import_again)
             .await
