@@ -32,8 +32,18 @@ pub const DEV_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOS
 /// [`DirError`] when the directory cannot be written or holds a broken PKI.
 pub fn prepare(dir: &Path) -> Result<ConfigFile, DirError> {
     // Another router started in the same directory at the same moment
-    // prepares it first; this one then finds it ready.
-    let _lock = DirLock::acquire(dir)?;
+    // prepares it first; this one then finds it ready. A directory that
+    // is ready already is only read (it may be read-only).
+    let ready = [CA_CERT_FILE, ROUTER_CERT_FILE]
+        .into_iter()
+        .map(|f| dir.join(f))
+        .chain(DEV_CLIENTS.iter().map(|id| dir.join(format!("{id}.pem"))))
+        .all(|f| f.exists());
+    let _lock = if ready {
+        None
+    } else {
+        Some(DirLock::acquire(dir)?)
+    };
     let mut certs = if dir.join(CA_CERT_FILE).exists() {
         CertDir::open(dir)?
     } else {
