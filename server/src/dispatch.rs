@@ -65,8 +65,10 @@ pub(crate) fn route(
     }
     // A send that may store begins before it is resolved: a server that
     // registers after the resolution waits for the store before its replay.
-    let ticket = (send.persist.is_some() || (send.ttl_ms.is_some() && send.to.is_named()))
-        .then(|| shared.storing.begin());
+    // (In a cluster the replay follows the shared store for a while
+    // instead, whoever wrote: PROTOCOL.md §12.4.)
+    let may_store = send.persist.is_some() || (send.ttl_ms.is_some() && send.to.is_named());
+    let ticket = (may_store && config.cluster.is_none()).then(|| shared.storing.begin());
     let resolved = match shared.table.resolve(from, &send.to, &config.groups) {
         Ok(r) => r,
         Err(e) => return Routed::Done(Ack::failed(send.id, AckCode::Invalid, e.to_string())),

@@ -85,7 +85,8 @@ pub(crate) trait Keep: Send + Sync + std::fmt::Debug {
 /// just after the server registers: a send resolved before that (without
 /// the server among its live recipients) but stored after the read would
 /// reach the server neither way, so the replay first waits for such sends
-/// ([`Storing::settled`]).
+/// ([`Storing::settled`]). One router only: a cluster's replay follows the
+/// shared store for a while instead (`cluster::Vault`).
 #[derive(Debug, Default)]
 pub(crate) struct Storing {
     state: Mutex<Open>,

@@ -1,8 +1,14 @@
 //! Events for tests: a `send` built in one call, and the check that one
 //! event routes from a peer to another (the router is serving).
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+
 use bytes::Bytes;
-use icom_protocol::{Persist, Send, Target, NIL};
+use icom_protocol::{Control, Deliver, Persist, Send, Target, NIL};
+
+use crate::cluster::TestCluster;
 
 use crate::raw::RawClient;
 
@@ -108,4 +114,97 @@ pub async fn delivered_ids(to: &RawClient, count: usize) -> Vec<u64> {
     }
     ids.sort_unstable();
     ids
+}
+
+/// Four senders on `senders_at` send bursts of `make(id, sender,
+/// senders, joiners)` while twelve servers connect to `joiners_at` one
+/// after another; each of these must get every send acked ok, from its
+/// replay or live (a send resolved as a joiner registered must not fall
+/// between the two).
+///
+/// # Panics
+/// When a joiner misses a send, or anything fails.
+pub async fn joiners_get_every_acked_send(
+    senders_at: &TestCluster,
+    joiners_at: &TestCluster,
+    make: fn(u64, &str, &[String], &[String]) -> Send,
+) {
+    const BURST: usize = 32;
+    let senders: Vec<String> = (0..4).map(|s| format!("hq-{s}")).collect();
+    let joiners: Vec<String> = (0..12).map(|j| format!("x-{j}")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sending = Vec::new();
+    for name in &senders {
+        let mut c = senders_at.raw(name).await;
+        let (name, stop) = (name.clone(), stop.clone());
+        let (senders, joiners) = (senders.clone(), joiners.clone());
+        sending.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut id = 0;
+            while !stop.load(Relaxed) {
+                // Bursts: many sends routed at once, stored while the
+                // joiners register.
+                for _ in 0..BURST {
+                    id += 1;
+                    let send = make(id, &name, &senders, &joiners);
+                    c.send_event_bytes(&send.encode()).await.unwrap();
+                }
+                let mut answered = 0;
+                while answered < BURST {
+                    if let Control::Ack(ack) = c.next_control().await.unwrap() {
+                        assert!(ack.ok, "{ack:?}");
+                        acked.push((name.clone(), ack.id));
+                        answered += 1;
+                    }
+                }
+            }
+            acked
+        }));
+    }
+    // Once every sender is done, each joiner is told what was acked.
+    let (acked_tx, acked_rx) = tokio::sync::watch::channel(None::<Arc<BTreeSet<(String, u64)>>>);
+    let mut receiving = Vec::new();
+    for name in &joiners {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let c = joiners_at.raw(name).await;
+        let mut acked = acked_rx.clone();
+        receiving.push(tokio::spawn(async move {
+            // The whole client: its control stream ends with it.
+            let c = c;
+            let mut got = BTreeSet::new();
+            loop {
+                let all = acked.borrow().clone();
+                if all.as_ref().is_some_and(|all| all.is_subset(&got)) {
+                    return got;
+                }
+                // Only the wait for a stream is timed: a stream accepted is
+                // read whole. Ends after 3 s without one, once all is known.
+                let next = tokio::select! {
+                    s = c.conn.accept_uni() => s,
+                    _ = acked.changed(), if all.is_none() => continue,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(3)), if all.is_some() => return got,
+                };
+                let bytes = next.unwrap().read_to_end(1 << 20).await.unwrap();
+                let d = Deliver::decode(&Bytes::from(bytes)).unwrap();
+                got.insert((d.from, d.id));
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    stop.store(true, Relaxed);
+    let mut sent = BTreeSet::new();
+    for s in sending {
+        sent.extend(s.await.unwrap());
+    }
+    assert!(
+        sent.len() > joiners.len(),
+        "sends went on while the joiners came"
+    );
+    let sent = Arc::new(sent);
+    acked_tx.send_replace(Some(sent.clone()));
+    for (name, r) in joiners.iter().zip(receiving) {
+        let got = r.await.unwrap();
+        let missed: Vec<_> = sent.difference(&got).collect();
+        assert!(missed.is_empty(), "{name} never got {missed:?}");
+    }
 }

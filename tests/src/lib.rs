@@ -23,7 +23,9 @@ mod routers;
 
 pub use bins::workspace_bin;
 pub use cluster::{ClientFiles, TestCluster};
-pub use events::{delivered_ids, persistent, routes, send, stuck_deliveries};
+pub use events::{
+    delivered_ids, joiners_get_every_acked_send, persistent, routes, send, stuck_deliveries,
+};
 pub use metrics::{http_get, metric, with_metrics};
 pub use nats::{nats_server_bin, NatsClientFiles, NatsCluster};
 pub use nats::{NATS_CLIENT_CN, NATS_CLUSTER_NAME, NATS_SERVER_ENV, NATS_WAIT};

@@ -12,7 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use icom_protocol::{AckCode, Control, Deliver, Forget, Send, Target};
 use icom_tests::{
-    eventually, persistent, workspace_bin, RawClient, RawError, RouterFiles, Routers, TestCluster,
+    eventually, joiners_get_every_acked_send, persistent, workspace_bin, RawClient, RawError,
+    RouterFiles, Routers, TestCluster,
 };
 
 fn send(id: u64, to: Target, event: &str) -> Send {
@@ -39,6 +40,35 @@ async fn replay_ids(c: &mut RawClient) -> Vec<(String, u64)> {
 
 fn ids(v: &[(&str, u64)]) -> Vec<(String, u64)> {
     v.iter().map(|(f, i)| ((*f).to_owned(), *i)).collect()
+}
+
+/// Servers that connect while persistent and ttl sends are being stored
+/// get every one of them, on the sender's router or another: in a cluster
+/// the replay follows the shared store (one router's replay waits for the
+/// sends under way instead, `router_persist`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_that_connect_while_sends_are_stored_get_every_one() {
+    let rs = Routers::start(1, 2).await;
+    for joiners_at in [0, 1] {
+        joiners_get_every_acked_send(
+            rs.router(0),
+            rs.router(joiners_at),
+            |id, from, senders, _| {
+                persistent(
+                    id,
+                    Target::Except(senders.to_vec()),
+                    &format!("{from}-{id}"),
+                )
+            },
+        )
+        .await;
+    }
+    let rs = Routers::start(1, 2).await;
+    joiners_get_every_acked_send(rs.router(0), rs.router(0), |id, _, _, joiners| Send {
+        ttl_ms: Some(60_000),
+        ..send(id, Target::Servers(joiners.to_vec()), "e")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

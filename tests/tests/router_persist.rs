@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use icom_protocol::{AckCode, Control, Forget, Persist, Send, Target};
-use icom_tests::{persistent, RawClient, TestCluster};
+use icom_tests::{joiners_get_every_acked_send, persistent, RawClient, TestCluster};
 
 fn send(id: u64, to: Target, event: &str) -> Send {
     let data = Bytes::from(rmp_serde::to_vec(&format!("payload {id}")).unwrap());
@@ -73,7 +73,8 @@ async fn a_replay_goes_on_past_a_stream_the_client_stopped() {
 /// replay (read before the event was stored).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_connects_while_persistent_sends_are_stored_gets_every_one() {
-    joiners_get_every_acked_send(|id, from, senders, _| {
+    let cluster = TestCluster::start().await;
+    joiners_get_every_acked_send(&cluster, &cluster, |id, from, senders, _| {
         // Not to the senders, who do not read their deliveries.
         persistent(
             id,
@@ -89,100 +90,12 @@ async fn a_server_that_connects_while_persistent_sends_are_stored_gets_every_one
 /// its replay or live, while it is connected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_connects_while_its_copies_are_queued_gets_every_one() {
-    joiners_get_every_acked_send(|id, _, _, joiners| Send {
+    let cluster = TestCluster::start().await;
+    joiners_get_every_acked_send(&cluster, &cluster, |id, _, _, joiners| Send {
         ttl_ms: Some(60_000),
         ..send(id, Target::Servers(joiners.to_vec()), "e")
     })
     .await;
-}
-
-/// Four senders send bursts of `make(id, sender, senders, joiners)` while
-/// twelve servers connect one after another; each of these must get every
-/// send acked ok.
-async fn joiners_get_every_acked_send(make: fn(u64, &str, &[String], &[String]) -> Send) {
-    use std::collections::BTreeSet;
-    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-    use std::sync::Arc;
-
-    const BURST: usize = 32;
-    let cluster = TestCluster::start().await;
-    let senders: Vec<String> = (0..4).map(|s| format!("hq-{s}")).collect();
-    let joiners: Vec<String> = (0..12).map(|j| format!("x-{j}")).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut sending = Vec::new();
-    for name in &senders {
-        let mut c = cluster.raw(name).await;
-        let (name, stop) = (name.clone(), stop.clone());
-        let (senders, joiners) = (senders.clone(), joiners.clone());
-        sending.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut id = 0;
-            while !stop.load(Relaxed) {
-                // Bursts: many sends routed at once, stored while the
-                // joiners register.
-                for _ in 0..BURST {
-                    id += 1;
-                    let send = make(id, &name, &senders, &joiners);
-                    c.send_event_bytes(&send.encode()).await.unwrap();
-                }
-                let mut answered = 0;
-                while answered < BURST {
-                    if let Control::Ack(ack) = c.next_control().await.unwrap() {
-                        assert!(ack.ok, "{ack:?}");
-                        acked.push((name.clone(), ack.id));
-                        answered += 1;
-                    }
-                }
-            }
-            acked
-        }));
-    }
-    // Once every sender is done, each joiner is told what was acked.
-    let (acked_tx, acked_rx) = tokio::sync::watch::channel(None::<Arc<BTreeSet<(String, u64)>>>);
-    let mut receiving = Vec::new();
-    for name in &joiners {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let c = cluster.raw(name).await;
-        let mut acked = acked_rx.clone();
-        receiving.push(tokio::spawn(async move {
-            // The whole client: its control stream ends with it.
-            let c = c;
-            let mut got = BTreeSet::new();
-            loop {
-                let all = acked.borrow().clone();
-                if all.as_ref().is_some_and(|all| all.is_subset(&got)) {
-                    return got;
-                }
-                // Only the wait for a stream is timed: a stream accepted is
-                // read whole. Ends after 3 s without one, once all is known.
-                let next = tokio::select! {
-                    s = c.conn.accept_uni() => s,
-                    _ = acked.changed(), if all.is_none() => continue,
-                    () = tokio::time::sleep(Duration::from_secs(3)), if all.is_some() => return got,
-                };
-                let bytes = next.unwrap().read_to_end(1 << 20).await.unwrap();
-                let d = icom_protocol::Deliver::decode(&Bytes::from(bytes)).unwrap();
-                got.insert((d.from, d.id));
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    stop.store(true, Relaxed);
-    let mut sent = BTreeSet::new();
-    for s in sending {
-        sent.extend(s.await.unwrap());
-    }
-    assert!(
-        sent.len() > joiners.len(),
-        "sends went on while the joiners came"
-    );
-    let sent = Arc::new(sent);
-    acked_tx.send_replace(Some(sent.clone()));
-    for (name, r) in joiners.iter().zip(receiving) {
-        let got = r.await.unwrap();
-        let missed: Vec<_> = sent.difference(&got).collect();
-        assert!(missed.is_empty(), "{name} never got {missed:?}");
-    }
 }
 
 /// A sender that does not read its acks holds back only its acks: its
