@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use bytes::Bytes;
 use icom_protocol::{
-    CloseCode, Control, Hello, Limits as WireLimits, Pong, Replayed, Roster, StreamCredit, Welcome,
-    FEATURE_REPLACE, FEATURE_WHO, PROTOCOL_VERSION,
+    append_frame, CloseCode, Control, Hello, Limits as WireLimits, Pong, Presence, Replayed,
+    Roster, StreamCredit, Welcome, FEATURE_REPLACE, FEATURE_WHO, PROTOCOL_VERSION,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, Semaphore};
@@ -113,14 +114,17 @@ async fn run(shared: Arc<Shared>, conn: quinn::Connection, server_id: String, se
     };
     let replace = hello.replace != Some(false);
     let registered = shared.table.register(peer.clone(), replace, |peers| {
-        Control::Welcome(Welcome {
-            session_id,
-            server_id: server_id.clone(),
-            groups,
+        welcome_frames(
+            Welcome {
+                session_id,
+                server_id: server_id.clone(),
+                groups,
+                peers: Vec::new(),
+                limits,
+                features: Some(vec![FEATURE_REPLACE.into(), FEATURE_WHO.into()]),
+            },
             peers,
-            limits,
-            features: Some(vec![FEATURE_REPLACE.into(), FEATURE_WHO.into()]),
-        })
+        )
     });
     if registered.is_err() {
         info!(code = "IN_USE", agent = %hello.agent, "refused: the identity is connected, and the client asked not to replace it");
@@ -381,6 +385,33 @@ async fn on_control(
     Ok(())
 }
 
+/// The most peers one `welcome` lists: the others follow at once as
+/// `presence` frames in the same write (PROTOCOL.md §3.2), so that the
+/// welcome stays far under the 1 MiB frame bound (8,192 ids of 64
+/// characters: about 540 KiB).
+const WELCOME_PEERS: usize = 8192;
+
+/// `welcome` listing at most [`WELCOME_PEERS`] of `peers`, then a
+/// `presence` (online) frame for each of the rest, as one buffer.
+fn welcome_frames(mut welcome: Welcome, mut peers: Vec<String>) -> Bytes {
+    let rest = if peers.len() > WELCOME_PEERS {
+        peers.split_off(WELCOME_PEERS)
+    } else {
+        Vec::new()
+    };
+    welcome.peers = peers;
+    let mut out = Vec::new();
+    append_frame(&mut out, &Control::Welcome(welcome));
+    for server_id in rest {
+        let online = Presence {
+            server_id,
+            online: true,
+        };
+        append_frame(&mut out, &Control::Presence(online));
+    }
+    Bytes::from(out)
+}
+
 /// Opens a stream for every stored event due to this peer, in stored
 /// order. A queued copy is deleted once the peer's QUIC stack has
 /// acknowledged its whole stream. Returns how many were opened.
@@ -425,4 +456,62 @@ pub(crate) fn delete_when_acked(shared: Arc<Shared>, stream: SendStream, seq: u6
         }
         .in_current_span(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use icom_protocol::{FrameBuffer, MAX_FRAME_LEN};
+
+    use super::*;
+
+    /// 20,000 peers of 64-character ids: the welcome lists 8,192 and stays
+    /// under the frame bound; presence frames follow for the rest, so that
+    /// the client's list holds all of them.
+    #[test]
+    fn a_welcome_past_its_peers_bound_is_followed_by_presence() {
+        let peers: Vec<String> = (0..20_000).map(|i| format!("{i:064}")).collect();
+        let welcome = Welcome {
+            session_id: "s".into(),
+            server_id: "me".into(),
+            groups: Vec::new(),
+            peers: Vec::new(),
+            limits: WireLimits {
+                max_event_bytes: 1024,
+                max_streams: 1024,
+            },
+            features: None,
+        };
+        let bytes = welcome_frames(welcome.clone(), peers.clone());
+        let mut frames = FrameBuffer::new();
+        frames.extend(&bytes);
+        let Some(Control::Welcome(first)) = frames.next_message().unwrap() else {
+            panic!("the welcome first");
+        };
+        assert_eq!(first.peers, peers[..WELCOME_PEERS]);
+        let mut known: Vec<String> = first.peers;
+        while let Some(msg) = frames.next_message().unwrap() {
+            let Control::Presence(p) = msg else {
+                panic!("{msg:?}");
+            };
+            assert!(p.online);
+            known.push(p.server_id);
+        }
+        assert_eq!(known, peers);
+        let welcome_len = icom_protocol::encode_frame(&Control::Welcome(Welcome {
+            peers: peers[..WELCOME_PEERS].to_vec(),
+            ..welcome.clone()
+        }))
+        .len();
+        assert!(welcome_len < MAX_FRAME_LEN * 3 / 5, "{welcome_len}");
+        // Few peers: the welcome alone.
+        let small = welcome_frames(welcome, vec!["a".into()]);
+        let mut frames = FrameBuffer::new();
+        frames.extend(&small);
+        assert!(
+            matches!(frames.next_message().unwrap(), Some(Control::Welcome(w)) if w.peers == ["a"])
+        );
+        assert!(frames.next_message().unwrap().is_none());
+    }
 }

@@ -42,13 +42,8 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    /// Queues a control frame without waiting; a client that does not read
-    /// its control stream loses the frame, and the loss is logged.
-    pub(crate) fn try_control(&self, msg: Control) {
-        self.try_frame(frame(&msg));
-    }
-
-    /// As [`Peer::try_control`], for a frame already encoded.
+    /// Queues encoded control frames without waiting; a client that does
+    /// not read its control stream loses them, and the loss is logged.
     pub(crate) fn try_frame(&self, frame: Bytes) {
         if let Err(e) = self.control.try_send(frame) {
             warn!(server_id = %self.server_id, "control queue full or closed, dropped a frame: {e}");
@@ -129,7 +124,7 @@ impl Table {
         &self,
         peer: Arc<Peer>,
         replace: bool,
-        welcome: impl FnOnce(Vec<String>) -> Control,
+        welcome: impl FnOnce(Vec<String>) -> Bytes,
     ) -> Result<(), InUse> {
         let old = {
             let mut map = write(&self.peers);
@@ -163,7 +158,7 @@ impl Table {
             told.retain(|id| **id != *peer.server_id);
             // The peer's control queue is new and holds at least one frame
             // (`limits.control_queue` >= 1): the welcome is always queued.
-            peer.try_control(welcome(told));
+            peer.try_frame(welcome(told));
             if !was_online {
                 record(&mut changes, &self.changed, peer.server_id.clone(), true);
             }
