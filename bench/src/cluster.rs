@@ -1,8 +1,9 @@
 //! `--cluster`: the cross-router scenarios. NATS (one node, or three with
 //! `--nats-nodes 3`; mutual TLS, on loopback; the `nats-server` of
 //! `.venv-tools`, or `$ICOM_NATS_SERVER`) and two in-process routers of
-//! one cluster on it, both on the bench's router runtime, so that "router
-//! CPU" is both routers together. The sender (`server_1`) connects to the
+//! one cluster on it, each on a router runtime of its own (as two
+//! processes would be), their threads named alike, so that "router CPU"
+//! is both routers together. The sender (`server_1`) connects to the
 //! first, every other client to the second: each event crosses NATS once.
 //! The shared store keeps as many replicas as there are nodes. NATS's own
 //! CPU (every node) is reported beside the routers'.
@@ -15,8 +16,9 @@ use icom_server::ConfigFile;
 use icom_tests::{cluster_section, NatsCluster, TestCluster};
 use tokio::runtime::Handle;
 
-use crate::os::Proc;
+use crate::os::{router_runtime, OwnRuntime, Proc};
 use crate::report::{round, Report};
+use crate::router::ROUTER_THREADS;
 
 /// The client that connects to the first router; the others go to the
 /// second.
@@ -36,9 +38,10 @@ pub(crate) struct Nodes {
     pub(crate) synced: bool,
 }
 
-/// The second router and the NATS node.
+/// The second router, its runtime, and the NATS node.
 pub(crate) struct Peer {
     second: Option<TestCluster>,
+    runtime: Option<OwnRuntime>,
     nats: NatsCluster,
     synced: bool,
 }
@@ -50,6 +53,7 @@ pub(crate) struct Peer {
 /// When a router cannot start, or they do not meet within 20 s.
 pub(crate) async fn start(
     runtime: &Handle,
+    threads: usize,
     nodes: Nodes,
     tweak: impl Fn(&mut ConfigFile) + Clone + Send + Sync + 'static,
 ) -> anyhow::Result<(TestCluster, Peer)> {
@@ -69,7 +73,8 @@ pub(crate) async fn start(
         .spawn(TestCluster::start_with(router("bench-a")))
         .await
         .context("starting the first router")?;
-    let second = runtime
+    let own = router_runtime(ROUTER_THREADS, threads)?;
+    let second = own
         .spawn(TestCluster::start_with_pki(
             first.shared_pki(),
             router("bench-b"),
@@ -87,6 +92,7 @@ pub(crate) async fn start(
         first,
         Peer {
             second: Some(second),
+            runtime: Some(own),
             nats,
             synced: nodes.synced,
         },
@@ -142,11 +148,13 @@ impl Peer {
         )
     }
 
-    /// Stops the second router (NATS stops when this is dropped).
+    /// Stops the second router and its runtime (NATS stops when this is
+    /// dropped).
     pub(crate) async fn stop(&mut self) {
         if let Some(mut s) = self.second.take() {
             s.stop().await;
         }
+        drop(self.runtime.take());
     }
 }
 

@@ -147,7 +147,8 @@ impl Router {
             Placement::InProcess(threads) | Placement::Cluster(threads, _) => {
                 let runtime = router_runtime(ROUTER_THREADS, *threads)?;
                 let (cluster, peer) = if let Placement::Cluster(_, nodes) = placement {
-                    let (first, peer) = crate::cluster::start(&runtime, *nodes, tweak).await?;
+                    let (first, peer) =
+                        crate::cluster::start(&runtime, *threads, *nodes, tweak).await?;
                     (first, Some(Box::new(peer)))
                 } else {
                     let one = runtime
@@ -381,14 +382,15 @@ impl Router {
     pub(crate) fn method(&self) -> String {
         match &self.kind {
             Kind::InProcess { threads, peer, .. } => format!(
-                "{} in-process on its own {} tokio runtime; router CPU = \
+                "{} in-process on {} {} tokio runtime; router CPU = \
                  utime+stime of the threads named '{ROUTER_THREADS}' (/proc/self/task/*/stat); \
                  peak RSS is the whole bench process (clients included){}",
                 if peer.is_some() {
-                    "two routers of one cluster"
+                    "two routers of one cluster, each"
                 } else {
                     "router"
                 },
+                if peer.is_some() { "its own" } else { "its" },
                 if *threads <= 1 {
                     "current-thread".to_owned()
                 } else {
