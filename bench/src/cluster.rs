@@ -16,9 +16,8 @@ use icom_server::ConfigFile;
 use icom_tests::{cluster_section, NatsCluster, TestCluster};
 use tokio::runtime::Handle;
 
-use crate::os::{router_runtime, OwnRuntime, Proc};
+use crate::os::{OwnRuntime, Proc};
 use crate::report::{round, Report};
-use crate::router::ROUTER_THREADS;
 
 /// The client that connects to the first router; the others go to the
 /// second.
@@ -46,14 +45,15 @@ pub(crate) struct Peer {
     synced: bool,
 }
 
-/// Starts NATS and the two routers (on `runtime`), each configured by
-/// `tweak`, and waits until they know each other.
+/// Starts NATS and the two routers (the first on `runtime`, the second on
+/// `own`, which the peer keeps), each configured by `tweak`, and waits
+/// until they know each other.
 ///
 /// # Errors
 /// When a router cannot start, or they do not meet within 20 s.
 pub(crate) async fn start(
     runtime: &Handle,
-    threads: usize,
+    own: OwnRuntime,
     nodes: Nodes,
     tweak: impl Fn(&mut ConfigFile) + Clone + Send + Sync + 'static,
 ) -> anyhow::Result<(TestCluster, Peer)> {
@@ -73,7 +73,6 @@ pub(crate) async fn start(
         .spawn(TestCluster::start_with(router("bench-a")))
         .await
         .context("starting the first router")?;
-    let own = router_runtime(ROUTER_THREADS, threads)?;
     let second = own
         .spawn(TestCluster::start_with_pki(
             first.shared_pki(),

@@ -147,8 +147,9 @@ impl Router {
             Placement::InProcess(threads) | Placement::Cluster(threads, _) => {
                 let runtime = router_runtime(ROUTER_THREADS, *threads)?;
                 let (cluster, peer) = if let Placement::Cluster(_, nodes) = placement {
+                    let second = router_runtime(ROUTER_THREADS, *threads)?;
                     let (first, peer) =
-                        crate::cluster::start(&runtime, *threads, *nodes, tweak).await?;
+                        crate::cluster::start(&runtime, second, *nodes, tweak).await?;
                     (first, Some(Box::new(peer)))
                 } else {
                     let one = runtime
