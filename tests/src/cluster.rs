@@ -239,6 +239,23 @@ impl TestCluster {
         c
     }
 
+    /// As [`TestCluster::raw`], with a QUIC receive window of `window`
+    /// bytes per stream: the router's writes to it (its acks on the control
+    /// stream, a delivery) stop at that many unread bytes.
+    ///
+    /// # Panics
+    /// If the handshake or `hello` fails.
+    pub async fn raw_with_window(&self, id: &str, window: u32) -> RawClient {
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(window.into());
+        let crypto = crate::raw::client_crypto(&self.pki, Some(&self.pki.client(id)));
+        let mut c = RawClient::connect_transport(self.addr, crypto, transport)
+            .await
+            .expect("the handshake");
+        c.hello().await.expect("welcome");
+        c
+    }
+
     /// Writes a CRL revoking `certs` where the router reads it.
     pub fn write_crl(&self, certs: &[&Issued]) {
         let pem = self.pki.crl_revoking(certs);

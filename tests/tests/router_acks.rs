@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use icom_protocol::{AckCode, Persist, Send, Target, NIL};
-use icom_tests::{client_crypto, RawClient, TestCluster};
+use icom_tests::{RawClient, TestCluster};
 
 fn send(id: u64, to: Target) -> Send {
     icom_tests::send(id, to, "e", Bytes::from_static(NIL))
@@ -362,18 +362,7 @@ async fn a_recipient_that_never_reads_congests_within_the_bound() {
 /// A client `name`, welcomed, whose control stream has room for a few
 /// dozen acks until it is read.
 async fn slow_reader(cluster: &TestCluster, name: &str) -> RawClient {
-    let issued = cluster.pki().client(name);
-    let mut transport = quinn::TransportConfig::default();
-    transport.stream_receive_window(1024u32.into());
-    let mut c = RawClient::connect_transport(
-        cluster.addr(),
-        client_crypto(cluster.pki(), Some(&issued)),
-        transport,
-    )
-    .await
-    .unwrap();
-    c.hello().await.unwrap();
-    c
+    cluster.raw_with_window(name, 1024).await
 }
 
 /// A client that reads its control stream late: its acks wait in the

@@ -42,13 +42,7 @@ async fn a_replay_goes_on_past_a_stream_the_client_stopped() {
     );
     // x takes 16 KiB a stream before it reads: the router's write of the
     // big event waits, and x stops that stream.
-    let mut transport = quinn::TransportConfig::default();
-    transport.stream_receive_window(16_384u32.into());
-    let crypto = icom_tests::client_crypto(cluster.pki(), Some(&cluster.pki().client("x")));
-    let mut x = RawClient::connect_transport(cluster.addr(), crypto, transport)
-        .await
-        .unwrap();
-    x.hello().await.unwrap();
+    let mut x = cluster.raw_with_window("x", 16_384).await;
     let mut first = tokio::time::timeout(icom_tests::WAIT, x.conn.accept_uni())
         .await
         .unwrap()
@@ -106,13 +100,7 @@ async fn a_sender_that_reads_no_acks_holds_back_no_replay() {
     const SENDS: u64 = 300;
     let cluster = TestCluster::start_with(|c| c.limits.control_queue = 1).await;
     // A control stream window of 1 KiB: a dozen acks fill it.
-    let mut transport = quinn::TransportConfig::default();
-    transport.stream_receive_window(1024u32.into());
-    let crypto = icom_tests::client_crypto(cluster.pki(), Some(&cluster.pki().client("hq")));
-    let mut hq = RawClient::connect_transport(cluster.addr(), crypto, transport)
-        .await
-        .unwrap();
-    hq.hello().await.unwrap();
+    let mut hq = cluster.raw_with_window("hq", 1024).await;
     for id in 1..=SENDS {
         let send = persistent(id, Target::All, &format!("p{id}"));
         hq.send_event_bytes(&send.encode()).await.unwrap();
